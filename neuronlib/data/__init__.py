@@ -1,0 +1,1 @@
+"""Datasets the paper uses: subject-verb agreement, capitals, an offline text corpus."""
