@@ -195,22 +195,34 @@ def _reference_logit(hf, tokenizer) -> dict:
     return {"prompt": REFERENCE_PROMPT, "token_id": top, "logit": float(logits[top])}
 
 
+def _load_cached(path: Path):
+    """The cached model and tokenizer if present and still giving the stored reference logit, else None."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if not (path / "reference.json").exists():
+        return None
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        ref = json.loads((path / "reference.json").read_text())
+    except (OSError, ValueError, KeyError) as err:
+        print(f"neuronlib: the cache at {path} is unreadable ({err}); rebuilding it")
+        return None
+    now = _reference_logit(hf, tokenizer)
+    if now["token_id"] != ref["token_id"] or abs(now["logit"] - ref["logit"]) > _REFERENCE_TOLERANCE:
+        print(f"neuronlib: the cache at {path} gives {now} instead of the stored {ref}; rebuilding it")
+        return None
+    return hf, tokenizer
+
+
 def _load_packaged(spec: PackagedModel):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     _package_version(spec)  # fails early with the pip command
     path = _model_cache_path(spec)
-    if (path / "reference.json").exists():
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(path)
-            hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-            ref = json.loads((path / "reference.json").read_text())
-            now = _reference_logit(hf, tokenizer)
-            if now["token_id"] == ref["token_id"] and abs(now["logit"] - ref["logit"]) <= _REFERENCE_TOLERANCE:
-                return hf, tokenizer, f"cache {path}"
-            print(f"neuronlib: cached {spec.name} gives logit {now} instead of {ref}; rebuilding the cache from the GGUF")
-        except (OSError, ValueError, KeyError) as err:
-            print(f"neuronlib: cached {spec.name} at {path} is unreadable ({err}); rebuilding it from the GGUF")
+    cached = _load_cached(path)
+    if cached is not None:
+        return (*cached, f"cache {path}")
     gguf = _gguf_path(spec)
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

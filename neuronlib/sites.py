@@ -54,3 +54,21 @@ def site_width(model, site: str) -> int:
         head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
         return cfg.num_attention_heads * head_dim
     return model.d_model
+
+
+def check_nodes(model, nodes) -> list[Node]:
+    """Validate nodes against the model; ValueError naming the first bad one."""
+    out = []
+    for node in nodes:
+        node = Node(*node)
+        check_sites(node.site)
+        layers = site_layers(model, node.site)
+        if node.layer not in layers:
+            raise ValueError(f"node {node}: layer {node.layer} out of range for {node.site} (layers {layers[0]}..{layers[-1]})")
+        width = site_width(model, node.site)
+        if not 0 <= node.unit < width:
+            raise ValueError(f"node {node}: unit {node.unit} out of range for {node.site} (width {width})")
+        if node.position < 0:
+            raise ValueError(f"node {node}: position must be >= 0")
+        out.append(node)
+    return out

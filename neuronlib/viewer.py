@@ -409,10 +409,10 @@ def layout_graph(graph: Any, *, compress_layers: bool = False, row_height: float
     groups = []
     for j, name in enumerate(real):
         color = user_colors.get(name) or _PALETTE[j % len(_PALETTE)]
-        groups.append({"name": name, "color": str(color), "count": counts[name]})
+        groups.append({"name": name, "color": str(color), "count": counts[name], "special": False})
     for name in special:
         groups.append({"name": name, "color": str(user_colors.get(name) or _SPECIAL_GROUPS[name]),
-                       "count": counts[name]})
+                       "count": counts[name], "special": True})
     gindex = {gr["name"]: j for j, gr in enumerate(groups)}
 
     # rows
@@ -653,7 +653,10 @@ function main(){
   var gN=el('g',{'class':'nodes'},svg);
   var gT=el('g',{'class':'labels'},svg);
   var nodeEls=new Array(N), labelEls=new Array(N), labelW=new Array(N);
-  for(i=0;i<N;i++){
+  var drawOrder=[];   // ungrouped/embedding/output nodes first, so grouped nodes are drawn on top
+  for(i=0;i<N;i++){ if(L.groups[L.nodes[i][3]].special){ drawOrder.push(i); } }
+  for(i=0;i<N;i++){ if(!L.groups[L.nodes[i][3]].special){ drawOrder.push(i); } }
+  drawOrder.forEach(function(i){
     var n=nodes[i], c=L.nodes[i];
     var circ=el('circle',{'class':'node',cy:c[1],r:c[2],fill:L.groups[c[3]].color},gN);
     if(n.sign){ circ.setAttribute('data-sign', n.sign); }
@@ -662,7 +665,7 @@ function main(){
     var lt=el('text',{'class':'nlabel',y:c[1]-c[2]-1},gT);
     lt.textContent=n.label;
     labelEls[i]=lt;
-  }
+  });
   for(i=0;i<N;i++){   // label widths, measured once (estimate if the browser cannot measure)
     var w=0;
     try{ w=labelEls[i].getComputedTextLength(); }catch(err){ w=0; }
@@ -878,16 +881,28 @@ function main(){
     svg.setAttribute('width', (X(W)*z).toFixed(1)); svg.setAttribute('height', (H*z).toFixed(1));
     document.getElementById('zoom-val').textContent=zoom.value+'%';
   }
-  function fitWidth(){
-    var avail=(wrap.clientWidth||W)-10;
-    sx=Math.min(OPT.max_stretch, Math.max(1, (avail-P[0]-(W-P[2]))/(P[2]-P[0])));
-    zoom.value=100;
+  var lastAvail=-1;
+  function stretch(){   // horizontal stretch so the plot fills the available width
+    var avail=wrap.clientWidth||0;
+    lastAvail=avail;
+    var a=(avail>0?avail:W)-10;
+    sx=Math.min(OPT.max_stretch, Math.max(1, (a-P[0]-(W-P[2]))/(P[2]-P[0])));
+    document.body.setAttribute('data-stretch', sx.toFixed(3));
     geometry();
   }
+  function fitWidth(){ zoom.value=100; stretch(); }
   zoom.addEventListener('input', applyZoom);
   document.getElementById('fit').addEventListener('click', fitWidth);
+  // re-stretch when the available width changes (window resize; iframes in notebooks are often laid
+  // out after the script ran). Debounced, so the observer never loops.
   var rt=null;
-  window.addEventListener('resize', function(){ if(rt){ clearTimeout(rt); } rt=setTimeout(fitWidth, 150); });
+  function onResize(){
+    if(rt){ clearTimeout(rt); }
+    rt=setTimeout(function(){ rt=null; if((wrap.clientWidth||0)!==lastAvail){ stretch(); } }, 120);
+  }
+  window.addEventListener('resize', onResize);
+  window.addEventListener('load', onResize);
+  if(typeof ResizeObserver==='function'){ new ResizeObserver(onResize).observe(wrap); }
 
   body.setAttribute('data-total-nodes', N);
   body.setAttribute('data-total-edges', E);
@@ -1072,7 +1087,8 @@ def draw_circuit(graph: Any, *, ax=None, min_abs_weight: float = 0.0, max_edges:
         edgecolors = ["#202124" if nodes[i]["sign"] == "-" else "white" for i in members]
         linestyles = ["--" if nodes[i]["sign"] == "-" else "-" for i in members]
         sc = ax.scatter(xs, ys, s=sizes, c=grp["color"], edgecolors=edgecolors, linewidths=0.6,
-                        linestyles=linestyles, zorder=3, label=f"{grp['name']} ({grp['count']})")
+                        linestyles=linestyles, zorder=3 if grp["special"] else 3.5,
+                        label=f"{grp['name']} ({grp['count']})")
         sc.set_gid("circuit-nodes")
         handles.append(Line2D([], [], marker="o", ls="", markerfacecolor=grp["color"],
                               markeredgecolor="#555", markersize=7, label=f"{grp['name']} ({grp['count']})"))

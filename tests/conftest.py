@@ -1,0 +1,87 @@
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+import pytest
+import torch
+
+import neuronlib
+
+SVA_PAIRS = [
+    {"clean_prefix": "the keys to the cabinet", "patch_prefix": "the key to the cabinet", "clean_answer": " are", "patch_answer": " is"},
+    {"clean_prefix": "the dogs near the boy", "patch_prefix": "the dog near the boy", "clean_answer": " have", "patch_answer": " has"},
+    {"clean_prefix": "the friend", "patch_prefix": "the friends", "clean_answer": " does", "patch_answer": " do"},
+]
+
+
+@pytest.fixture(scope="session")
+def tiny_llama():
+    return neuronlib.load_model("tiny-llama")
+
+
+@pytest.fixture(scope="session")
+def tiny_gemma():
+    return neuronlib.load_model("tiny-gemma")
+
+
+@pytest.fixture(params=["tiny-llama", "tiny-gemma"])
+def tiny(request, tiny_llama, tiny_gemma):
+    return {"tiny-llama": tiny_llama, "tiny-gemma": tiny_gemma}[request.param]
+
+
+@pytest.fixture(scope="session")
+def smollm():
+    return neuronlib.load_model("smollm2-135m")
+
+
+def site_modules(model, site):
+    """(module, kind) per layer for a site, found independently of neuronlib.tracing."""
+    base = model.hf.model
+    if site == "embed":
+        return [(base.embed_tokens, "out")]
+    if site == "attn_out":
+        return [(layer.self_attn.o_proj, "in") for layer in base.layers]
+    if site == "mlp_acts":
+        return [(layer.mlp.down_proj, "in") for layer in base.layers]
+    if site == "mlp_out":
+        return [(layer.mlp, "out") for layer in base.layers]
+    if site == "resid":
+        return [(layer, "out") for layer in base.layers]
+    raise ValueError(site)
+
+
+def hooked_forward(model, inputs, sites, replace=None):
+    """Plain torch hooks: tap every site with a zero leaf (or replace one via ``replace[(site, i)](value)``).
+
+    Returns (last-position logits, {site: [values]}, {site: [deltas]}); all hooks are removed afterwards.
+    """
+    values, deltas, handles = {s: [] for s in sites}, {s: [] for s in sites}, []
+    replace = replace or {}
+
+    def make(site, i):
+        def tap(v):
+            v = replace[(site, i)](v) if (site, i) in replace else v
+            d = torch.zeros_like(v, requires_grad=True)
+            values[site].append(v.detach())
+            deltas[site].append(d)
+            return v + d
+
+        return tap
+
+    for site in sites:
+        for i, (module, kind) in enumerate(site_modules(model, site)):
+            tap = make(site, i)
+            if kind == "in":
+                handles.append(module.register_forward_pre_hook(lambda m, args, tap=tap: (tap(args[0]), *args[1:])))
+            else:
+                def post(m, args, out, tap=tap):
+                    return (tap(out[0]), *out[1:]) if isinstance(out, tuple) else tap(out)
+                handles.append(module.register_forward_hook(post))
+    try:
+        logits = model.hf(**inputs, use_cache=False).logits[:, -1]
+    finally:
+        for h in handles:
+            h.remove()
+    return logits, values, deltas
