@@ -12,7 +12,8 @@ import torch
 from tqdm.auto import tqdm
 
 from . import tracing
-from .inputs import Prepared, prepare
+from .activations import mean_values, read_sites
+from .inputs import prepare
 from .metrics import make_metric
 from .sites import Node, check_sites, site_layers
 
@@ -169,7 +170,7 @@ def attribute(
     out = {s: torch.zeros(B, len(site_layers(model, s)), T, widths[s]) for s in sites}
     m_clean = torch.zeros(B)
     m_base = torch.zeros(B) if baseline == "counterfactual" else None
-    mean_values = _mean_values(model, prepared, sites, batch_size) if baseline == "mean" else None
+    means = mean_values(model, prepared, sites, batch_size=batch_size) if baseline == "mean" else None
     chunks = torch.arange(B).split(batch_size)
     for rows in tqdm(chunks, desc=f"{method} attribution", disable=_quiet(progress, len(chunks))):
         clean = prepared.rows("clean", rows)
@@ -179,13 +180,13 @@ def attribute(
         elif baseline == "zero":
             base_vals = None
         else:
-            base_vals = {s: [v.expand(len(rows), *v.shape) for v in mean_values[s]] for s in sites}
+            base_vals = {s: [v.expand(len(rows), *v.shape) for v in means[s]] for s in sites}
         if method in ("atp", *RELP_VARIANTS):
             scores, m = _atp(model, clean, rows, sites, metric_fn, base_vals, RELP_VARIANTS.get(method))
         elif method == "ig":
             scores, m = _ig_per_site(model, clean, rows, sites, metric_fn, base_vals, ig_steps, progress)
         else:
-            base_embed = None if baseline == "zero" else _embed_values(model, prepared, rows, baseline, mean_values)
+            base_embed = None if baseline == "zero" else _embed_values(model, prepared, rows, baseline, means)
             scores, m = _ig_inputs(model, clean, rows, sites, metric_fn, base_vals, base_embed, ig_steps)
         m_clean[rows] = m
         pad_mask = clean["attention_mask"].bool().cpu()[:, None, :, None]  # [b, 1, T, 1]
@@ -203,29 +204,7 @@ def _quiet(progress, n):
 
 
 def _read_sites(model, inputs, sites, metric_fn, rows):
-    """Site values [b, T, U] per (site, layer) and the metric, without gradients."""
-    values = {s: [] for s in sites}
-
-    def record(site, layer, v):
-        values[site].append(v.detach())
-
-    with torch.no_grad():
-        m = tracing.run(model, inputs, metric=lambda lg: metric_fn(lg, rows), edit=record, sites=sites)
-    return values, m.detach().float().cpu()
-
-
-def _mean_values(model, prepared: Prepared, sites, batch_size):
-    """Per-position mean of each site over the dataset (real tokens only)."""
-    sums, count = None, torch.zeros(prepared.T)
-    for rows in torch.arange(len(prepared)).split(batch_size):
-        inputs = prepared.rows("clean", rows)
-        vals, _ = _read_sites(model, inputs, sites, lambda lg, r: lg[:, 0], rows)
-        mask = inputs["attention_mask"].to(vals[sites[0]][0].dtype)[..., None]
-        batch_sums = {s: [(v * mask).sum(0) for v in vals[s]] for s in sites}
-        sums = batch_sums if sums is None else {s: [a + b for a, b in zip(sums[s], batch_sums[s])] for s in sites}
-        count += inputs["attention_mask"].sum(0).cpu()
-    denom = count.clamp(min=1).to(model.device)[:, None]
-    return {s: [v / denom.to(v.dtype) for v in sums[s]] for s in sites}
+    return read_sites(model, inputs, sites, metric=lambda lg: metric_fn(lg, rows))
 
 
 def _diff(vals, base_vals, site, layer):
@@ -290,14 +269,13 @@ def _ig_per_site(model, inputs, rows, sites, metric_fn, base_vals, n_steps, prog
     return {s: torch.stack(scores[s], 1) for s in sites}, m
 
 
-def _embed_values(model, prepared, rows, baseline, mean_values):
+def _embed_values(model, prepared, rows, baseline, means):
     if baseline == "counterfactual":
-        vals, _ = _read_sites(model, prepared.rows("patch", rows), ("embed",), lambda lg, r: lg[:, 0], rows)
+        vals, _ = read_sites(model, prepared.rows("patch", rows), ("embed",))
         return vals["embed"][0]
-    if mean_values is not None and "embed" in mean_values:
-        return mean_values["embed"][0].expand(len(rows), *mean_values["embed"][0].shape)
-    vals = _mean_values(model, prepared, ("embed",), len(prepared))
-    return vals["embed"][0].expand(len(rows), *vals["embed"][0].shape)
+    if means is None or "embed" not in means:
+        means = mean_values(model, prepared, ("embed",), batch_size=len(rows))
+    return means["embed"][0].expand(len(rows), *means["embed"][0].shape)
 
 
 def _ig_inputs(model, inputs, rows, sites, metric_fn, base_vals, base_embed, n_steps):

@@ -119,14 +119,17 @@ class TopKSAE(torch.nn.Module):
 
 
 class _TopKEncode(torch.autograd.Function):
-    """Forward: dense pre-activations, TopK (+ optional AuxK over dead latents), ReLU.
+    """Forward: dense pre-activations ``(x - b_dec) @ W_enc + b_enc``, TopK (+ optional AuxK over dead latents),
+    ReLU.
 
     Backward: the gradient of ``pre`` is non-zero only at the selected (row, latent) pairs, so the weight gradient
-    is a sparse-dense product instead of a dense ``[d_in, N] @ [N, d_sae]`` matmul.
+    is a sparse-dense product instead of a dense ``[d_in, N] @ [N, d_sae]`` matmul, and the ``b_dec`` gradient is
+    ``-W_enc @ grad(b_enc)``.
     """
 
     @staticmethod
-    def forward(ctx, xin, W_enc, b_enc, k: int, dead_mask, k_aux: int):
+    def forward(ctx, x, b_dec, W_enc, b_enc, k: int, dead_mask, k_aux: int):
+        xin = x - b_dec
         pre = torch.addmm(b_enc, xin, W_enc)
         vals, idx = pre.topk(k, dim=-1, sorted=False)
         acts = vals.clamp_min(0)
@@ -149,17 +152,20 @@ class _TopKEncode(torch.autograd.Function):
         n, kk = idx.shape
         d_in, d_sae = W_enc.shape
         flat_idx, flat_g = idx.reshape(-1), g.reshape(-1)
-        grad_x = grad_w = grad_b = None
+        grad_x = grad_bdec = grad_w = grad_b = None
+        grad_pre_sum = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, flat_idx, flat_g)
         if ctx.needs_input_grad[0]:
             grad_x = F.embedding_bag(idx, W_enc.t().contiguous(), per_sample_weights=g, mode="sum")
         if ctx.needs_input_grad[1]:
+            grad_bdec = -(W_enc @ grad_pre_sum)
+        if ctx.needs_input_grad[2]:
             rows = torch.arange(n, device=idx.device).repeat_interleave(kk)
             g_sparse = torch.sparse_coo_tensor(torch.stack([flat_idx, rows]), flat_g, (d_sae, n),
                                                check_invariants=False)
             grad_w = torch.sparse.mm(g_sparse, xin).t()
-        if ctx.needs_input_grad[2]:
-            grad_b = torch.zeros(d_sae, dtype=g.dtype, device=g.device).index_add_(0, flat_idx, flat_g)
-        return grad_x, grad_w, grad_b, None, None, None
+        if ctx.needs_input_grad[3]:
+            grad_b = grad_pre_sum
+        return grad_x, grad_bdec, grad_w, grad_b, None, None, None
 
 
 def _sparse_decode(W_dec: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor) -> torch.Tensor:
@@ -171,8 +177,7 @@ def _sparse_decode(W_dec: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor) -
 
 def _sae_losses(sae: TopKSAE, x: torch.Tensor, dead_mask: torch.Tensor | None, k_aux: int):
     """Normalised MSE (= fraction of variance unexplained), AuxK loss, and the code, for a batch ``x [N, d_in]``."""
-    xin = x - sae.b_dec
-    acts, idx, aux_acts, aux_idx = _TopKEncode.apply(xin, sae.W_enc, sae.b_enc, sae.k, dead_mask, k_aux)
+    acts, idx, aux_acts, aux_idx = _TopKEncode.apply(x, sae.b_dec, sae.W_enc, sae.b_enc, sae.k, dead_mask, k_aux)
     x_hat = _sparse_decode(sae.W_dec, idx, acts) + sae.b_dec
     sse = (x_hat - x).pow(2).sum()
     sst = (x - x.mean(0, keepdim=True)).pow(2).sum().clamp_min(1e-12)
@@ -320,9 +325,10 @@ def train_topk_sae(
             for grp in opt.param_groups:
                 grp["lr"] = lr * max(0.0, frac)
         dead_mask = (tokens_since_fired >= dead_after) if dead_latent_aux else None
-        use_aux = dead_mask is not None and bool(dead_mask.any())
+        n_dead = int(dead_mask.sum().item()) if dead_mask is not None else 0
+        use_aux = n_dead > 0
         fvu, aux_loss, acts, idx, sse, sst = _sae_losses(
-            sae, x, dead_mask if use_aux else None, k_aux if use_aux else 0)
+            sae, x, dead_mask if use_aux else None, min(k_aux, n_dead) if use_aux else 0)
         loss = fvu + aux_coef * aux_loss if use_aux else fvu
         opt.zero_grad(set_to_none=True)
         loss.backward()

