@@ -1,13 +1,19 @@
 """neuronlib: trace neuron circuits in language models (Arora et al., "Language Model Circuits Are Sparse in the
 Neuron Basis"), on top of nnsight.
 
-Public verbs: :func:`load_model`, :func:`attribute`; nodes are :class:`Node` (site, layer, position, unit).
+Public verbs: :func:`load_model`, :func:`attribute`, :func:`ablate`, :func:`patch`, :func:`steer`,
+:func:`evaluate_circuit`; nodes are :class:`Node` (site, layer, position, unit).
 """
 from .attribution import Attribution, attribute
+from .evaluation import evaluate_circuit
+from .interventions import Intervened, ablate, patch, steer
 from .models import DEFAULT_MODEL, Model, known_models, load_model
 from .sites import SITES, Node
 from .tracing import RelPRules
 
 __version__ = "0.1.0"
 
-__all__ = ["Attribution", "DEFAULT_MODEL", "Model", "Node", "RelPRules", "SITES", "attribute", "known_models", "load_model"]
+__all__ = [
+    "Attribution", "DEFAULT_MODEL", "Intervened", "Model", "Node", "RelPRules", "SITES", "ablate", "attribute",
+    "evaluate_circuit", "known_models", "load_model", "patch", "steer",
+]
