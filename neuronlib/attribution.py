@@ -15,7 +15,7 @@ from . import tracing
 from .activations import mean_values, read_sites
 from .inputs import prepare
 from .metrics import make_metric
-from .sites import Node, check_sites, site_layers
+from .sites import ERROR, SAE_SITES, Node, check_sites, site_layers, value_keys
 
 METHODS = ("atp", "relp", "relp-no-gate", "relp-no-half", "ig", "ig-inputs")
 BASELINES = ("counterfactual", "zero", "mean")
@@ -180,7 +180,7 @@ def attribute(
         elif baseline == "zero":
             base_vals = None
         else:
-            base_vals = {s: [v.expand(len(rows), *v.shape) for v in means[s]] for s in sites}
+            base_vals = {k: [v.expand(len(rows), *v.shape) for v in means[k]] for k in means}
         if method in ("atp", *RELP_VARIANTS):
             scores, m = _atp(model, clean, rows, sites, metric_fn, base_vals, RELP_VARIANTS.get(method))
         elif method == "ig":
@@ -207,33 +207,51 @@ def _read_sites(model, inputs, sites, metric_fn, rows):
     return read_sites(model, inputs, sites, metric=lambda lg: metric_fn(lg, rows))
 
 
-def _diff(vals, base_vals, site, layer):
-    v = vals[site][layer]
-    return v if base_vals is None else v - base_vals[site][layer]
+def _diff(vals, base_vals, key, layer):
+    v = vals[key][layer]
+    return v if base_vals is None else v - base_vals[key][layer]
+
+
+def _merge_error_nodes(scores: dict, sites) -> dict:
+    """Per-key scores [b, L, T, U] -> per-site; an SAE site's error node (summed over its vector) is the last unit."""
+    out = {}
+    for s in sites:
+        out[s] = scores[s] if s not in SAE_SITES else torch.cat([scores[s], scores[s + ERROR].sum(-1, keepdim=True).to(scores[s].dtype)], -1)
+    return out
+
+
+def _tap_all(keys):
+    values, deltas = {k: [] for k in keys}, {k: [] for k in keys}
+
+    def tap(key, layer, v):
+        if key not in deltas:
+            return None
+        d = torch.zeros_like(v, requires_grad=True)
+        values[key].append(v.detach())
+        deltas[key].append(d)
+        return v + d
+
+    return tap, values, deltas
+
+
+def _grads(out, deltas, keys):
+    flat = [d for k in keys for d in deltas[k]]
+    grads = torch.autograd.grad(out.sum(), flat, allow_unused=True)
+    grads = [torch.zeros_like(d) if g is None else g for d, g in zip(flat, grads)]
+    per_key, i = {}, 0
+    for k in keys:
+        per_key[k] = grads[i:i + len(deltas[k])]
+        i += len(deltas[k])
+    return per_key
 
 
 def _atp(model, inputs, rows, sites, metric_fn, base_vals, relp):
-    values = {s: [] for s in sites}
-    deltas = {s: [] for s in sites}
-
-    def tap(site, layer, v):
-        d = torch.zeros_like(v, requires_grad=True)
-        values[site].append(v.detach())
-        deltas[site].append(d)
-        return v + d
-
+    keys = value_keys(sites)
+    tap, values, deltas = _tap_all(keys)
     m = tracing.run(model, inputs, metric=lambda lg: metric_fn(lg, rows), edit=tap, sites=sites, relp=relp)
-    flat = [d for s in sites for d in deltas[s]]
-    grads = torch.autograd.grad(m.sum(), flat, allow_unused=True)
-    grads = [torch.zeros_like(d) if g is None else g for d, g in zip(flat, grads)]
-    scores, i = {}, 0
-    for s in sites:
-        per_layer = []
-        for layer in range(len(deltas[s])):
-            per_layer.append(_diff(values, base_vals, s, layer) * grads[i])
-            i += 1
-        scores[s] = torch.stack(per_layer, 1)
-    return scores, m.detach().float().cpu()
+    grads = _grads(m, deltas, keys)
+    scores = {k: torch.stack([_diff(values, base_vals, k, l) * g for l, g in enumerate(grads[k])], 1) for k in keys}
+    return _merge_error_nodes(scores, sites), m.detach().float().cpu()
 
 
 def _alphas(n_steps, device, dtype):
@@ -245,28 +263,33 @@ def _repeat(inputs, n):
 
 
 def _ig_per_site(model, inputs, rows, sites, metric_fn, base_vals, n_steps, progress):
-    """Marks et al.'s IG: each (site, layer) interpolated on its own from baseline to clean, downstream recomputed."""
+    """Marks et al.'s IG: each (site, layer) interpolated on its own from baseline to clean, downstream recomputed.
+    An SAE site's latents and error node are interpolated together."""
     clean_vals, m = _read_sites(model, inputs, sites, metric_fn, rows)
     b = len(rows)
     rep_inputs, rep_rows = _repeat(inputs, n_steps), rows.repeat(n_steps)
     scores = {}
     jobs = [(s, layer) for s in sites for layer in range(len(clean_vals[s]))]
     for site, layer in tqdm(jobs, desc="IG per site", leave=False, disable=_quiet(progress, len(jobs) * 2)):
-        v = clean_vals[site][layer]
-        base = torch.zeros_like(v) if base_vals is None else base_vals[site][layer]
-        alpha = _alphas(n_steps, v.device, v.dtype).repeat_interleave(b)[:, None, None]
-        path = base.repeat(n_steps, 1, 1) + alpha * (v - base).repeat(n_steps, 1, 1)
-        delta = torch.zeros_like(path, requires_grad=True)
-        target = (site, -1 if site == "embed" else layer)
+        lid = -1 if site == "embed" else layer
+        paths, deltas, diffs = {}, {}, {}
+        for key in value_keys((site,)):
+            v = clean_vals[key][layer]
+            base = torch.zeros_like(v) if base_vals is None else base_vals[key][layer]
+            alpha = _alphas(n_steps, v.device, v.dtype).repeat_interleave(b)[:, None, None]
+            paths[key] = base.repeat(n_steps, 1, 1) + alpha * (v - base).repeat(n_steps, 1, 1)
+            deltas[key] = torch.zeros_like(paths[key], requires_grad=True)
+            diffs[key] = v - base
 
-        def interpolate(s, l, value):
-            return path + delta if (s, l) == target else None
+        def interpolate(key, l, value):
+            return paths[key] + deltas[key] if l == lid and key in paths else None
 
         out = tracing.run(model, rep_inputs, metric=lambda lg: metric_fn(lg, rep_rows), edit=interpolate, sites=(site,))
-        (grad,) = torch.autograd.grad(out.sum(), [delta])
-        mean_grad = grad.view(n_steps, b, *grad.shape[1:]).mean(0)
-        scores.setdefault(site, []).append((v - base) * mean_grad)
-    return {s: torch.stack(scores[s], 1) for s in sites}, m
+        grads = torch.autograd.grad(out.sum(), list(deltas.values()))
+        for key, grad in zip(deltas, grads):
+            mean_grad = grad.view(n_steps, b, *grad.shape[1:]).mean(0)
+            scores.setdefault(key, []).append(diffs[key] * mean_grad)
+    return _merge_error_nodes({k: torch.stack(v, 1) for k, v in scores.items()}, sites), m
 
 
 def _embed_values(model, prepared, rows, baseline, means):
@@ -280,35 +303,31 @@ def _embed_values(model, prepared, rows, baseline, means):
 
 def _ig_inputs(model, inputs, rows, sites, metric_fn, base_vals, base_embed, n_steps):
     """IG on the input embeddings; every node's gradient averaged along that one path."""
-    read_sites = tuple(dict.fromkeys(("embed", *sites)))
-    clean_vals, m = _read_sites(model, inputs, read_sites, metric_fn, rows)
+    read = tuple(dict.fromkeys(("embed", *sites)))
+    clean_vals, m = _read_sites(model, inputs, read, metric_fn, rows)
     e = clean_vals["embed"][0]
     e0 = torch.zeros_like(e) if base_embed is None else base_embed
     b = len(rows)
     alpha = _alphas(n_steps, e.device, e.dtype).repeat_interleave(b)[:, None, None]
     path = e0.repeat(n_steps, 1, 1) + alpha * (e - e0).repeat(n_steps, 1, 1)
-    deltas = {s: [] for s in sites}
+    keys = value_keys(sites)
+    tap_site, _, deltas = _tap_all(keys)
 
-    def tap(site, layer, value):
-        if site == "embed":
+    def tap(key, layer, value):
+        if key == "embed":
             value = path
-        if site in deltas:
-            d = torch.zeros_like(value, requires_grad=True)
-            deltas[site].append(d)
-            return value + d
-        return value
+            tapped = tap_site(key, layer, value)
+            return value if tapped is None else tapped
+        return tap_site(key, layer, value)
 
     rep_rows = rows.repeat(n_steps)
-    out = tracing.run(model, _repeat(inputs, n_steps), metric=lambda lg: metric_fn(lg, rep_rows), edit=tap, sites=read_sites)
-    flat = [d for s in sites for d in deltas[s]]
-    grads = torch.autograd.grad(out.sum(), flat, allow_unused=True)
-    scores, i = {}, 0
-    for s in sites:
+    out = tracing.run(model, _repeat(inputs, n_steps), metric=lambda lg: metric_fn(lg, rep_rows), edit=tap, sites=read)
+    grads = _grads(out, deltas, keys)
+    scores = {}
+    for k in keys:
         per_layer = []
-        for layer in range(len(deltas[s])):
-            g = torch.zeros_like(flat[i]) if grads[i] is None else grads[i]
+        for layer, g in enumerate(grads[k]):
             mean_grad = g.view(n_steps, b, *g.shape[1:]).mean(0)
-            per_layer.append(_diff(clean_vals, base_vals, s, layer) * mean_grad)
-            i += 1
-        scores[s] = torch.stack(per_layer, 1)
-    return scores, m
+            per_layer.append(_diff(clean_vals, base_vals, k, layer) * mean_grad)
+        scores[k] = torch.stack(per_layer, 1)
+    return _merge_error_nodes(scores, sites), m

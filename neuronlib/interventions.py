@@ -14,7 +14,7 @@ from . import tracing
 from .activations import mean_values, read_sites
 from .inputs import Prepared, prepare
 from .metrics import make_metric
-from .sites import Node, check_sites, empty_mask, node_masks
+from .sites import SAE_SITES, Node, check_sites, empty_mask, node_masks, split_key
 
 MODES = ("mean", "zero")
 
@@ -87,13 +87,16 @@ def _masked_edit(model, prepared, masks, replacement):
     pads = (prepared.T - prepared.lengths)
     padded = {s: _real_to_padded(m, pads) for s, m in masks.items()}
 
-    def edit(site, layer, value, rows):
+    def edit(key, layer, value, rows):
+        site, is_error = split_key(key)
         if site not in padded:
             return None
         mask = padded[site][rows, 0 if site == "embed" else layer].to(value.device)
+        if site in SAE_SITES:  # the last unit is the error node: it gates the whole error vector
+            mask = mask[..., -1:] if is_error else mask[..., :-1]
         if not mask.any():
             return None
-        return torch.where(mask, replacement(site, layer, value, rows), value)
+        return torch.where(mask, replacement(key, layer, value, rows), value)
 
     return edit
 
@@ -226,10 +229,13 @@ def steer(model, prompts, neurons, *, multiplier: float, positions="all", metric
         else:
             stacked[site] = _real_to_padded(per[0], pads)
 
-    def edit(site, layer, value, rows):
+    def edit(key, layer, value, rows):
+        site, is_error = split_key(key)
         if site not in stacked:
             return None
         mask = stacked[site][rows, 0 if site == "embed" else layer].to(value.device)
+        if site in SAE_SITES:
+            mask = mask[..., -1:] if is_error else mask[..., :-1]
         return torch.where(mask, value * multiplier, value)
 
     return run_with_edits(model, prepared, edits=edit, metric=_metric_arg(metric, prepared), sites=sites,

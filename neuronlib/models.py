@@ -69,6 +69,22 @@ class Model:
     arch: Architecture
     nn: object = field(repr=False)  # nnsight.NNsight over ``hf``, for users' own traces
     source: str = ""
+    saes: dict = field(default_factory=dict, repr=False)  # "sae_mlp_out" -> one SAE per layer
+
+    def attach_saes(self, site: str, saes) -> None:
+        """Make ``site`` ("sae_mlp_out", "sae_resid" or "sae_attn_out") available: one SAE per layer, in order."""
+        from .sites import SAE_SITES, site_width
+
+        if site not in SAE_SITES:
+            raise ValueError(f"unknown SAE site {site!r}; use one of {sorted(SAE_SITES)}")
+        saes = list(saes)
+        if len(saes) != self.n_layers:
+            raise ValueError(f"need one SAE per layer ({self.n_layers}), got {len(saes)}")
+        width = site_width(self, SAE_SITES[site])
+        bad = [i for i, sae in enumerate(saes) if sae.d_in != width]
+        if bad:
+            raise ValueError(f"SAEs of layers {bad} have d_in != {width} (the width of {SAE_SITES[site]})")
+        self.saes[site] = [sae.to(device=self.device, dtype=self.dtype).requires_grad_(False) for sae in saes]
 
     @property
     def config(self):

@@ -5,9 +5,13 @@ from typing import NamedTuple
 
 import torch
 
-# In forward order within a layer; ``embed`` comes before layer 0.
-SITES: tuple[str, ...] = ("embed", "attn_out", "mlp_acts", "mlp_out", "resid")
-LAYER_SITES: tuple[str, ...] = ("attn_out", "mlp_acts", "mlp_out", "resid")
+# In forward order within a layer; ``embed`` comes before layer 0. ``sae_*`` sites are an SAE's latents on the
+# named site plus one error node per (layer, position): unit ``d_sae`` of the site (the last one).
+SITES: tuple[str, ...] = ("embed", "attn_out", "sae_attn_out", "mlp_acts", "mlp_out", "sae_mlp_out", "resid", "sae_resid")
+LAYER_SITES: tuple[str, ...] = tuple(s for s in SITES if s != "embed")
+BASE_SITES: tuple[str, ...] = tuple(s for s in SITES if not s.startswith("sae_"))
+SAE_SITES: dict[str, str] = {"sae_attn_out": "attn_out", "sae_mlp_out": "mlp_out", "sae_resid": "resid"}
+ERROR = "/error"  # suffix of the key under which an SAE site's error vectors travel through edits
 
 SITE_DOC = {
     "embed": "output of the token embedding (one 'layer', numbered -1)",
@@ -15,6 +19,9 @@ SITE_DOC = {
     "mlp_acts": "input of mlp.down_proj = act(gate_proj(x)) * up_proj(x): the MLP neurons",
     "mlp_out": "output of the MLP (what it writes towards the residual stream)",
     "resid": "output of the decoder layer (the residual stream)",
+    "sae_attn_out": "SAE latents on attn_out + one error node per (layer, position)",
+    "sae_mlp_out": "SAE latents on mlp_out + one error node per (layer, position)",
+    "sae_resid": "SAE latents on resid + one error node per (layer, position)",
 }
 
 
@@ -27,7 +34,7 @@ class Node(NamedTuple):
     unit: int
 
     def label(self) -> str:
-        prefix = {"mlp_acts": "N", "mlp_out": "M", "attn_out": "A", "resid": "R", "embed": "E"}.get(self.site, "U")
+        prefix = {"mlp_acts": "N", "mlp_out": "M", "attn_out": "A", "resid": "R", "embed": "E"}.get(self.site, "S")
         return f"L{self.layer}/{prefix}{self.unit}@{self.position}"
 
 
@@ -49,6 +56,11 @@ def site_layers(model, site: str) -> list[int]:
 
 def site_width(model, site: str) -> int:
     check_sites(site)
+    if site in SAE_SITES:
+        saes = model.saes.get(site)
+        if not saes:
+            raise ValueError(f"site {site!r} needs SAEs: attach them first with model.attach_saes({site!r}, saes)")
+        return saes[0].d_sae + 1
     if site == "mlp_acts":
         return model.d_mlp
     if site == "attn_out":  # heads x head_dim, which need not equal d_model (Gemma-3-270M: 4 x 256 vs 640)
@@ -90,3 +102,13 @@ def node_masks(model, nodes, T: int) -> dict[str, torch.Tensor]:
 
 def empty_mask(model, site: str, T: int) -> torch.Tensor:
     return torch.zeros(len(site_layers(model, site)), T, site_width(model, site), dtype=torch.bool)
+
+
+def split_key(key: str) -> tuple[str, bool]:
+    """An edit key -> (site, is the SAE error part)."""
+    return (key[: -len(ERROR)], True) if key.endswith(ERROR) else (key, False)
+
+
+def value_keys(sites) -> tuple[str, ...]:
+    """The keys under which the sites' values travel: an SAE site has its latents and its error vectors."""
+    return tuple(k for s in sites for k in ((s, s + ERROR) if s in SAE_SITES else (s,)))

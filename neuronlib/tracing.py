@@ -13,6 +13,7 @@ import nnsight
 import torch
 
 from .architectures import get_path
+from .sites import ERROR
 
 
 def wrap(hf_model):
@@ -68,6 +69,26 @@ def _apply(edit, site, layer, value):
     return value if new is None else new
 
 
+def _visit(model, edit, sites, base: str, layer: int, value):
+    """The edit of a base site, then of its SAE site (latents and error node), if requested."""
+    if base in sites:
+        value = _apply(edit, base, layer, value)
+    sae_site = "sae_" + base
+    if sae_site in sites:
+        from .saes import sae_site_reconstruct, sae_site_values
+
+        sae = model.saes[sae_site][layer]
+        latents, error = sae_site_values(sae, value)
+        latents = _apply(edit, sae_site, layer, latents)
+        error = _apply(edit, sae_site + ERROR, layer, error)
+        value = sae_site_reconstruct(sae, latents, error)  # bit-identical to ``value`` when nothing was edited
+    return value
+
+
+def _wants(sites, base):
+    return base in sites or "sae_" + base in sites
+
+
 def run(
     model,
     inputs: dict[str, torch.Tensor],
@@ -81,13 +102,15 @@ def run(
     """One forward pass. Returns ``metric(last_logits_BV)`` (a [B] tensor that keeps its autograd graph), or None.
 
     ``edit(site, layer, value)`` is called for every site in ``sites`` in forward order; what it returns (if not
-    None) replaces the value for the rest of the forward pass. Gradients flow only where the caller made a leaf that
+    None) replaces the value for the rest of the forward pass. An SAE site calls it twice: with its latents under
+    the site's name and with its error vectors under ``site + "/error"``. Gradients flow only where the caller made a leaf that
     requires grad (parameters are frozen), so a caller taps a site by returning ``value + delta``.
     """
     arch = model.arch
     lm = model.nn
     sites = set(sites)
     need_layers = bool(sites - {"embed"}) or relp is not None
+    visit = lambda base, layer, value: _visit(model, edit, sites, base, layer, value)  # noqa: E731
     kwargs = dict(attention_mask=inputs["attention_mask"], logits_to_keep=1, use_cache=False)
     if inputs_embeds is not None:
         kwargs["inputs_embeds"] = inputs_embeds
@@ -111,9 +134,9 @@ def run(
                 q_proj.output = q_proj.output.detach()
                 k_proj = getattr(attn, arch.k_proj)
                 k_proj.output = k_proj.output.detach()
-            if "attn_out" in sites:
+            if _wants(sites, "attn_out"):
                 o_proj = getattr(attn, arch.o_proj)
-                o_proj.input = _apply(edit, "attn_out", i, o_proj.input)
+                o_proj.input = visit("attn_out", i, o_proj.input)
             if relp is not None and relp.norm:
                 for name in arch.norms_after_attn:
                     _frozen_norm(getattr(layer, name), model)
@@ -139,17 +162,17 @@ def run(
                 else:
                     h = down.input
                 down.input = _apply(edit, "mlp_acts", i, h) if "mlp_acts" in sites else h
-            if "mlp_out" in sites:
-                mlp.output = _apply(edit, "mlp_out", i, mlp.output)
+            if _wants(sites, "mlp_out"):
+                mlp.output = visit("mlp_out", i, mlp.output)
             if relp is not None and relp.norm:
                 for name in arch.norms_after_mlp:
                     _frozen_norm(getattr(layer, name), model)
-            if "resid" in sites:
+            if _wants(sites, "resid"):
                 out = layer.output
                 if isinstance(out, tuple):
-                    layer.output = (_apply(edit, "resid", i, out[0]), *out[1:])
+                    layer.output = (visit("resid", i, out[0]), *out[1:])
                 else:
-                    layer.output = _apply(edit, "resid", i, out)
+                    layer.output = visit("resid", i, out)
         if relp is not None and relp.norm:
             _frozen_norm(get_path(lm, arch.final_norm), model)
         if metric is not None:

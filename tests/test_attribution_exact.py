@@ -5,9 +5,9 @@ from conftest import SVA_PAIRS, hooked_forward
 
 import neuronlib
 from neuronlib import tracing
-from neuronlib.sites import SITES
+from neuronlib.sites import BASE_SITES
 
-ALL = SITES
+ALL = BASE_SITES
 
 
 def _ids(model, key):
