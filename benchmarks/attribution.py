@@ -64,7 +64,8 @@ def floor(model, data) -> None:
 
 
 def timed(fn, repeats: int) -> float:
-    fn()  # warm-up
+    if repeats > 1:
+        fn()  # warm-up (skipped for single, long runs)
     times = []
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -90,13 +91,19 @@ def main(argv=None) -> int:
         return lambda: neuronlib.attribute(model, data, method=method, baseline=baseline, metric=metric,
                                            batch_size=args.batch, progress=False)
 
-    rows = [("(a) floor: torch forward+backward to all down_proj inputs", timed(lambda: floor(model, data), args.repeats))]
-    rows.append(("(b) AtP, zero baseline", timed(att("atp"), args.repeats)))
-    rows.append(("(c) RelP, zero baseline", timed(att("relp"), args.repeats)))
-    rows.append(("AtP, counterfactual baseline (+1 no-grad forward)", timed(att("atp", "counterfactual"), args.repeats)))
-    rows.append(("RelP, counterfactual baseline (+1 no-grad forward)", timed(att("relp", "counterfactual"), args.repeats)))
-    rows.append(("(d) IG-10 per site (30 layers x 10 steps, batched)", timed(att("ig", "counterfactual"), args.ig_repeats)))
-    rows.append(("(d') IG-10 on inputs (10 steps, batched)", timed(att("ig-inputs", "counterfactual"), args.ig_repeats)))
+    variants = [
+        ("(a) floor: torch forward+backward to all down_proj inputs", lambda: floor(model, data), args.repeats),
+        ("(b) AtP, zero baseline", att("atp"), args.repeats),
+        ("(c) RelP, zero baseline", att("relp"), args.repeats),
+        ("AtP, counterfactual baseline (+1 no-grad forward)", att("atp", "counterfactual"), args.repeats),
+        ("RelP, counterfactual baseline (+1 no-grad forward)", att("relp", "counterfactual"), args.repeats),
+        ("(d') IG-10 on inputs (10 steps, batched)", att("ig-inputs", "counterfactual"), args.ig_repeats),
+        ("(d) IG-10 per site (30 layers x 10 steps, batched)", att("ig", "counterfactual"), args.ig_repeats),
+    ]
+    rows = []
+    for name, fn, repeats in variants:
+        rows.append((name, timed(fn, repeats)))
+        print(f"{name}: {rows[-1][1]:.3f} s ({rows[-1][1] / rows[0][1]:.2f} x floor)", flush=True)
     base, relp = rows[0][1], rows[2][1]
     lines = [
         f"# Attribution benchmark ({model.name})",
