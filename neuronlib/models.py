@@ -133,12 +133,16 @@ def known_models() -> list[str]:
     return [*PACKAGED, *TINY]
 
 
-def load_model(name: str = DEFAULT_MODEL, *, device: str = "cpu", dtype: torch.dtype | None = None, seed: int = 0) -> Model:
+def load_model(name: str = DEFAULT_MODEL, *, device: str | None = None, dtype: torch.dtype | None = None,
+               seed: int = 0) -> Model:
     """Load a model by registry name, local Hugging Face directory or hub id.
 
-    Parameters are frozen (attribution needs gradients with respect to activations, not weights). ``dtype`` defaults
-    to float32 on CPU and bfloat16 on CUDA.
+    Parameters are frozen (attribution needs gradients with respect to activations, not weights). ``device`` defaults
+    to $NEURONLIB_DEVICE or "cpu" (so notebooks run on a GPU without edits); ``dtype`` to float32 on CPU and
+    bfloat16 on CUDA.
     """
+    if device is None:
+        device = os.environ.get("NEURONLIB_DEVICE", "cpu")
     if not isinstance(name, str) or not name:
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
     if dtype is None:
