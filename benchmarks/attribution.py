@@ -111,7 +111,8 @@ def main(argv=None) -> int:
         f"Batch of {args.batch} agreement prompts ({T} tokens), all {model.n_layers * model.d_mlp:,} neurons at every "
         f"position, float32 on CPU; median of {args.repeats} runs (IG: {args.ig_repeats}).",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"threads {torch.get_num_threads()}. Command: `.venv/bin/python benchmarks/attribution.py`.",
+        f"threads {torch.get_num_threads()}. Command: `{' '.join(['.venv/bin/python', *sys.argv])}`"
+        + (f" with OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if "OMP_NUM_THREADS" in os.environ else "") + ".",
         "",
         "| variant | seconds | × floor | × RelP |",
         "| --- | ---: | ---: | ---: |",
