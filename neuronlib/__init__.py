@@ -5,6 +5,7 @@ Public verbs: :func:`load_model`, :func:`attribute`, :func:`ablate`, :func:`patc
 :func:`evaluate_circuit`; nodes are :class:`Node` (site, layer, position, unit).
 """
 from .attribution import Attribution, attribute
+from .edges import CircuitGraph, attribute_edges, evaluate_edge_pruning
 from .evaluation import evaluate_circuit
 from .interventions import Intervened, ablate, patch, steer
 from .models import DEFAULT_MODEL, Model, known_models, load_model
@@ -14,6 +15,6 @@ from .tracing import RelPRules
 __version__ = "0.1.0"
 
 __all__ = [
-    "Attribution", "DEFAULT_MODEL", "Intervened", "Model", "Node", "RelPRules", "SITES", "ablate", "attribute",
-    "evaluate_circuit", "known_models", "load_model", "patch", "steer",
+    "Attribution", "CircuitGraph", "DEFAULT_MODEL", "Intervened", "Model", "Node", "RelPRules", "SITES", "ablate", "attribute", "attribute_edges",
+    "evaluate_circuit", "evaluate_edge_pruning", "known_models", "load_model", "patch", "steer",
 ]
