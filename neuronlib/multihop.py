@@ -1,0 +1,797 @@
+"""City -> state -> capital (METHOD.md §6, the paper's figures 7-8): accuracy, circuits, neuron groups, steering.
+
+The analysis behind ``notebooks/03_multihop_steering.ipynb``. Every function takes a loaded model and the capitals
+table (:func:`neuronlib.data.capitals.load_capitals`) and returns DataFrames; figure functions take those
+DataFrames, so figures can be restyled without recomputing.
+
+Steps (each a function here):
+
+1. :func:`evaluate_tasks` -- what the model answers to the paper's two-hop prompt and to each hop alone
+   (first-token probabilities of the capital, the state and the city; top-1 category checked on the whole name).
+2. :func:`trace_circuits` -- RelP, zero baseline, metric = sum of the top-5 next-token logits, nodes with
+   ``|score| >= tau * metric`` (tau = 0.005) at every position, per prompt (:func:`select_circuit`).
+3. :func:`unit_aurocs` / :func:`group_circuit` -- neuron groups from AUROC of position-summed attribution across
+   prompts against hypothesis labels (answer-is-capital vs answer-is-state; which state), plus the output-token
+   lens of :mod:`neuronlib.describe`.
+4. :func:`steering_sweep` -- scale the strongest "say a capital" neurons at their circuit positions; p(capital),
+   p(state), p(city) per prompt; :func:`flip_fraction`.
+5. :func:`swap_matrix` -- set one state's group neurons to their values from another state's prompt; does the
+   answer become the other state's capital?
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from . import tracing
+from .data import capitals as cap_data
+from .sites import Node
+
+KINDS = ("capital", "state", "city")
+TASKS = {  # task -> (prompt builder over a row, the expected kind of answer)
+    "two_hop": (lambda row, tok: cap_data.two_hop_prompt(row["city"], tok), "capital"),
+    "city_to_state": (lambda row, tok: cap_data.city_to_state_prompt(row["city"]), "state"),
+    "state_to_capital": (lambda row, tok: cap_data.state_to_capital_prompt(row["state"]), "capital"),
+}
+TAU = 0.005
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# prompts and answers
+
+
+def task_prompts(df: pd.DataFrame, tokenizer, task: str) -> list[str]:
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; use one of {tuple(TASKS)}")
+    build = TASKS[task][0]
+    return [build(row, tokenizer) for row in df.to_dict("records")]
+
+
+def _name_ids(tokenizer, name: str) -> list[int]:
+    return tokenizer(" " + name, add_special_tokens=False)["input_ids"]
+
+
+def answer_ids(df: pd.DataFrame, tokenizer) -> pd.DataFrame:
+    """First-token id (with a leading space) and full token ids of each row's capital, state and city."""
+    out = pd.DataFrame(index=df.index)
+    for kind in KINDS:
+        ids = [_name_ids(tokenizer, name) for name in df[kind]]
+        out[f"{kind}_id"] = [i[0] for i in ids]
+        out[f"{kind}_ids"] = ids
+    return out
+
+
+def last_logits(model, prompts: list[str], *, batch_size: int = 16) -> torch.Tensor:
+    """Next-token logits [B, V] (float32, CPU), batched."""
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        enc = model.tokenize(prompts[start:start + batch_size])
+        out.append(tracing.logits(model, enc).float().cpu())
+    return torch.cat(out)
+
+
+def greedy_continues(model, prompts: list[str], names: list[str]) -> list[bool]:
+    """Does greedy decoding after each prompt produce ``" " + name`` token by token? (teacher-forced check)."""
+    tok = model.tokenizer
+    result = []
+    for prompt, name in zip(prompts, names):
+        p_ids = tok(prompt, add_special_tokens=False)["input_ids"]
+        n_ids = _name_ids(tok, name)
+        ids = torch.tensor([p_ids + n_ids[:-1]], device=model.device)
+        with torch.no_grad():
+            lg = model.hf(input_ids=ids, use_cache=False).logits[0]
+        pred = lg[len(p_ids) - 1:].argmax(-1).tolist()
+        result.append(pred == n_ids)
+    return result
+
+
+def _categorise(model, prompts, names: dict[str, list[str]], ids: pd.DataFrame, top_ids) -> list[str]:
+    """The kind (capital/state/city) whose *whole* name greedy decoding produces, else "other"."""
+    cats = []
+    for i, prompt in enumerate(prompts):
+        found = "other"
+        for kind in KINDS:
+            kind_ids = ids[f"{kind}_ids"].iloc[i]
+            if kind_ids[0] != top_ids[i]:
+                continue
+            if len(kind_ids) == 1 or greedy_continues(model, [prompt], [names[kind][i]])[0]:
+                found = kind
+                break
+        cats.append(found)
+    return cats
+
+
+def evaluate_tasks(model, df: pd.DataFrame, tasks=tuple(TASKS), *, batch_size: int = 16) -> pd.DataFrame:
+    """One row per (task, capitals row): first-token p(capital), p(state), p(city), their ranks, the top token, and
+    ``top_is`` -- which of capital/state/city the greedy answer is (whole name checked), or "other".
+    ``correct``: ``top_is`` equals the task's expected kind."""
+    tok = model.tokenizer
+    ids = answer_ids(df, tok)
+    names = {k: list(df[k]) for k in KINDS}
+    frames = []
+    for task in tasks:
+        prompts = task_prompts(df, tok, task)
+        logits = last_logits(model, prompts, batch_size=batch_size)
+        probs = logits.softmax(-1)
+        top_p, top_id = probs.max(-1)
+        frame = df[["city", "state", "capital"]].copy()
+        frame.insert(0, "task", task)
+        frame["prompt"] = prompts
+        frame["top_token"] = [tok.decode([t]) for t in top_id.tolist()]
+        frame["top_prob"] = top_p.numpy()
+        for kind in KINDS:
+            kid = torch.tensor(ids[f"{kind}_id"].tolist())
+            frame[f"p_{kind}"] = probs.gather(-1, kid[:, None])[:, 0].numpy()
+            frame[f"rank_{kind}"] = (logits > logits.gather(-1, kid[:, None])).sum(-1).numpy() + 1
+        frame["top_is"] = _categorise(model, prompts, names, ids, top_id.tolist())
+        expected = TASKS[task][1]
+        frame["expected"] = expected
+        frame["correct"] = frame["top_is"] == expected
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def accuracy_table(evals: pd.DataFrame) -> pd.DataFrame:
+    """Per task: the fraction of prompts whose greedy answer is the capital / state / city / other, the accuracy
+    (answer = the expected kind), and the mean first-token p(expected)."""
+    rows = []
+    for task, g in evals.groupby("task", sort=False):
+        expected = g["expected"].iloc[0]
+        row = {"task": task, "expected": expected, "n": len(g), "accuracy": g["correct"].mean()}
+        for kind in (*KINDS, "other"):
+            row[f"top_is_{kind}"] = (g["top_is"] == kind).mean()
+        row["mean_p_expected"] = g[f"p_{expected}"].mean()
+        row["median_rank_expected"] = g[f"rank_{expected}"].median()
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# circuits
+
+
+def select_circuit(scores_BLTU: torch.Tensor, metric_B: torch.Tensor, lengths_B: torch.Tensor, *, tau: float = TAU,
+                   tokens: list[list[str]] | None = None) -> pd.DataFrame:
+    """Nodes with ``|score| >= tau * |metric|`` per example, at every position (METHOD.md §2, case studies).
+
+    ``scores_BLTU`` is in the left-padded layout of :class:`neuronlib.Attribution` (position t of example b is its
+    token ``t - (T - lengths[b])``). Returns example, layer, position (real), token, unit, score, largest first.
+    """
+    if scores_BLTU.dim() != 4:
+        raise ValueError(f"scores must be [B, L, T, U], got shape {tuple(scores_BLTU.shape)}")
+    if not tau >= 0:
+        raise ValueError(f"tau must be >= 0, got {tau!r}")
+    B, L, T, U = scores_BLTU.shape
+    frames = []
+    for b in range(B):
+        thr = tau * abs(float(metric_B[b]))
+        s = scores_BLTU[b]
+        idx = (s.abs() >= thr).nonzero()  # [n, 3]: layer, padded position, unit
+        pad = T - int(lengths_B[b])
+        keep = idx[:, 1] >= pad  # padding positions never count
+        idx = idx[keep]
+        vals = s[idx[:, 0], idx[:, 1], idx[:, 2]]
+        pos = (idx[:, 1] - pad).tolist()
+        frame = pd.DataFrame({
+            "example": b, "layer": idx[:, 0].tolist(), "position": pos,
+            "token": [tokens[b][p] for p in pos] if tokens is not None else None,
+            "unit": idx[:, 2].tolist(), "score": vals.tolist(),
+        })
+        frames.append(frame.sort_values("score", key=np.abs, ascending=False))
+    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(
+        columns=["example", "layer", "position", "token", "unit", "score"])
+    return out.astype({"example": int, "layer": int, "position": int, "unit": int, "score": float})
+
+
+@dataclass
+class PromptCircuits:
+    """Per-prompt circuits of one prompt set: ``nodes`` (select_circuit's frame, ``example`` = prompt index),
+    ``summed`` [P, L, U] (each neuron's attribution summed over positions) and ``last`` [P, L, U] (at the last
+    position) -- the inputs to AUROC --, ``metric`` [P], ``tokens`` per prompt."""
+
+    prompts: list[str]
+    nodes: pd.DataFrame
+    summed: torch.Tensor
+    last: torch.Tensor
+    metric: torch.Tensor
+    tokens: list[list[str]]
+    tau: float
+    scores: list[torch.Tensor] | None = None  # with keep_scores: per prompt [L, T_b, U] (real positions, float16)
+
+    def circuit(self, i: int) -> pd.DataFrame:
+        return self.nodes[self.nodes["example"] == i].reset_index(drop=True)
+
+    def sizes(self) -> pd.Series:
+        return self.nodes.groupby("example").size().reindex(range(len(self.prompts)), fill_value=0)
+
+    def subset(self, index) -> "PromptCircuits":
+        index = list(index)
+        remap = {old: new for new, old in enumerate(index)}
+        nodes = self.nodes[self.nodes["example"].isin(remap)].copy()
+        nodes["example"] = nodes["example"].map(remap)
+        return PromptCircuits([self.prompts[i] for i in index], nodes.reset_index(drop=True), self.summed[index],
+                              self.last[index], self.metric[index], [self.tokens[i] for i in index], self.tau,
+                              None if self.scores is None else [self.scores[i] for i in index])
+
+
+def trace_circuits(model, prompts: list[str], *, tau: float = TAU, k: int = 5, method: str = "relp",
+                   chunk: int = 8, keep_scores: bool = False, progress: bool = True,
+                   cache: bool = True) -> PromptCircuits:
+    """RelP (zero baseline, metric = sum of the top-``k`` next-token logits) on every neuron at every position;
+    the circuit of each prompt is its nodes with ``|score| >= tau * metric``. Runs ``chunk`` prompts at a time
+    (the full [B, L, T, U] scores never sit in memory for all prompts) and caches the result on disk.
+    ``keep_scores`` also keeps every prompt's full scores (float16; for short prompts)."""
+    import neuronlib
+    from .cache import cache_key, cached
+
+    def compute():
+        frames, summed, last, metric, tokens, full = [], [], [], [], [], []
+        starts = range(0, len(prompts), chunk)
+        for start in tqdm(starts, desc=f"{method} circuits", disable=not progress or len(starts) < 2):
+            part = prompts[start:start + chunk]
+            att = neuronlib.attribute(model, part, metric="topk_logits", k=k, method=method, baseline="zero",
+                                      sites=("mlp_acts",), batch_size=chunk, progress=False)
+            s = att["mlp_acts"]
+            nodes = select_circuit(s, att.metric, att.lengths, tau=tau, tokens=att.tokens)
+            nodes["example"] += start
+            frames.append(nodes)
+            summed.append(s.sum(2))
+            last.append(s[:, :, -1])  # left padding: index -1 is every prompt's last token
+            if keep_scores:
+                T = s.shape[2]
+                full += [s[b, :, T - int(n):].half().clone() for b, n in enumerate(att.lengths)]
+            metric.append(att.metric)
+            tokens += att.tokens
+        return {"nodes": pd.concat(frames, ignore_index=True), "summed": torch.cat(summed), "last": torch.cat(last),
+                "metric": torch.cat(metric), "tokens": tokens, "scores": full if keep_scores else None}
+
+    from .describe import model_fingerprint
+
+    key = cache_key(kind="prompt_circuits", format=2, model=model.name, weights=model_fingerprint(model), prompts=prompts,
+                    tau=tau, k=k, method=method, keep_scores=keep_scores)
+    res = cached("prompt_circuits", key, compute, refresh=not cache)
+    return PromptCircuits(list(prompts), res["nodes"], res["summed"], res["last"], res["metric"], res["tokens"], tau,
+                          res["scores"])
+
+
+def circuit_summary(circuit: pd.DataFrame, tokens: list[str] | None = None) -> dict:
+    """Size, distinct neurons, layer range and histogram, and nodes per position of one prompt's circuit."""
+    by_pos = circuit.groupby("position").size()
+    return {
+        "n_nodes": len(circuit),
+        "n_neurons": circuit[["layer", "unit"]].drop_duplicates().shape[0],
+        "layers": (int(circuit["layer"].min()), int(circuit["layer"].max())) if len(circuit) else None,
+        "nodes_per_layer": circuit.groupby("layer").size().to_dict(),
+        "nodes_per_position": {
+            (f"{p}:{tokens[p]!r}" if tokens is not None else p): int(n) for p, n in by_pos.items()},
+        "positive_share": float((circuit["score"] > 0).mean()) if len(circuit) else float("nan"),
+    }
+
+
+def node_activations(model, prompt: str, circuit: pd.DataFrame) -> np.ndarray:
+    """The activation value of each circuit node on ``prompt`` (its sign names the neuron's side)."""
+    from .activations import read_sites
+
+    vals, _ = read_sites(model, model.tokenize([prompt]), ("mlp_acts",))
+    acts = torch.stack([v[0] for v in vals["mlp_acts"]]).cpu()  # [L, T, U]
+    return acts[circuit["layer"].to_numpy(), circuit["position"].to_numpy(), circuit["unit"].to_numpy()].numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# neuron groups
+
+
+def unit_aurocs(summed_PLU: torch.Tensor, labels) -> np.ndarray:
+    """[L, U] AUROC of each neuron's position-summed attribution across prompts against binary ``labels``."""
+    from .stats import auroc_per_unit
+
+    P, L, U = summed_PLU.shape
+    return auroc_per_unit(summed_PLU.reshape(P, L * U).double().numpy(), np.asarray(labels)).reshape(L, U)
+
+
+@dataclass
+class MixedSet:
+    """The city->state prompts and the state->capital prompts of the same rows as one AUROC population
+    (hop-1 rows first): ``summed`` and ``last`` [2n, L, U], ``answer_is_capital`` labels, ``states`` per prompt.
+
+    The two templates differ in more than the kind of answer, so an AUROC of attribution at earlier positions also
+    picks up template differences; answer-kind AUROCs therefore use the last position only (where the answer is
+    produced), and which-state AUROCs the position-summed attribution (the state can be read anywhere)."""
+
+    summed: torch.Tensor
+    last: torch.Tensor
+    answer_is_capital: np.ndarray
+    states: list[str]
+
+    @classmethod
+    def from_circuits(cls, hop1: PromptCircuits, hop2: PromptCircuits, states: list[str], *, keep1=None,
+                      keep2=None) -> "MixedSet":
+        """``keep1`` / ``keep2``: boolean masks of the rows to use from each hop (e.g. the prompts the model gets
+        right, so that the label "the answer is a capital" is what the model actually does)."""
+        n1, n2 = len(hop1.prompts), len(hop2.prompts)
+        if n1 != len(states) or n2 != len(states):
+            raise ValueError("hop1, hop2 and states must cover the same rows")
+        k1 = np.ones(n1, dtype=bool) if keep1 is None else np.asarray(keep1, dtype=bool)
+        k2 = np.ones(n2, dtype=bool) if keep2 is None else np.asarray(keep2, dtype=bool)
+        i1, i2 = np.flatnonzero(k1), np.flatnonzero(k2)
+        labels = np.r_[np.zeros(len(i1), dtype=int), np.ones(len(i2), dtype=int)]
+        return cls(torch.cat([hop1.summed[i1], hop2.summed[i2]]), torch.cat([hop1.last[i1], hop2.last[i2]]), labels,
+                   [states[i] for i in i1] + [states[i] for i in i2])
+
+    def auroc_capital(self) -> np.ndarray:
+        """[L, U], at the last position. High: the neuron matters more when the answer is a capital ("say a
+        capital"); low: when it is a state ("say a state")."""
+        return unit_aurocs(self.last, self.answer_is_capital)
+
+    def auroc_capital_summed(self) -> np.ndarray:
+        """[L, U], summed over positions (confounded with the template at earlier positions)."""
+        return unit_aurocs(self.summed, self.answer_is_capital)
+
+    def auroc_state(self, state: str, *, missing: str = "raise") -> np.ndarray:
+        """[L, U]. High: the neuron matters more on the two prompts about ``state`` (its city->state and its
+        state->capital prompt) than on the prompts about every other state. (Mann-Whitney from ranks computed
+        once per population, so all 50 states cost one ranking; equal to :func:`neuronlib.stats.auroc_per_unit`.)"""
+        labels = np.array([s == state for s in self.states], dtype=bool)
+        if labels.all() or not labels.any():
+            if missing == "nan":  # e.g. a state none of whose prompts the model gets right
+                return np.full(tuple(self.summed.shape[1:]), np.nan)
+            raise ValueError(f"state {state!r}: AUROC needs prompts about it and about other states "
+                             "(pass missing='nan' to get NaN instead)")
+        if getattr(self, "_ranks", None) is None:
+            from scipy.stats import rankdata
+
+            P, L, U = self.summed.shape
+            self._ranks = rankdata(self.summed.reshape(P, L * U).double().numpy(), axis=0)
+        n_pos = int(labels.sum())
+        n_neg = len(labels) - n_pos
+        u = self._ranks[labels].sum(0) - n_pos * (n_pos + 1) / 2
+        return (u / (n_pos * n_neg)).reshape(self.summed.shape[1:])
+
+
+@dataclass(frozen=True)
+class GroupRules:
+    """Thresholds of :func:`group_circuit` (documented in the notebook)."""
+
+    auroc_high: float = 0.9  # answer-is-capital AUROC (last position) for "say a capital"
+    auroc_low: float = 0.1  # ... and at most this for "say a state"
+    auroc_state: float = 0.95  # which-state AUROC for the state-identity group
+    lens_k: int = 10  # look for the answer among this many promoted tokens
+
+
+def name_positions(tokens: list[str], name: str) -> list[int]:
+    """Positions of the tokens that spell ``name`` (its last occurrence) in a prompt's token list."""
+    target = name.replace(" ", "")
+    for end in range(len(tokens), 0, -1):
+        text = ""
+        for start in range(end - 1, -1, -1):
+            text = tokens[start].replace(" ", "") + text
+            if text == target:
+                return list(range(start, end))
+            if not target.endswith(text):
+                break
+    return []
+
+
+def group_circuit(model, circuit: pd.DataFrame, tokens: list[str], *, activations, auc_capital: np.ndarray,
+                  auc_state: np.ndarray, state: str, capital: str, city: str | None = None,
+                  rules: GroupRules = GroupRules()) -> pd.DataFrame:
+    """Label each node of one prompt's circuit with a group (or None), by these rules, first match wins:
+
+    1. ``first token``: position 0 (attention-sink position; large scores that carry no content);
+    2. ``say {capital}``: the active side of the neuron promotes the capital's first token (lens top ``lens_k``);
+    3. ``{state}``: the node sits on the state's name, or its which-state AUROC >= ``auroc_state``
+       (position-summed attribution, :class:`MixedSet`);
+    4. at the last position: ``say a capital`` if the answer-is-capital AUROC (last position) >= ``auroc_high``,
+       ``say a state`` if <= ``auroc_low``;
+    5. earlier positions, by the token the node sits on: ``{city}`` (the city's tokens), ``state`` (the token
+       " state"), ``capital`` (the token " capital").
+
+    Adds columns activation, sign (of the activation: the neuron's active side), label (``L23/N8079-``),
+    auroc_capital, auroc_state, promotes (lens top tokens of the active side), description, group.
+    """
+    from .describe import neuron_label
+
+    out = circuit.copy().reset_index(drop=True)
+    out["activation"] = np.asarray(activations, dtype=float)
+    out["sign"] = np.where(out["activation"] < 0, "-", "+")
+    out["label"] = [neuron_label(l, u, s) for l, u, s in zip(out["layer"], out["unit"], out["sign"])]
+    L, U = out["layer"].to_numpy(), out["unit"].to_numpy()
+    out["auroc_capital"] = auc_capital[L, U]
+    out["auroc_state"] = auc_state[L, U]
+    tok = model.tokenizer
+    promoted_ids = promoted_tokens(model, out["layer"], out["unit"], out["sign"], k=rules.lens_k)
+    out["promotes"] = [[tok.decode([i]) for i in ids] for ids in promoted_ids]
+    out["description"] = ["promotes " + " ".join(repr(t) for t in p[:5]) for p in out["promotes"]]
+    cap_id = _name_ids(tok, capital)[0]
+    last = len(tokens) - 1
+    city_pos = set(name_positions(tokens, city)) if city else set()
+    state_pos = set(name_positions(tokens, state))
+    groups = []
+    for i, row in out.iterrows():
+        word = tokens[row.position].strip().lower()
+        g = None
+        if row.position == 0:
+            g = "first token"
+        elif cap_id in promoted_ids[i]:
+            g = f"say {capital}"
+        elif row.position in state_pos or row.auroc_state >= rules.auroc_state:
+            g = state
+        elif row.position == last:
+            if row.auroc_capital >= rules.auroc_high:
+                g = "say a capital"
+            elif row.auroc_capital <= rules.auroc_low:
+                g = "say a state"
+        elif row.position in city_pos:
+            g = city
+        elif word in ("state", "capital"):
+            g = word
+        groups.append(g)
+    out["group"] = groups
+    return out
+
+
+def promoted_tokens(model, layers, units, signs, *, k: int = 10) -> list[list[int]]:
+    """Per neuron, the ids of the ``k`` tokens its active side promotes (lens top for "+", bottom for "-")."""
+    from .describe import lens_logits
+
+    layers, units, signs = list(layers), list(units), list(signs)
+    out: list[list[int]] = [[] for _ in layers]
+    for layer in sorted(set(layers)):
+        idx = [i for i, l in enumerate(layers) if l == layer]
+        lg = lens_logits(model, int(layer), [int(units[i]) for i in idx])
+        for row, i in enumerate(idx):
+            v = lg[row] if signs[i] != "-" else -lg[row]
+            out[i] = v.topk(k).indices.tolist()
+    return out
+
+
+def circuit_graph(grouped: pd.DataFrame, tokens: list[str], *, title: str, prompt: str, n_layers: int,
+                  metric: str = "sum of top-5 logits") -> dict:
+    """A :mod:`neuronlib.viewer` graph (nodes only; edges are issue 7's) from :func:`group_circuit`'s frame."""
+    nodes = []
+    for r in grouped.itertuples():
+        nodes.append({
+            "id": f"{r.layer}/{r.unit}@{r.position}", "site": "mlp_acts", "layer": int(r.layer),
+            "position": int(r.position), "token": tokens[int(r.position)], "unit": int(r.unit), "sign": r.sign,
+            "score": float(r.score), "label": r.label, "group": r.group,
+            "description": (f"{r.description}; AUROC(answer is a capital) {r.auroc_capital:.2f}, "
+                            f"AUROC(this state) {r.auroc_state:.2f}; activation {r.activation:+.2f}"),
+        })
+    return {"nodes": nodes, "edges": [], "meta": {"title": title, "prompt": prompt, "tokens": list(tokens),
+                                                  "n_layers": n_layers, "metric": metric}}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# steering
+
+
+def say_capital_neurons(hop2: PromptCircuits, auc_capital: np.ndarray, *, rows=None, n: int = 5,
+                        min_auroc: float = 0.9) -> pd.DataFrame:
+    """The strongest "say a capital" neurons: answer-is-capital AUROC >= ``min_auroc``, in the circuits of the
+    state->capital prompts ``rows`` (default all) at their last position, ranked by mean attribution there."""
+    rows = list(range(len(hop2.prompts))) if rows is None else list(rows)
+    nodes = hop2.nodes[hop2.nodes["example"].isin(rows)]
+    last = {i: len(hop2.tokens[i]) - 1 for i in rows}
+    at_last = nodes[nodes["position"] == nodes["example"].map(last)]
+    stats = at_last.groupby(["layer", "unit"]).agg(n_prompts=("example", "nunique"), mean_score=("score", "mean"))
+    stats = stats.reset_index()
+    stats["auroc_capital"] = auc_capital[stats["layer"].to_numpy(), stats["unit"].to_numpy()]
+    stats = stats[stats["auroc_capital"] >= min_auroc]
+    stats["total"] = stats["mean_score"] * stats["n_prompts"] / len(rows)  # mean over all rows (absent = 0)
+    return stats.sort_values("total", ascending=False).head(n).reset_index(drop=True)
+
+
+def circuit_positions(circuits: PromptCircuits, neurons) -> list[list[Node]]:
+    """Per prompt, the Nodes of ``neurons`` ((layer, unit) pairs) at the positions where they are in its circuit."""
+    wanted = {(int(l), int(u)) for l, u in neurons}
+    out = []
+    for i in range(len(circuits.prompts)):
+        c = circuits.circuit(i)
+        sel = [(l, u) in wanted for l, u in zip(c["layer"], c["unit"])]
+        c = c[sel]
+        out.append([Node("mlp_acts", int(l), int(p), int(u)) for l, p, u in zip(c["layer"], c["position"], c["unit"])])
+    return out
+
+
+def last_activations(model, prompts: list[str], neurons, *, batch_size: int = 16) -> np.ndarray:
+    """[P, n]: each neuron's activation at each prompt's last token (its sign names the active side)."""
+    from .activations import read_sites
+
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        vals, _ = read_sites(model, model.tokenize(prompts[start:start + batch_size]), ("mlp_acts",))
+        out.append(torch.stack([vals["mlp_acts"][int(l)][:, -1, int(u)].float().cpu() for l, u in neurons], 1))
+    return torch.cat(out).numpy()
+
+
+def steering_sweep(model, prompts: list[str], df: pd.DataFrame, nodes_per_prompt: list[list[Node]], multipliers,
+                   *, batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
+    """Multiply each prompt's neurons at their circuit positions by each multiplier; one row per (multiplier,
+    prompt) with first-token p(capital), p(state), p(city) and ``top_is`` (the top token is the capital's / the
+    state's / the city's first token, or "other"). Prompts with no node to steer keep their unsteered output
+    (``n_steered`` = 0)."""
+    import neuronlib
+
+    tok = model.tokenizer
+    ids = answer_ids(df, tok)
+    kind_ids = {k: torch.tensor(ids[f"{k}_id"].tolist()) for k in KINDS}
+    have = [i for i, n in enumerate(nodes_per_prompt) if n]
+    base = last_logits(model, prompts, batch_size=batch_size)
+    frames = []
+    for mult in tqdm(list(multipliers), desc="steering", disable=not progress):
+        logits = base.clone()
+        if have and mult != 1:
+            res = neuronlib.steer(model, [prompts[i] for i in have], [nodes_per_prompt[i] for i in have],
+                                  multiplier=float(mult), positions="circuit", metric=None, batch_size=batch_size)
+            logits[have] = res.logits.float()
+        probs = logits.softmax(-1)
+        top = probs.argmax(-1)
+        frame = df[["city", "state", "capital"]].reset_index(drop=True).copy()
+        frame.insert(0, "example", range(len(prompts)))
+        frame.insert(0, "multiplier", float(mult))
+        frame["n_steered"] = [len(n) for n in nodes_per_prompt]
+        for k in KINDS:
+            frame[f"p_{k}"] = probs.gather(-1, kind_ids[k][:, None])[:, 0].numpy()
+        top_is = np.full(len(prompts), "other", dtype=object)
+        for k in reversed(KINDS):  # capital wins ties of first tokens
+            top_is[(top == kind_ids[k]).numpy()] = k
+        frame["top_is"] = top_is
+        frame["top_token"] = [tok.decode([t]) for t in top.tolist()]
+        frames.append(frame)
+    return pd.concat(frames, ignore_index=True)
+
+
+def flip_fraction(sweep: pd.DataFrame, *, source: str = "capital", target: str = "state") -> pd.DataFrame:
+    """Per multiplier: among prompts whose unsteered (x1) top answer is ``source``, the fraction whose top answer
+    is ``target`` (and the fraction no longer ``source``)."""
+    base = sweep[sweep["multiplier"] == 1.0].set_index("example")["top_is"]
+    eligible = base[base == source].index
+    rows = []
+    for mult, g in sweep.groupby("multiplier"):
+        g = g.set_index("example").loc[eligible]
+        rows.append({"multiplier": mult, "n": len(eligible),
+                     f"flip_to_{target}": float((g["top_is"] == target).mean()) if len(eligible) else float("nan"),
+                     f"not_{source}": float((g["top_is"] != source).mean()) if len(eligible) else float("nan")})
+    out = pd.DataFrame(rows)
+    out.attrs["source"] = source
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# swapping the state
+
+
+def patch_per_example(model, clean: list[str], counterfactual: list[str], nodes_per_example: list[list[Node]], *,
+                      batch_size: int = 32) -> torch.Tensor:
+    """Like :func:`neuronlib.patch`, but each example has its own node set; returns last-position logits [B, V].
+
+    Clean and counterfactual prompts must have equal token lengths, pairwise (positions are matched one to one).
+    """
+    from .activations import read_sites
+    from .inputs import as_examples, prepare
+    from .interventions import _real_to_padded, run_with_edits
+    from .sites import empty_mask, node_masks
+
+    ex = as_examples(clean)
+    ex.patch = as_examples(counterfactual).clean
+    if len(ex.patch) != len(ex.clean) or len(nodes_per_example) != len(ex.clean):
+        raise ValueError("clean, counterfactual and nodes_per_example must have the same length")
+    prepared = prepare(model, ex, need_patch=True)
+    T = prepared.T
+    pads = T - prepared.lengths
+    masks = []
+    for b, nodes in enumerate(nodes_per_example):
+        m = node_masks(model, list(nodes), T).get("mlp_acts", empty_mask(model, "mlp_acts", T))
+        masks.append(_real_to_padded(m, pads[b:b + 1])[0])
+    mask = torch.stack(masks)  # [B, L, T, U]
+    if any(n.site != "mlp_acts" for nodes in nodes_per_example for n in nodes):
+        raise ValueError("patch_per_example patches mlp_acts nodes only")
+    cf_vals: dict = {}
+
+    def before(rows):
+        cf_vals.update(read_sites(model, prepared.rows("patch", rows), ("mlp_acts",))[0])
+
+    def edit(site, layer, value, rows):
+        m = mask[rows, layer].to(value.device)
+        if not m.any():
+            return None
+        return torch.where(m, cf_vals["mlp_acts"][layer], value)
+
+    return run_with_edits(model, prepared, edits=edit, sites=("mlp_acts",), batch_size=batch_size,
+                          before=before).logits
+
+
+def state_groups(hop2: PromptCircuits, mixed: MixedSet, df: pd.DataFrame, rows, *,
+                 min_auroc: float = GroupRules.auroc_state) -> dict[str, list[Node]]:
+    """Per state (rows of ``df``): its group in its state->capital circuit, as :func:`group_circuit` defines it --
+    the circuit's nodes on the state's name, plus those whose which-state AUROC >= ``min_auroc`` (only the former
+    for a state with no prompt in the AUROC population)."""
+    out = {}
+    for i in rows:
+        state = df["state"].iloc[i]
+        auc = np.nan_to_num(mixed.auroc_state(state, missing="nan"), nan=0.0)
+        c = hop2.circuit(i)
+        on_name = c["position"].isin(name_positions(hop2.tokens[i], state)).to_numpy()
+        keep = on_name | (auc[c["layer"].to_numpy(), c["unit"].to_numpy()] >= min_auroc)
+        keep &= c["position"].to_numpy() > 0
+        c = c[keep]
+        out[state] = [Node("mlp_acts", int(l), int(p), int(u)) for l, p, u in zip(c["layer"], c["position"], c["unit"])]
+    return out
+
+
+def union_of_groups(groups: dict[str, list[Node]]):
+    """A swap variant: the nodes of the source's and the target's groups (set to the target's values)."""
+    return lambda a, b: list(dict.fromkeys(groups[a] + groups[b]))
+
+
+def top_at_position(scores: dict[str, torch.Tensor], position: int, n: int, *, layers=None):
+    """A swap variant: the ``n`` neurons at ``position`` with the largest |attribution| summed over the source's
+    and the target's prompts (``scores[state]``: [L, U] attribution at that position), optionally within ``layers``."""
+    def pick(a, b):
+        s = scores[a].abs() + scores[b].abs()
+        if layers is not None:
+            mask = torch.zeros_like(s, dtype=torch.bool)
+            mask[list(layers)] = True
+            s = torch.where(mask, s, torch.full_like(s, -1.0))
+        idx = s.flatten().topk(n).indices
+        U = s.shape[1]
+        return [Node("mlp_acts", int(i) // U, position, int(i) % U) for i in idx]
+    return pick
+
+
+def every_neuron(model, position: int, layers):
+    """A swap variant: every neuron of ``layers`` at ``position`` (a dense reference, not a circuit)."""
+    nodes = [Node("mlp_acts", l, position, u) for l in layers for u in range(model.d_mlp)]
+    return lambda a, b: nodes
+
+
+def swap_matrix(model, df: pd.DataFrame, states: list[str], variants: dict, *, pairs=None, batch_size: int = 32,
+                progress: bool = True) -> pd.DataFrame:
+    """For every ordered pair (source A, target B) of ``states`` (or the given ``pairs``) and every variant
+    (name -> ``f(A, B) -> nodes``): run A's state->capital prompt with those nodes set to their values on B's prompt
+    (:func:`patch_per_example`; A's and B's prompts must have equal token lengths). One row per (variant, pair):
+    p(A's capital), p(B's capital) (first tokens), the top token, ``success`` (top token = B's capital's first
+    token) and ``prefers_target`` (p(B's capital) > p(A's capital))."""
+    tok = model.tokenizer
+    by_state = df.set_index("state")
+    prompts = {s: cap_data.state_to_capital_prompt(s) for s in states}
+    cap_id = {s: _name_ids(tok, by_state.loc[s, "capital"])[0] for s in states}
+    if pairs is None:
+        pairs = [(a, b) for a in states for b in states if a != b]
+    rows = []
+    for variant, make_nodes in variants.items():
+        chunks = [pairs[i:i + batch_size] for i in range(0, len(pairs), batch_size)]
+        for chunk in tqdm(chunks, desc=f"swap ({variant})", disable=not progress):
+            node_sets = [make_nodes(a, b) for a, b in chunk]
+            logits = patch_per_example(model, [prompts[a] for a, _ in chunk], [prompts[b] for _, b in chunk],
+                                       node_sets, batch_size=batch_size)
+            probs = logits.softmax(-1)
+            for j, (a, b) in enumerate(chunk):
+                top = int(probs[j].argmax())
+                rows.append({"variant": variant, "source": a, "target": b, "n_nodes": len(node_sets[j]),
+                             "p_source_capital": float(probs[j, cap_id[a]]),
+                             "p_target_capital": float(probs[j, cap_id[b]]),
+                             "top_token": tok.decode([top]), "success": top == cap_id[b],
+                             "prefers_target": bool(probs[j, cap_id[b]] > probs[j, cap_id[a]])})
+    return pd.DataFrame(rows)
+
+
+def swap_summary(swaps: pd.DataFrame) -> pd.DataFrame:
+    return swaps.groupby("variant", sort=False).agg(pairs=("success", "size"), success_rate=("success", "mean"),
+                                        prefers_target=("prefers_target", "mean"),
+                                        mean_p_target=("p_target_capital", "mean"),
+                                        mean_p_source=("p_source_capital", "mean"),
+                                        mean_nodes=("n_nodes", "mean")).reset_index()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# figures (take DataFrames)
+
+KIND_COLORS = {"capital": "#1b6ca8", "state": "#d1495b", "city": "#4c9a2a"}
+
+
+def plot_steering(sweeps: dict[str, pd.DataFrame], flips: dict[str, pd.DataFrame] | None = None, *,
+                  paper_range=(0.0, 2.0), title: str | None = None):
+    """One panel per prompt set: p(capital), p(state), p(city) vs multiplier (thin: per prompt; thick: mean),
+    the paper's 0-2 range shaded; flip fractions (capital -> state) on a twin axis when given."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import style
+
+    with style():
+        fig, axes = plt.subplots(1, len(sweeps), figsize=(5.2 * len(sweeps), 4.6), squeeze=False, layout="constrained")
+        for ax, (name, sweep) in zip(axes[0], sweeps.items()):
+            ax.axvspan(*paper_range, color="#ececec", zorder=0, label="paper's range (x0 to x2)")
+            ax.axvline(1.0, color="#999", lw=0.8, ls=":")
+            for kind in KINDS:
+                col = f"p_{kind}"
+                wide = sweep.pivot(index="multiplier", columns="example", values=col)
+                ax.plot(wide.index, wide.values, color=KIND_COLORS[kind], alpha=0.12, lw=0.7)
+                ax.plot(wide.index, wide.mean(1), color=KIND_COLORS[kind], lw=2.4, marker="o", ms=3,
+                        label=f"p({kind}) mean")
+            if flips is not None and name in flips and len(flips[name]) and flips[name]["n"].iloc[0] > 0:
+                fl = flips[name]
+                col = [c for c in fl.columns if c.startswith("flip_to_")][0]
+                ax2 = ax.twinx()
+                ax2.plot(fl["multiplier"], fl[col], color="#444", ls="--", lw=1.3,
+                         label=f"top answer {fl.attrs.get('source', '?')} → {col[8:]} (of {int(fl['n'].iloc[0])})")
+                ax2.set_ylim(-0.02, 1.02)
+                ax2.set_ylabel("fraction of prompts flipped", fontsize=8)
+                ax2.grid(False)
+                ax2.spines["right"].set_visible(True)
+                h2, l2 = ax2.get_legend_handles_labels()
+            else:
+                h2, l2 = [], []
+            n = sweep["example"].nunique()
+            ax.set_title(f"{name} (n = {n})")
+            ax.set_xlabel("multiplier on 'say a capital' neurons")
+            ax.set_ylabel("next-token probability (first token)")
+            ax.set_ylim(-0.02, 1.02)
+            h, l = ax.get_legend_handles_labels()
+            ax.legend(h + h2, l + l2, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=3, fontsize=7)
+        if title:
+            fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_swap_matrix(swaps: pd.DataFrame, *, variants=None, value: str = "p_target_capital",
+                     sweep: pd.DataFrame | None = None, title: str | None = None):
+    """One heatmap per variant: source state (rows) x target state (columns) of p(target's capital) after the
+    swap; white dots mark pairs whose top answer became the target's capital; the success rate in each title.
+    With ``sweep`` (a :func:`swap_summary` frame with an ``n_nodes`` axis), a last panel plots success rate vs the
+    number of patched neurons."""
+    import matplotlib.pyplot as plt
+
+    from .plotting import style
+
+    variants = list(dict.fromkeys(swaps["variant"])) if variants is None else list(variants)
+    summ = swap_summary(swaps).set_index("variant")
+    states = list(dict.fromkeys(swaps["source"]))
+    n = len(states)
+    cell = max(3.6, min(0.2 * n + 1.6, 7.5))
+    extra = 1 if sweep is not None else 0
+    with style():
+        fig, axes = plt.subplots(1, len(variants) + extra, figsize=(cell * len(variants) + 4.6 * extra + 1.4, cell + 1.4),
+                                 squeeze=False, layout="constrained",
+                                 gridspec_kw={"width_ratios": [1] * len(variants) + [1.1] * extra})
+        im = None
+        for ax, variant in zip(axes[0], variants):
+            g = swaps[swaps["variant"] == variant]
+            M = g.pivot(index="source", columns="target", values=value).reindex(index=states, columns=states)
+            S = g.pivot(index="source", columns="target", values="success").reindex(index=states, columns=states)
+            im = ax.imshow(M.to_numpy(dtype=float), cmap="magma", vmin=0, vmax=1)
+            ys, xs = np.nonzero(S.fillna(False).to_numpy(dtype=bool))
+            ax.scatter(xs, ys, s=10, c="white", edgecolors="black", linewidths=0.4)
+            ax.set_xticks(range(n))
+            ax.set_xticklabels(states, rotation=90, fontsize=6)
+            ax.set_yticks(range(n))
+            ax.set_yticklabels(states, fontsize=6)
+            ax.set_xlabel("target state (values from its prompt)", fontsize=8)
+            ax.grid(False)
+            nodes = summ.loc[variant, "mean_nodes"]
+            ax.set_title(f"{variant}\n~{nodes:.0f} neurons; success {summ.loc[variant, 'success_rate']:.0%} "
+                         f"of {int(summ.loc[variant, 'pairs'])} pairs", fontsize=8)
+        axes[0][0].set_ylabel("source state (its prompt is run)", fontsize=8)
+        if im is not None:
+            fig.colorbar(im, ax=list(axes[0][:len(variants)]), shrink=0.8, pad=0.01, label="p(target's capital)")
+        if sweep is not None:
+            ax = axes[0][-1]
+            for col, lab, c in (("success_rate", "top answer = target's capital", "#1b6ca8"),
+                                ("prefers_target", "p(target cap.) > p(source cap.)", "#d1495b")):
+                ax.plot(sweep["mean_nodes"], sweep[col], marker="o", color=c, label=lab)
+            ax.set_xscale("log")
+            ax.set_xticks(sweep["mean_nodes"].tolist())
+            ax.set_xticklabels([f"{v:.0f}" for v in sweep["mean_nodes"]], fontsize=7)
+            ax.minorticks_off()
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel("neurons patched at the state token (top |attribution|)", fontsize=8)
+            ax.set_ylabel("fraction of pairs", fontsize=8)
+            ax.set_title(f"how many neurons carry the state? ({int(sweep['pairs'].iloc[0])} pairs)", fontsize=8)
+            ax.legend(fontsize=7, loc="upper left")
+        if title:
+            fig.suptitle(title, fontsize=10)
+    return fig

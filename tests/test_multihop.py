@@ -1,0 +1,251 @@
+"""neuronlib.describe and neuronlib.multihop (issue 6) on the tiny models, plus the notebook's parameters cell."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from conftest import hooked_forward
+
+import neuronlib
+from neuronlib import describe as D
+from neuronlib import multihop as MH
+from neuronlib import tracing
+from neuronlib.sites import Node
+from neuronlib.stats import auroc_per_unit
+
+NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "03_multihop_steering.ipynb"
+PROMPTS = ["the capital of the state of texas is the city of", "dallas is a city in the state of texas and the"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# descriptions
+
+
+def _hand_lens(model, layer, unit):
+    """W_U @ (W_down[:, u] * norm weights), written out from the HF modules."""
+    hf = model.hf
+    lyr = hf.model.layers[layer]
+    d = lyr.mlp.down_proj.weight[:, unit].double()
+    if hasattr(lyr, "post_feedforward_layernorm"):  # Gemma-3: the MLP output is normed before the residual
+        d = d * (1.0 + lyr.post_feedforward_layernorm.weight.double())
+    final = hf.model.norm.weight.double() + (1.0 if "gemma" in model.name else 0.0)
+    return hf.lm_head.weight.double() @ (d * final)
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma"])
+def test_output_lens_matches_a_hand_computation(name, tiny_llama, tiny_gemma):
+    model = {"tiny-llama": tiny_llama, "tiny-gemma": tiny_gemma}[name]
+    neurons = [(0, 3), (1, 0), (1, 23), (0, 3)]  # a repeat keeps its row
+    frame = D.output_lens(model, neurons, k=4, chunk=2)
+    assert list(zip(frame["layer"], frame["unit"])) == neurons
+    for row in frame.itertuples():
+        hand = _hand_lens(model, row.layer, row.unit)
+        top = hand.topk(4)
+        bot = (-hand).topk(4)
+        assert row.top_tokens == [model.tokenizer.decode([i]) for i in top.indices.tolist()]
+        assert row.bottom_tokens == [model.tokenizer.decode([i]) for i in bot.indices.tolist()]
+        assert np.allclose(row.top_logits, top.values.numpy(), atol=1e-4)
+        assert np.allclose(row.bottom_logits, (-bot.values).numpy(), atol=1e-4)
+    lens = D.lens_logits(model, 1, [0, 23])
+    assert torch.allclose(lens[1].double(), _hand_lens(model, 1, 23), atol=1e-5)
+
+
+def test_describe_uses_the_active_side(tiny_llama):
+    frame = D.describe(tiny_llama, [(1, 4, "+"), (1, 4, "-"), Node("mlp_acts", 1, 0, 4)], k=3)
+    assert frame["label"].tolist() == ["L1/N4+", "L1/N4-", "L1/N4"]
+    assert frame["promotes"][0] == frame["top_tokens"][0] == frame["suppresses"][1]
+    assert frame["promotes"][1] == frame["bottom_tokens"][1]
+    assert frame["promotes"][2] == frame["top_tokens"][2]
+    with pytest.raises(ValueError, match="out of range"):
+        D.describe(tiny_llama, [(5, 0)])
+
+
+def test_activation_maxima_sweep_matches_brute_force(tiny_llama):
+    model = tiny_llama
+    torch.manual_seed(0)
+    windows = torch.randint(4, len(model.tokenizer), (6, 9))
+    res = D._sweep(model, windows, k=3, batch_size=4, progress=False)
+    inputs = {"input_ids": windows, "attention_mask": torch.ones_like(windows)}
+    _, values, _ = hooked_forward(model, inputs, ("mlp_acts",))
+    for layer, v in enumerate(values["mlp_acts"]):
+        a = v[:, 1:, :].reshape(-1, model.d_mlp)  # position 0 of each window is skipped
+        flat = (torch.arange(6)[:, None] * 9 + torch.arange(9)[None, :])[:, 1:].reshape(-1)
+        top = a.topk(3, dim=0)
+        bot = a.topk(3, dim=0, largest=False)
+        assert torch.allclose(res["top_values"][layer], top.values.T, atol=1e-5)
+        assert torch.allclose(res["bottom_values"][layer], bot.values.T, atol=1e-5)
+        assert torch.equal(res["top_index"][layer], flat[top.indices].T)
+        assert torch.allclose(res["mean"][layer], a.mean(0), atol=1e-5)
+    maxima = D.ActivationMaxima(res["top_values"], res["top_index"], res["bottom_values"], res["bottom_index"],
+                                res["mean"], res["mean_abs"], windows, windows.numel(), {})
+    (value, text), = D.top_contexts(model, maxima, 1, 2, "-", n=1, before=2, after=1)
+    assert value == float(res["bottom_values"][1, 2, 0])
+    w, p = divmod(int(res["bottom_index"][1, 2, 0]), 9)
+    assert f"[[{model.tokenizer.decode([int(windows[w, p])])}]]" in text
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# circuits
+
+
+def _hand_attribution():
+    """B=2, L=2, T=3, U=2; example 1 has 2 real tokens (left-padded: padded index 0 is padding)."""
+    s = torch.zeros(2, 2, 3, 2)
+    s[0, 0, 0, 1] = 2.0      # >= 1.0 (tau * |m| = 0.01 * 100)
+    s[0, 1, 2, 0] = -1.5     # negative scores count by |score|
+    s[0, 1, 1, 1] = 0.99     # just below
+    s[1, 0, 0, 0] = 5.0      # a padding position: never selected
+    s[1, 0, 1, 1] = 0.1      # = tau * |m| = 0.01 * |-10|: selected (>=)
+    s[1, 1, 2, 0] = -0.3
+    s[1, 1, 2, 1] = 0.05
+    return s, torch.tensor([100.0, -10.0]), torch.tensor([3, 2])
+
+
+def test_select_circuit_threshold_on_a_hand_made_case():
+    s, metric, lengths = _hand_attribution()
+    tokens = [["a", "b", "c"], ["x", "y"]]
+    got = MH.select_circuit(s, metric, lengths, tau=0.01, tokens=tokens)
+    rows = {(e, l, p, u, round(sc, 5), t) for e, l, p, u, sc, t in
+            got[["example", "layer", "position", "unit", "score", "token"]].itertuples(index=False)}
+    assert rows == {(0, 0, 0, 1, 2.0, "a"), (0, 1, 2, 0, -1.5, "c"), (1, 0, 0, 1, 0.1, "x"), (1, 1, 1, 0, -0.3, "y")}
+    assert got[got["example"] == 0]["score"].abs().is_monotonic_decreasing
+    assert len(MH.select_circuit(s, metric, lengths, tau=0.0)) == 2 * 2 * 3 * 2 - 2 * 2  # all real positions
+    with pytest.raises(ValueError):
+        MH.select_circuit(s[0], metric, lengths)
+
+
+def test_trace_circuits_is_select_circuit_of_relp(tiny_llama, tmp_path, monkeypatch):
+    monkeypatch.setenv("NEURONLIB_CACHE", str(tmp_path))
+    prompts = PROMPTS + ["the city of austin"]
+    pc = MH.trace_circuits(tiny_llama, prompts, tau=0.02, chunk=2, keep_scores=True, progress=False)
+    att = neuronlib.attribute(tiny_llama, prompts, metric="topk_logits", k=5, method="relp", baseline="zero")
+    want = MH.select_circuit(att["mlp_acts"], att.metric, att.lengths, tau=0.02, tokens=att.tokens)
+    key = ["example", "layer", "position", "unit"]
+    a = pc.nodes.sort_values(key).reset_index(drop=True)
+    b = want.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a[key + ["token"]], b[key + ["token"]])
+    assert np.allclose(a["score"], b["score"], atol=1e-5)
+    assert torch.allclose(pc.summed, att["mlp_acts"].sum(2), atol=1e-5)
+    assert torch.allclose(pc.last, att["mlp_acts"][:, :, -1], atol=1e-5)
+    T = att["mlp_acts"].shape[2]
+    assert torch.allclose(pc.scores[2].float(), att["mlp_acts"][2, :, T - 4:], atol=1e-2)  # 4 real tokens
+    again = MH.trace_circuits(tiny_llama, prompts, tau=0.02, chunk=2, keep_scores=True, progress=False)  # cached
+    pd.testing.assert_frame_equal(again.nodes, pc.nodes)
+    sub = pc.subset([2, 0])
+    assert sub.prompts == [prompts[2], prompts[0]] and set(sub.nodes["example"]) <= {0, 1}
+    assert len(sub.circuit(0)) == len(pc.circuit(2))
+
+
+def test_name_positions():
+    tokens = ["The", " capital", " of", " New", " York", " is", " New"]
+    assert MH.name_positions(tokens, "New York") == [3, 4]
+    assert MH.name_positions(tokens, "Texas") == []
+    assert MH.name_positions(["Los", " Angeles", " is"], "Los Angeles") == [0, 1]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# AUROC groups
+
+
+def test_mixed_set_aurocs_equal_the_stats_module():
+    torch.manual_seed(1)
+    summed = torch.randn(6, 2, 5)
+    last = torch.randn(6, 2, 5)
+    hop1 = MH.PromptCircuits(["p"] * 3, pd.DataFrame(), summed[:3], last[:3], torch.ones(3), [[]] * 3, 0.005)
+    hop2 = MH.PromptCircuits(["p"] * 3, pd.DataFrame(), summed[3:], last[3:], torch.ones(3), [[]] * 3, 0.005)
+    mixed = MH.MixedSet.from_circuits(hop1, hop2, ["Texas", "Ohio", "Iowa"], keep1=[True, True, False])
+    assert mixed.states == ["Texas", "Ohio", "Texas", "Ohio", "Iowa"]
+    keep = [0, 1, 3, 4, 5]
+    labels = np.array([0, 0, 1, 1, 1])
+    assert np.allclose(mixed.auroc_capital(), auroc_per_unit(last[keep].reshape(5, 10).numpy(), labels).reshape(2, 5))
+    tx = np.array([1, 0, 1, 0, 0])
+    assert np.allclose(mixed.auroc_state("Texas"), auroc_per_unit(summed[keep].reshape(5, 10).numpy(), tx).reshape(2, 5))
+    with pytest.raises(ValueError):
+        mixed.auroc_state("Utah")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# steering and patching
+
+
+def _hook_probs(model, prompts, scale_at):
+    """Softmax of the last logits with neurons scaled by a plain torch hook: ``scale_at[(layer)] = [(b, pos, unit,
+    mult)]`` in padded positions."""
+    inputs = model.tokenize(prompts)
+    replace = {}
+    for layer, items in scale_at.items():
+        def f(v, items=items):
+            v = v.clone()
+            for b, pos, unit, mult in items:
+                v[b, pos, unit] = v[b, pos, unit] * mult
+            return v
+        replace[("mlp_acts", layer)] = f
+    logits, _, _ = hooked_forward(model, inputs, ("mlp_acts",), replace=replace)
+    return logits.detach().float().softmax(-1)
+
+
+@pytest.mark.parametrize("mult", [0.0, 0.5, 2.0, -1.0])
+def test_steering_matches_a_torch_hook(tiny_llama, mult):
+    model = tiny_llama
+    prompts = ["the capital of the state of texas is the city of", "dallas is in texas and the capital is"]
+    lengths = [len(p.split()) for p in prompts]
+    T = max(lengths)
+    nodes = [[Node("mlp_acts", 0, 2, 7), Node("mlp_acts", 1, 10, 3)], [Node("mlp_acts", 0, 4, 7)]]
+    got = neuronlib.steer(model, prompts, nodes, multiplier=mult, positions="circuit", metric=None).probs()
+    want = _hook_probs(model, prompts, {0: [(0, 2 + T - lengths[0], 7, mult), (1, 4 + T - lengths[1], 7, mult)],
+                                        1: [(0, 10 + T - lengths[0], 3, mult)]})
+    assert torch.allclose(got, want, atol=1e-6)
+    if mult != 1.0:
+        plain = torch.softmax(tracing.logits(model, model.tokenize(prompts)).float(), -1)
+        assert (got - plain).abs().max() > 1e-4  # the neurons matter, so the test can fail
+
+    # steering_sweep reports exactly those probabilities (and leaves a prompt without nodes unsteered)
+    df = pd.DataFrame({"city": ["dallas"] * 3, "state": ["texas"] * 3, "capital": ["austin"] * 3})
+    three = prompts + ["what is the capital of the state"]
+    sweep = MH.steering_sweep(model, three, df, nodes + [[]], [mult, 1.0], progress=False)
+    s = sweep[sweep["multiplier"] == mult].reset_index(drop=True)
+    austin, texas = model.token_id(" austin"), model.token_id(" texas")
+    assert np.allclose(s["p_capital"][:2], want[:, austin].numpy(), atol=1e-6)
+    assert np.allclose(s["p_state"][:2], want[:, texas].numpy(), atol=1e-6)
+    one = sweep[sweep["multiplier"] == 1.0].reset_index(drop=True)
+    assert s["p_capital"][2] == pytest.approx(one["p_capital"][2], abs=1e-7) and s["n_steered"][2] == 0
+
+
+def test_flip_fraction_on_a_hand_made_sweep():
+    sweep = pd.DataFrame({"multiplier": [1.0] * 3 + [0.0] * 3, "example": [0, 1, 2] * 2,
+                          "top_is": ["capital", "capital", "city", "state", "capital", "state"]})
+    fl = MH.flip_fraction(sweep).set_index("multiplier")
+    assert fl.loc[0.0, "n"] == 2 and fl.loc[0.0, "flip_to_state"] == 0.5 and fl.loc[1.0, "flip_to_state"] == 0.0
+
+
+def test_patch_per_example_matches_neuronlib_patch(tiny_llama):
+    model = tiny_llama
+    clean = ["the capital of the state of texas is", "dallas is a city in the"]
+    cf = ["the capital of the city of austin is", "austin is a state of the"]
+    nodes = [[Node("mlp_acts", 0, 6, 2), Node("mlp_acts", 1, 6, 9)], [Node("mlp_acts", 0, 0, 5)]]
+    got = MH.patch_per_example(model, clean, cf, nodes)
+    for b in range(2):
+        want = neuronlib.patch(model, [clean[b]], [cf[b]], nodes[b], metric=None).logits
+        assert torch.allclose(got[b:b + 1], want, atol=1e-5)
+    assert not torch.allclose(got[0], tracing.logits(model, model.tokenize(clean[:1]))[0], atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the notebook
+
+
+def test_notebook_has_a_tagged_parameters_cell_and_no_outputs():
+    nb = json.loads(NOTEBOOK.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    first = code[0]
+    assert "parameters" in first["metadata"].get("tags", [])
+    source = "".join(first["source"])
+    for name in ("MODEL", "SMOKE", "STATES", "CORPUS_TOKENS", "MULTIPLIERS"):
+        assert f"\n{name} =" in "\n" + source, name
+    assert "SMOKE = False" in source
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "clear the outputs"
+    text = "".join("".join(c["source"]) for c in code)
+    for fig in ("fig7_texas_circuit", "fig8_capital_steering", "fig8b_state_swap_matrix"):
+        assert fig in text
