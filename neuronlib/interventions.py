@@ -190,8 +190,9 @@ def steer(model, prompts, neurons, *, multiplier: float, positions="all", metric
     """
     prepared = prompts if isinstance(prompts, Prepared) else prepare(model, prompts)
     neurons = list(neurons)
-    per_example = bool(neurons) and len(neurons) == len(prepared) and all(isinstance(n, (list, tuple)) and n and
-                                                                         isinstance(n[0], (list, tuple)) for n in neurons)
+    # One list of Nodes per prompt (an empty list leaves that prompt unchanged), or one shared list.
+    per_example = (len(neurons) == len(prepared) and len(neurons) > 0
+                   and all(isinstance(n, list) and all(isinstance(x, (list, tuple)) for x in n) for n in neurons))
     groups = neurons if per_example else [neurons]
     T = prepared.T
     if positions == "all":
@@ -216,9 +217,9 @@ def steer(model, prompts, neurons, *, multiplier: float, positions="all", metric
                     nodes.append(node)
                 else:
                     nodes += [node._replace(position=p) for p in (pos_list or range(T))]
-        if not nodes:
-            raise ValueError("no neurons to steer")
         masks_per_group.append(node_masks(model, nodes, T))
+    if not any(masks_per_group):
+        raise ValueError("no neurons to steer")
     sites = tuple(dict.fromkeys(s for m in masks_per_group for s in m))
     pads = T - prepared.lengths
     stacked = {}

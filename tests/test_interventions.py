@@ -159,3 +159,15 @@ def test_atp_predicts_single_neuron_ablation_effects(smollm):
 
 def _ld(model, logits):
     return logits[:, model.token_id(" are")] - logits[:, model.token_id(" is")]
+
+
+def test_steer_per_prompt_lists_may_be_empty(tiny_llama):
+    prompts = ["the keys to the cabinet", "the dog near the boy"]
+    node = Node("mlp_acts", 0, 2, 5)
+    per_prompt = steer(tiny_llama, prompts, [[node], []], multiplier=0.0, positions="circuit").logits
+    first = steer(tiny_llama, prompts[:1], [node], multiplier=0.0, positions="circuit").logits
+    plain = ablate(tiny_llama, prompts, [], sites=("mlp_acts",), metric=None).logits
+    assert torch.allclose(per_prompt[0], first[0], atol=1e-6)
+    assert torch.equal(per_prompt[1], plain[1])
+    with pytest.raises(ValueError, match="no neurons"):
+        steer(tiny_llama, prompts, [[], []], multiplier=0.0, positions="circuit")
