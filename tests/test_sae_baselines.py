@@ -1,0 +1,150 @@
+"""Baseline SAEs (neuronlib.sae_baselines): corpus -> activations -> TopK SAEs per (site, layer) -> disk -> re-use."""
+import json
+import os
+import random
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import pytest
+import torch
+
+import neuronlib
+from neuronlib import sae_baselines as sbl
+from neuronlib.models import TINY_WORDS
+from neuronlib.plotting import REPO_ROOT
+from neuronlib.saes import load_cfg
+
+CONFIG = sbl.SAETrainConfig(expansion=2, k=4, n_tokens=512, n_eval_tokens=128, epochs=4, batch_size=128, seq_len=16, lr=1e-2,
+                            forward_batch=8)
+
+
+def tiny_texts(n=200, seed=0):
+    rng = random.Random(seed)
+    words = [w for w in TINY_WORDS if w.isalpha()]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(20, 60))) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    model = neuronlib.load_model("tiny-llama")
+    root = tmp_path_factory.mktemp("saes")
+    table = sbl.train_sae_baselines(model, config=CONFIG, root=root, texts=tiny_texts(), workers=1, progress=False,
+                                    log=lambda *a: None)
+    yield model, root, table
+    torch.set_num_threads(n)
+
+
+def test_token_windows_are_whole_windows_of_real_tokens(trained):
+    model, _, _ = trained
+    w = sbl.corpus_token_windows(model.tokenizer, 10, 16, texts=tiny_texts())
+    assert w.shape == (10, 16)
+    assert not (w == model.tokenizer.pad_token_id).any() and not (w == model.tokenizer.unk_token_id).any()
+    with pytest.raises(ValueError, match="windows"):
+        sbl.corpus_token_windows(model.tokenizer, 10_000, 16, texts=tiny_texts(5))
+
+
+def test_table_has_one_row_per_site_and_layer(trained):
+    model, root, table = trained
+    assert list(table.columns) == sbl.TABLE_COLUMNS
+    assert len(table) == 2 * model.n_layers
+    assert sorted(zip(table.site, table.layer)) == sorted((s, l) for s in ("mlp_out", "resid") for l in range(model.n_layers))
+    assert not table.reused.any()
+    assert (table.d_sae == 2 * model.d_model).all() and (table.k == 4).all()
+    assert table.explained_variance.between(-1, 1).all() and table.l0.between(0, 4).all()
+    assert (table.n_eval_tokens == CONFIG.n_eval_windows * CONFIG.rows_per_window).all()
+    # trained SAEs explain more variance of held-out activations than an untrained one
+    assert table.explained_variance.mean() > 0.3, table[["site", "layer", "explained_variance"]]
+    cfg = load_cfg(sbl.sae_path(model, "resid", 1, root))
+    assert cfg["train_config"] == CONFIG.as_dict() and cfg["model_name"] == "tiny-llama"
+    assert cfg["hook_name"] == "model.layers.1" and cfg["corpus"]["source"] == "texts given by the caller"
+    assert not any(p.name.startswith("_activations") for p in (root / "tiny-llama").iterdir())  # activations deleted
+
+
+def test_saved_saes_load_back_identically_and_are_reused(trained, monkeypatch):
+    model, root, table = trained
+    saes = sbl.load_sae_baselines(model, "sae_mlp_out", root=root, config=CONFIG)
+    assert len(saes) == model.n_layers
+    before = {(s, l): {k: v.clone() for k, v in sae.state_dict().items()}
+              for s in ("mlp_out", "resid") for l, sae in enumerate(sbl.load_sae_baselines(model, s, root=root))}
+    mtimes = {p: p.stat().st_mtime_ns for p in root.rglob("*.safetensors")}
+
+    def no_training(*a, **k):
+        raise AssertionError("a saved SAE with a matching config must be re-used, not retrained")
+
+    monkeypatch.setattr(sbl, "train_topk_sae", no_training)
+    again = sbl.train_sae_baselines(model, config=CONFIG, root=root, texts=tiny_texts(), workers=1, progress=False,
+                                    log=lambda *a: None)
+    assert again.reused.all() and again.attrs["n_trained"] == 0
+    assert again.drop(columns="reused").equals(table.drop(columns="reused"))
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*.safetensors")} == mtimes
+    for s in ("mlp_out", "resid"):
+        for l, sae in enumerate(sbl.load_sae_baselines(model, s, root=root)):
+            for k, v in sae.state_dict().items():
+                assert torch.equal(v, before[(s, l)][k])
+    # the loaded SAE reconstructs exactly like the one that was trained: same held-out EV as in cfg.json
+    with pytest.raises(ValueError, match="trained with"):
+        sbl.load_sae_baselines(model, "resid", root=root, config=sbl.SAETrainConfig(**{**CONFIG.as_dict(), "k": 3,
+                                                                                       "sources": None}))
+
+
+def test_changed_config_or_data_retrains(trained, tmp_path):
+    model, root, _ = trained
+    # a different corpus gives different windows, hence a different key: nothing is re-used
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    table = sbl.train_sae_baselines(model, sites=("resid",), config=CONFIG, root=copy, texts=tiny_texts(seed=1),
+                                    workers=1, progress=False, log=lambda *a: None)
+    assert not table.reused.any()
+
+
+def test_attach_makes_sae_sites_usable(trained):
+    _, root, _ = trained
+    model = neuronlib.load_model("tiny-llama")  # own copy: attaching changes the Model
+    sbl.attach_sae_baselines(model, root=root)
+    assert model.site_width("sae_resid") == 2 * model.d_model + 1
+    pairs = [{"clean_prefix": "the keys to the cabinet", "patch_prefix": "the key to the cabinet",
+              "clean_answer": " are", "patch_answer": " is"}]
+    att = neuronlib.attribute(model, pairs, method="relp", sites=("sae_mlp_out", "sae_resid"))
+    assert att["sae_resid"].shape[-1] == 2 * model.d_model + 1
+    assert torch.isfinite(att["sae_resid"]).all()
+
+
+def test_missing_saes_name_the_layer(tmp_path):
+    with pytest.raises(FileNotFoundError, match="train_sae_baselines"):
+        sbl.load_sae_baselines("tiny-llama", "mlp_out", root=tmp_path)
+
+
+def test_notebook_01_has_tagged_parameters_cell():
+    nb = json.loads((REPO_ROOT / "notebooks" / "01_sparsity_comparison.ipynb").read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    assert "parameters" in code[0]["metadata"].get("tags", [])
+    src = "".join(code[0]["source"])
+    assert 'MODEL = "smollm2-135m"' in src and "SMOKE = False" in src
+    assert not any(c.get("outputs") for c in code)
+
+
+def test_batched_sae_sweep_matches_evaluate_circuit(trained):
+    _, root, _ = trained
+    model = neuronlib.load_model("tiny-llama")
+    sbl.attach_sae_baselines(model, root=root)
+    pairs = [{"clean_prefix": "the keys to the cabinet", "patch_prefix": "the key to the cabinet",
+              "clean_answer": " are", "patch_answer": " is"},
+             {"clean_prefix": "the dogs near the boy", "patch_prefix": "the dog near the boy",
+              "clean_answer": " have", "patch_answer": " has"}]
+    scores = neuronlib.attribute(model, pairs, method="relp", sites=("sae_mlp_out",))
+    sizes = [0, 1, 5, 40, 10**9]
+    for mode in ("mean", "zero"):
+        ours = sbl.evaluate_sweep_sae(model, scores, pairs, basis="sae_mlp_out", sizes=sizes, mode=mode)
+        ref = neuronlib.evaluate_circuit(model, scores, pairs, sizes=[min(k, int(ours["size"].max())) for k in sizes],
+                                         mode=mode, sites=("sae_mlp_out",))
+        ref = ref[ref.group == "all"].drop_duplicates("size").set_index("size")
+        ours = ours.set_index("size")
+        for col in ("m_C", "m_Cbar", "m_M", "m_empty"):
+            assert (ours[col] - ref.loc[ours.index, col]).abs().max() <= 1e-4, (mode, col)
+        assert abs(ours.faithfulness.iloc[-1] - 1) <= 1e-5  # the full basis
+    with pytest.raises(ValueError, match="not an SAE site"):
+        sbl.evaluate_sweep_sae(model, scores, pairs, basis="mlp_out", sizes=[1])
