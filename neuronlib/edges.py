@@ -54,7 +54,7 @@ from .activations import read_sites
 from .attribution import METHODS as NODE_METHODS
 from .attribution import RELP_VARIANTS, Attribution, attribute
 from .inputs import Prepared, prepare
-from .interventions import _masked_edit, ablation_values, run_with_edits
+from .interventions import ablation_runner
 from .metrics import make_metric
 from .sites import Node, check_nodes
 
@@ -610,19 +610,7 @@ def describe_neurons(model, graph: CircuitGraph, *, k: int = 5) -> CircuitGraph:
 
 
 def _sweep_values(model, prepared, mode, metric, batch_size):
-    means = ablation_values(model, prepared, ("mlp_acts",), mode, batch_size)
-
-    def zero_or_mean(site, layer, value, rows):
-        if mode == "zero":
-            return torch.zeros((), dtype=value.dtype, device=value.device)
-        return means[site][max(layer, 0)].to(value.dtype)
-
-    def run(masks):
-        edit = _masked_edit(model, prepared, masks, zero_or_mean) if masks else (lambda *a: None)
-        return run_with_edits(model, prepared, edits=edit, metric=metric, sites=("mlp_acts",) if masks else (),
-                              batch_size=batch_size).metric
-
-    return run
+    return ablation_runner(model, prepared, ("mlp_acts",), mode, metric, batch_size)
 
 
 def _circuit_mask(model, neurons, T):

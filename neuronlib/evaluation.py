@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from .attribution import Attribution
 from .inputs import prepare
-from .interventions import _masked_edit, ablation_values, run_with_edits
+from .interventions import ablation_runner
 from .sites import check_sites
 
 DEFAULT_SIZES = (0, 1, 2, 5, 10, 20, 50, 100, 200, 300, 400, 500, 1000, 2000, 5000, 10000, 20000, 50000)
@@ -88,17 +88,7 @@ def evaluate_circuit(
         if any(not isinstance(k, int) or k < 0 for k in sizes):
             raise ValueError(f"sizes must be non-negative ints, got {list(sizes)}")
         sweep = [(min(k, total), float(abs_sorted[k - 1]) if 0 < k <= total else float("nan")) for k in sizes]
-    means = ablation_values(model, prepared, sites, mode, batch_size)
-
-    def zero_or_mean(site, layer, value, rows):
-        if mode == "zero":
-            return torch.zeros((), dtype=value.dtype, device=value.device)
-        return means[site][max(layer, 0)].to(value.dtype)
-
-    def run(masks):
-        edit = _masked_edit(model, prepared, masks, zero_or_mean) if masks else (lambda *a: None)
-        return run_with_edits(model, prepared, edits=edit, metric=metric, sites=sites if masks else (),
-                              batch_size=batch_size).metric
+    run = ablation_runner(model, prepared, sites, mode, metric, batch_size)
 
     all_nodes = {s: torch.ones_like(r, dtype=torch.bool) for s, r in ranks.items()}
     m_full = run(None)

@@ -120,6 +120,25 @@ def ablation_values(model, prepared: Prepared, sites, mode: str, batch_size: int
     return mean_values(model, prepared, sites, which=which, batch_size=batch_size)
 
 
+def ablation_runner(model, prepared: Prepared, sites, mode: str, metric, batch_size: int = 32):
+    """``run(masks)`` -> metric per example with the masked nodes of ``sites`` ablated (``None``: the full model).
+
+    The ablation values are computed once, so a sweep of circuits shares them."""
+    means = ablation_values(model, prepared, sites, mode, batch_size)
+
+    def zero_or_mean(key, layer, value, rows):
+        if mode == "zero":
+            return torch.zeros((), dtype=value.dtype, device=value.device)
+        return means[key][max(layer, 0)].to(value.dtype)
+
+    def run(masks):
+        edit = _masked_edit(model, prepared, masks, zero_or_mean) if masks else (lambda *a: None)
+        return run_with_edits(model, prepared, edits=edit, metric=metric, sites=sites if masks else (),
+                              batch_size=batch_size).metric
+
+    return run
+
+
 def ablate(model, data, nodes, *, mode: str = "mean", complement: bool = False, sites=None, metric="auto",
            batch_size: int = 32, means=None) -> Intervened:
     """Ablate ``nodes`` (or, with ``complement=True``, every node of ``sites`` except them).
