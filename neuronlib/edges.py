@@ -609,10 +609,6 @@ def describe_neurons(model, graph: CircuitGraph, *, k: int = 5) -> CircuitGraph:
 # evaluation of pruned graphs
 
 
-def _sweep_values(model, prepared, mode, metric, batch_size):
-    return ablation_runner(model, prepared, ("mlp_acts",), mode, metric, batch_size)
-
-
 def _circuit_mask(model, neurons, T):
     mask = torch.zeros(model.n_layers, T, model.d_mlp, dtype=torch.bool)
     for n in neurons:
@@ -641,38 +637,47 @@ def evaluate_edge_pruning(model, graph: CircuitGraph, test_data, *, percents=DEF
     if prepared.T != T or len(set(prepared.lengths.tolist())) > 1:
         raise ValueError(f"test prompts must all have the graph's token length ({T}); got lengths "
                          f"{sorted(set(prepared.lengths.tolist()))}")
-    run = _sweep_values(model, prepared, mode, metric, batch_size)
-    every = {"mlp_acts": torch.ones(model.n_layers, T, model.d_mlp, dtype=torch.bool)}
-    m_full, m_empty = run(None), run(every)
-    mM, m0 = float(m_full.mean()), float(m_empty.mean())
-    denom = mM - m0
+    run = ablation_runner(model, prepared, ("mlp_acts",), mode, metric, batch_size,
+                          progress=(len(percents) > 1) if progress is None else progress)
     neuron_rows = graph.nodes[graph.nodes["kind"] == "neuron"]
     by_score = neuron_rows.reindex(neuron_rows["score"].abs().sort_values(ascending=False, kind="stable").index)
     ranked = [Node("mlp_acts", int(r.layer), int(r.position), int(r.unit)) for r in by_score.itertuples()]
-    memo: dict = {}  # circuits (node sets) already evaluated: large percents often keep the same nodes
+    # Every circuit of the sweep (full model, empty circuit, then C and C̄ per distinct node set: large percents
+    # often keep the same nodes) is one block of rows of the same batched forwards.
+    every = torch.ones(model.n_layers, T, model.d_mlp, dtype=torch.bool)
+    circuits, slots = [None, {"mlp_acts": every}], {}
 
-    def both(mask, completeness=True):
-        key = (mask.numpy().tobytes(), completeness)
-        if key not in memo:
-            memo[key] = (float(run({"mlp_acts": ~mask}).mean()),
-                         float(run({"mlp_acts": mask}).mean()) if completeness else float("nan"))
-        return memo[key]
+    def slot(mask):
+        key = mask.numpy().tobytes()
+        if key not in slots:
+            slots[key] = len(circuits)
+            circuits.extend([{"mlp_acts": ~mask}] + ([{"mlp_acts": mask}] if completeness else []))
+        return slots[key]
 
-    out = []
-    for p in tqdm(list(percents), desc="edge pruning", disable=(len(percents) < 2) if progress is None else not progress):
+    plan = []
+    for p in percents:
         edges_kept, nodes_kept = prune_mask(graph, p, recursive=recursive)
         kept = graph.nodes[nodes_kept]
         neurons = [Node("mlp_acts", int(r.layer), int(r.position), int(r.unit))
                    for r in kept[kept["kind"] == "neuron"].itertuples()]
-        mC, mCb = both(_circuit_mask(model, neurons, T), completeness)
-        row = {"percent": p, "n_edges": _top_count(len(graph.edges), p, None), "n_edges_alive": int(edges_kept.sum()),
-               "n_nodes": len(neurons), "faithfulness": (mC - m0) / denom if denom else float("nan"),
-               "completeness": (mCb - m0) / denom if denom else float("nan"), "m_C": mC, "m_Cbar": mCb,
+        plan.append((p, int(edges_kept.sum()), len(neurons), slot(_circuit_mask(model, neurons, T)),
+                     slot(_circuit_mask(model, ranked[: len(neurons)], T)) if node_baseline else None))
+    m = run(circuits).mean(1).tolist()
+    mM, m0 = m[0], m[1]
+    denom = mM - m0
+
+    def ratios(i):
+        mC, mCb = m[i], (m[i + 1] if completeness else float("nan"))
+        return mC, mCb, (mC - m0) / denom if denom else float("nan"), (mCb - m0) / denom if denom else float("nan")
+
+    out = []
+    for p, alive, n_nodes, i, j in plan:
+        mC, mCb, faith, comp = ratios(i)
+        row = {"percent": p, "n_edges": _top_count(len(graph.edges), p, None), "n_edges_alive": alive,
+               "n_nodes": n_nodes, "faithfulness": faith, "completeness": comp, "m_C": mC, "m_Cbar": mCb,
                "m_M": mM, "m_empty": m0, "n_examples": len(prepared)}
-        if node_baseline:
-            nC, nCb = both(_circuit_mask(model, ranked[: len(neurons)], T), completeness)
-            row["faithfulness_nodes"] = (nC - m0) / denom if denom else float("nan")
-            row["completeness_nodes"] = (nCb - m0) / denom if denom else float("nan")
+        if j is not None:
+            row["faithfulness_nodes"], row["completeness_nodes"] = ratios(j)[2:]
         out.append(row)
     return pd.DataFrame(out)
 

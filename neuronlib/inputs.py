@@ -87,6 +87,19 @@ class Prepared:
         inputs = self.clean if which == "clean" else self.patch
         return {k: v[index] for k, v in inputs.items()}
 
+    def repeat(self, times: int) -> "Prepared":
+        """The examples ``times`` over (copy i is rows i*B .. (i+1)*B - 1): several circuits in one batched run."""
+        def rep(x):
+            if x is None:
+                return None
+            return x * times if isinstance(x, list) else x.repeat(times, *([1] * (x.dim() - 1)))
+
+        ex = self.examples
+        return Prepared(Examples(rep(ex.clean), rep(ex.patch), rep(ex.answer), rep(ex.patch_answer)),
+                        {k: rep(v) for k, v in self.clean.items()},
+                        None if self.patch is None else {k: rep(v) for k, v in self.patch.items()},
+                        rep(self.answer_id), rep(self.patch_answer_id), rep(self.lengths))
+
     def tokens(self, tokenizer) -> list[list[str]]:
         ids = self.clean["input_ids"]
         return [[tokenizer.decode([t]) for t in ids[b, ids.shape[1] - int(n):].tolist()] for b, n in enumerate(self.lengths)]

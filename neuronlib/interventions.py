@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 
 from . import tracing
 from .activations import mean_values, read_sites
@@ -51,24 +52,25 @@ class Intervened:
         return frame
 
 
-def _real_to_padded(mask_LTU: torch.Tensor, pad_b: torch.Tensor) -> torch.Tensor:
-    """[L, T, U] mask in real positions -> [B, L, T, U] in each example's left-padded layout."""
-    L, T, U = mask_LTU.shape
-    t = torch.arange(T)
-    src = t[None, :] - pad_b[:, None]  # [B, T]: real position at padded index t
-    valid = src >= 0
-    out = mask_LTU[:, src.clamp(min=0)]  # [L, B, T, U]
-    return (out & valid[None, :, :, None]).permute(1, 0, 2, 3)
+def _to_padded(mask_BTU: torch.Tensor, pad_B: torch.Tensor) -> torch.Tensor:
+    """Masks in real positions (position 0 = first real token) -> each row's left-padded layout."""
+    if not bool(pad_B.any()):
+        return mask_BTU
+    T, U = mask_BTU.shape[1:]
+    src_BT = torch.arange(T)[None, :] - pad_B[:, None]  # real position at padded index t
+    out = mask_BTU.gather(1, src_BT.clamp(min=0)[..., None].expand(-1, -1, U))
+    return out & (src_BT >= 0)[..., None]
 
 
 def run_with_edits(model, prepared: Prepared, *, edits, metric=None, sites, batch_size: int = 32, which="clean",
-                   before=None):
+                   before=None, progress: bool = False):
     """Batched forwards where ``edits(site, layer, value, rows) -> value`` rewrites sites; returns Intervened.
 
     ``before(rows)``, if given, runs before each batch's trace (traces cannot nest, so reads happen there)."""
     metric_fn = None if metric is None else make_metric(metric, prepared)
     logits, values = [], []
-    for rows in torch.arange(len(prepared)).split(batch_size):
+    batches = torch.arange(len(prepared)).split(batch_size)
+    for rows in tqdm(batches, desc="forwards", disable=not progress or len(batches) < 2):
         inputs = prepared.rows(which, rows)
         if before is not None:
             before(rows)
@@ -82,23 +84,44 @@ def run_with_edits(model, prepared: Prepared, *, edits, metric=None, sites, batc
                       None if metric_fn is None else metric_fn.name, model.tokenizer)
 
 
-def _masked_edit(model, prepared, masks, replacement):
-    """An edit that replaces masked units by ``replacement(site, layer, value, rows)``."""
-    pads = (prepared.T - prepared.lengths)
-    padded = {s: _real_to_padded(m, pads) for s, m in masks.items()}
+def _masked_edit(prepared, masks, replacement, mask_of_row=None):
+    """An edit that sets the masked units to ``replacement(key, layer, value, rows)``.
+
+    ``masks``: {site: [C, L, T, U]} boolean, in real positions; row r of ``prepared`` uses mask
+    ``mask_of_row[r]`` (default: mask 0 for every row), so one batch can hold several circuits or one node set per
+    example. An SAE site's last unit is its error node: it gates the whole error vector (key ``site/error``)."""
+    pads_B = prepared.T - prepared.lengths
+    mask_of_row = torch.zeros(len(prepared), dtype=torch.long) if mask_of_row is None else mask_of_row
 
     def edit(key, layer, value, rows):
         site, is_error = split_key(key)
-        if site not in padded:
+        if site not in masks:
             return None
-        mask = padded[site][rows, 0 if site == "embed" else layer].to(value.device)
-        if site in SAE_SITES:  # the last unit is the error node: it gates the whole error vector
+        mask = _to_padded(masks[site][mask_of_row[rows], max(layer, 0)], pads_B[rows]).to(value.device)
+        if site in SAE_SITES:
             mask = mask[..., -1:] if is_error else mask[..., :-1]
         if not mask.any():
             return None
         return torch.where(mask, replacement(key, layer, value, rows), value)
 
     return edit
+
+
+def _per_example(nodes, n_examples: int):
+    """(groups, mask of each row): one node list shared by every example, or one list per example."""
+    nodes = list(nodes)
+    per_example = (len(nodes) == n_examples and n_examples > 0
+                   and all(isinstance(g, list) and all(isinstance(x, (list, tuple)) for x in g) for g in nodes))
+    if per_example:
+        return [list(g) for g in nodes], torch.arange(n_examples)
+    return [nodes], None
+
+
+def _group_masks(model, groups, T: int) -> dict[str, torch.Tensor]:
+    """{site: [G, L, T, U]}: the nodes of each group, in real positions."""
+    per_group = [node_masks(model, g, T) for g in groups]
+    sites = tuple(dict.fromkeys(s for m in per_group for s in m))
+    return {s: torch.stack([m.get(s, empty_mask(model, s, T)) for m in per_group]) for s in sites}
 
 
 def _metric_arg(metric, prepared):
@@ -120,21 +143,34 @@ def ablation_values(model, prepared: Prepared, sites, mode: str, batch_size: int
     return mean_values(model, prepared, sites, which=which, batch_size=batch_size)
 
 
-def ablation_runner(model, prepared: Prepared, sites, mode: str, metric, batch_size: int = 32):
-    """``run(masks)`` -> metric per example with the masked nodes of ``sites`` ablated (``None``: the full model).
-
-    The ablation values are computed once, so a sweep of circuits shares them."""
-    means = ablation_values(model, prepared, sites, mode, batch_size)
-
-    def zero_or_mean(key, layer, value, rows):
+def _ablated_value(mode, means):
+    def replacement(key, layer, value, rows):
         if mode == "zero":
             return torch.zeros((), dtype=value.dtype, device=value.device)
         return means[key][max(layer, 0)].to(value.dtype)
+    return replacement
 
-    def run(masks):
-        edit = _masked_edit(model, prepared, masks, zero_or_mean) if masks else (lambda *a: None)
-        return run_with_edits(model, prepared, edits=edit, metric=metric, sites=sites if masks else (),
-                              batch_size=batch_size).metric
+
+def ablation_runner(model, prepared: Prepared, sites, mode: str, metric, batch_size: int = 32, *,
+                    progress: bool = False):
+    """``run(circuits)`` -> the metric [C, B] with, for each circuit, the masked nodes of ``sites`` ablated.
+
+    ``circuits``: a list of {site: [L, T, U] mask in real positions} (True = ablate; a site left out, or ``None`` for
+    the whole circuit, ablates nothing there). All circuits run as blocks of rows of the same batched forwards, and
+    the ablation values are computed once, so a sweep of circuits costs a few large forwards."""
+    replacement = _ablated_value(mode, ablation_values(model, prepared, sites, mode, batch_size))
+    n = len(prepared)
+
+    def run(circuits):
+        circuits = [c or {} for c in circuits]
+        C = len(circuits)
+        stacked = prepared.repeat(C)
+        masks = {s: torch.stack([c[s] if s in c else empty_mask(model, s, prepared.T) for c in circuits])
+                 for s in sites if any(s in c for c in circuits)}
+        edit = _masked_edit(stacked, masks, replacement, torch.arange(C).repeat_interleave(n))
+        out = run_with_edits(model, stacked, edits=edit, metric=metric, sites=tuple(masks),
+                             batch_size=batch_size, progress=progress)
+        return out.metric.view(C, n)
 
     return run
 
@@ -145,26 +181,22 @@ def ablate(model, data, nodes, *, mode: str = "mean", complement: bool = False, 
 
     mode "mean": the per-position mean over the data's counterfactual prompts (METHOD.md §4); "zero": 0.
     ``sites`` defaults to the sites of ``nodes``; with ``complement`` it names the basis whose other nodes go.
+    ``nodes`` is one node list for every example, or one list per example.
     """
     if mode not in MODES:
         raise ValueError(f"unknown ablation mode {mode!r}; use one of {MODES}")
     prepared = data if isinstance(data, Prepared) else prepare(model, data)
-    nodes = list(nodes)
-    masks = node_masks(model, nodes, prepared.T)
+    groups, mask_of_row = _per_example(nodes, len(prepared))
+    masks = _group_masks(model, groups, prepared.T)
     sites = check_sites(sites) if sites is not None else tuple(masks) or ("mlp_acts",)
+    C = len(groups)
     for site in sites:
-        masks.setdefault(site, empty_mask(model, site, prepared.T))
+        masks.setdefault(site, empty_mask(model, site, prepared.T).expand(C, -1, -1, -1))
     if complement:
         masks = {s: ~m for s, m in masks.items() if s in sites}
     if means is None and mode == "mean":
         means = ablation_values(model, prepared, tuple(masks), mode, batch_size)
-
-    def replacement(site, layer, value, rows):
-        if mode == "zero":
-            return torch.zeros((), dtype=value.dtype, device=value.device)
-        return means[site][max(layer, 0)].to(value.dtype)
-
-    edit = _masked_edit(model, prepared, masks, replacement)
+    edit = _masked_edit(prepared, masks, _ablated_value(mode, means), mask_of_row)
     return run_with_edits(model, prepared, edits=edit, metric=_metric_arg(metric, prepared), sites=tuple(masks),
                           batch_size=batch_size)
 
@@ -173,7 +205,8 @@ def patch(model, clean, counterfactual=None, nodes=(), *, metric="auto", batch_s
     """Run the clean prompts with ``nodes`` set to their values on the counterfactual prompts (example by example).
 
     ``clean`` may be records in the community format (then ``counterfactual`` is taken from ``patch_prefix``) or a
-    list of prompts with ``counterfactual`` a list of prompts of the same token lengths.
+    list of prompts with ``counterfactual`` a list of prompts of the same token lengths. ``nodes`` is one node list
+    for every example, or one list per example.
     """
     if counterfactual is not None:
         from .inputs import as_examples
@@ -185,17 +218,18 @@ def patch(model, clean, counterfactual=None, nodes=(), *, metric="auto", batch_s
         ex.patch = cf
         clean = ex
     prepared = prepare(model, clean, need_patch=True)
-    masks = node_masks(model, list(nodes), prepared.T)
+    groups, mask_of_row = _per_example(nodes, len(prepared))
+    masks = _group_masks(model, groups, prepared.T)
     sites = tuple(masks)
     patch_vals = {}
 
     def read_counterfactual(rows):
         patch_vals.update(read_sites(model, prepared.rows("patch", rows), sites)[0])
 
-    def replacement(site, layer, value, rows):
-        return patch_vals[site][max(layer, 0)]
+    def replacement(key, layer, value, rows):
+        return patch_vals[key][max(layer, 0)]
 
-    edit = _masked_edit(model, prepared, masks, replacement)
+    edit = _masked_edit(prepared, masks, replacement, mask_of_row)
     return run_with_edits(model, prepared, edits=edit, metric=_metric_arg(metric, prepared), sites=sites,
                           batch_size=batch_size, before=read_counterfactual)
 
@@ -208,55 +242,25 @@ def steer(model, prompts, neurons, *, multiplier: float, positions="all", metric
     ``multiplier=1`` is a no-op and ``multiplier=0`` zero-ablates them.
     """
     prepared = prompts if isinstance(prompts, Prepared) else prepare(model, prompts)
-    neurons = list(neurons)
-    # One list of Nodes per prompt (an empty list leaves that prompt unchanged), or one shared list.
-    per_example = (len(neurons) == len(prepared) and len(neurons) > 0
-                   and all(isinstance(n, list) and all(isinstance(x, (list, tuple)) for x in n) for n in neurons))
-    groups = neurons if per_example else [neurons]
     T = prepared.T
-    if positions == "all":
-        pos_list = None
-    elif positions == "circuit":
-        pos_list = "circuit"
-    else:
-        pos_list = list(positions)
-        if any(not 0 <= p < T for p in pos_list):
-            raise ValueError(f"positions {pos_list} out of range for prompts of {T} tokens")
-    masks_per_group = []
-    for group in groups:
-        nodes = []
-        for n in group:
-            if len(n) == 2:
-                if pos_list == "circuit":
-                    raise ValueError("positions='circuit' needs Nodes (site, layer, position, unit), not (layer, unit)")
-                nodes += [Node("mlp_acts", n[0], p, n[1]) for p in (pos_list or range(T))]
-            else:
-                node = Node(*n)
-                if pos_list == "circuit":
-                    nodes.append(node)
-                else:
-                    nodes += [node._replace(position=p) for p in (pos_list or range(T))]
-        masks_per_group.append(node_masks(model, nodes, T))
-    if not any(masks_per_group):
+    if positions not in ("all", "circuit"):
+        positions = list(positions)
+        if any(not 0 <= p < T for p in positions):
+            raise ValueError(f"positions {positions} out of range for prompts of {T} tokens")
+    groups, mask_of_row = _per_example(neurons, len(prepared))
+
+    def expand(n):
+        at = range(T) if positions in ("all", "circuit") else positions
+        if len(n) == 2:
+            if positions == "circuit":
+                raise ValueError("positions='circuit' needs Nodes (site, layer, position, unit), not (layer, unit)")
+            return [Node("mlp_acts", n[0], p, n[1]) for p in at]
+        node = Node(*n)
+        return [node] if positions == "circuit" else [node._replace(position=p) for p in at]
+
+    masks = _group_masks(model, [[x for n in g for x in expand(n)] for g in groups], T)
+    if not masks:
         raise ValueError("no neurons to steer")
-    sites = tuple(dict.fromkeys(s for m in masks_per_group for s in m))
-    pads = T - prepared.lengths
-    stacked = {}
-    for site in sites:  # [B, L, T, U] per example (one shared group broadcasts)
-        per = [m.get(site, empty_mask(model, site, T)) for m in masks_per_group]
-        if per_example:
-            stacked[site] = torch.stack([_real_to_padded(m, pads[b:b + 1])[0] for b, m in enumerate(per)])
-        else:
-            stacked[site] = _real_to_padded(per[0], pads)
-
-    def edit(key, layer, value, rows):
-        site, is_error = split_key(key)
-        if site not in stacked:
-            return None
-        mask = stacked[site][rows, 0 if site == "embed" else layer].to(value.device)
-        if site in SAE_SITES:
-            mask = mask[..., -1:] if is_error else mask[..., :-1]
-        return torch.where(mask, value * multiplier, value)
-
-    return run_with_edits(model, prepared, edits=edit, metric=_metric_arg(metric, prepared), sites=sites,
+    edit = _masked_edit(prepared, masks, lambda key, layer, value, rows: value * multiplier, mask_of_row)
+    return run_with_edits(model, prepared, edits=edit, metric=_metric_arg(metric, prepared), sites=tuple(masks),
                           batch_size=batch_size)

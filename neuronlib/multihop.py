@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from . import tracing
 from .data import capitals as cap_data
+from .interventions import patch
 from .sites import Node
 
 KINDS = ("capital", "state", "city")
@@ -565,46 +566,6 @@ def flip_fraction(sweep: pd.DataFrame, *, source: str = "capital", target: str =
 # swapping the state
 
 
-def patch_per_example(model, clean: list[str], counterfactual: list[str], nodes_per_example: list[list[Node]], *,
-                      batch_size: int = 32) -> torch.Tensor:
-    """Like :func:`neuronlib.patch`, but each example has its own node set; returns last-position logits [B, V].
-
-    Clean and counterfactual prompts must have equal token lengths, pairwise (positions are matched one to one).
-    """
-    from .activations import read_sites
-    from .inputs import as_examples, prepare
-    from .interventions import _real_to_padded, run_with_edits
-    from .sites import empty_mask, node_masks
-
-    ex = as_examples(clean)
-    ex.patch = as_examples(counterfactual).clean
-    if len(ex.patch) != len(ex.clean) or len(nodes_per_example) != len(ex.clean):
-        raise ValueError("clean, counterfactual and nodes_per_example must have the same length")
-    prepared = prepare(model, ex, need_patch=True)
-    T = prepared.T
-    pads = T - prepared.lengths
-    masks = []
-    for b, nodes in enumerate(nodes_per_example):
-        m = node_masks(model, list(nodes), T).get("mlp_acts", empty_mask(model, "mlp_acts", T))
-        masks.append(_real_to_padded(m, pads[b:b + 1])[0])
-    mask = torch.stack(masks)  # [B, L, T, U]
-    if any(n.site != "mlp_acts" for nodes in nodes_per_example for n in nodes):
-        raise ValueError("patch_per_example patches mlp_acts nodes only")
-    cf_vals: dict = {}
-
-    def before(rows):
-        cf_vals.update(read_sites(model, prepared.rows("patch", rows), ("mlp_acts",))[0])
-
-    def edit(site, layer, value, rows):
-        m = mask[rows, layer].to(value.device)
-        if not m.any():
-            return None
-        return torch.where(m, cf_vals["mlp_acts"][layer], value)
-
-    return run_with_edits(model, prepared, edits=edit, sites=("mlp_acts",), batch_size=batch_size,
-                          before=before).logits
-
-
 def state_groups(hop2: PromptCircuits, mixed: MixedSet, df: pd.DataFrame, rows, *,
                  min_auroc: float = GroupRules.auroc_state) -> dict[str, list[Node]]:
     """Per state (rows of ``df``): its group in its state->capital circuit, as :func:`group_circuit` defines it --
@@ -653,7 +614,7 @@ def swap_matrix(model, df: pd.DataFrame, states: list[str], variants: dict, *, p
                 progress: bool = True) -> pd.DataFrame:
     """For every ordered pair (source A, target B) of ``states`` (or the given ``pairs``) and every variant
     (name -> ``f(A, B) -> nodes``): run A's state->capital prompt with those nodes set to their values on B's prompt
-    (:func:`patch_per_example`; A's and B's prompts must have equal token lengths). One row per (variant, pair):
+    (:func:`neuronlib.patch` with one node set per pair; A's and B's prompts must have equal token lengths). One row per (variant, pair):
     p(A's capital), p(B's capital) (first tokens), the top token, ``success`` (top token = B's capital's first
     token) and ``prefers_target`` (p(B's capital) > p(A's capital))."""
     tok = model.tokenizer
@@ -667,8 +628,8 @@ def swap_matrix(model, df: pd.DataFrame, states: list[str], variants: dict, *, p
         chunks = [pairs[i:i + batch_size] for i in range(0, len(pairs), batch_size)]
         for chunk in tqdm(chunks, desc=f"swap ({variant})", disable=not progress):
             node_sets = [make_nodes(a, b) for a, b in chunk]
-            logits = patch_per_example(model, [prompts[a] for a, _ in chunk], [prompts[b] for _, b in chunk],
-                                       node_sets, batch_size=batch_size)
+            logits = patch(model, [prompts[a] for a, _ in chunk], [prompts[b] for _, b in chunk],
+                           [list(nodes) for nodes in node_sets], metric=None, batch_size=batch_size).logits
             probs = logits.softmax(-1)
             for j, (a, b) in enumerate(chunk):
                 top = int(probs[j].argmax())

@@ -51,12 +51,13 @@ import torch
 from tqdm.auto import tqdm
 
 from . import cache
+from .evaluation import evaluate_circuit
 from .saes import CFG_FILENAME, WEIGHTS_FILENAME, TopKSAE, evaluate_sae, load_cfg, load_sae, save_sae, train_topk_sae
 
 __all__ = [
     "SAETrainConfig", "DEFAULT_CONFIG", "SMOKE_CONFIG", "SAE_SITES_TRAINED", "TABLE_COLUMNS", "corpus_token_windows",
     "sae_root", "sae_path", "train_sae_baselines", "sae_table", "load_sae_baselines", "attach_sae_baselines", "sae_fingerprint",
-    "evaluate_sweep_sae", "run_sae_benchmark", "plot_curves",
+    "run_sae_benchmark", "plot_curves",
 ]
 
 SAE_SITES_TRAINED = ("mlp_out", "resid")  # base sites; attached as "sae_mlp_out" / "sae_resid"
@@ -467,67 +468,6 @@ def sae_fingerprint(model, sites: Sequence[str]) -> str:
     return cache.data_hash(parts)
 
 
-def evaluate_sweep_sae(model, scores, test_data, *, basis: str, sizes, mode: str = "mean", metric="logit_diff",
-                       batch_size: int = 128) -> pd.DataFrame:
-    """Faithfulness and completeness of the top-k circuits of one SAE basis (latents + error nodes) over a sweep of
-    sizes, batched: every circuit (full model, empty circuit, then C and C̄ per size) is a block of rows of a few large
-    forwards. Same definitions and columns as :func:`neuronlib.evaluate_circuit` (group "all"); a test checks the
-    numbers against it. The SAE counterpart of :func:`neuronlib.sva_benchmark.evaluate_sweep`, which handles the
-    neuron-basis sites only (an SAE site's error node gates a whole error vector under a separate edit key)."""
-    from .evaluation import node_ranks
-    from .inputs import prepare
-    from .interventions import ablation_values, run_with_edits
-    from .sites import SAE_SITES, split_key
-
-    if basis not in SAE_SITES:
-        raise ValueError(f"{basis!r} is not an SAE site; use neuronlib.sva_benchmark.evaluate_sweep")
-    records = list(test_data)
-    prepared = prepare(model, records)
-    T = scores.scores[basis].shape[2]
-    if prepared.T != T or len(set(prepared.lengths.tolist())) > 1:
-        raise ValueError(f"test prompts must all have the attribution prompts' token length ({T}); got lengths "
-                         f"{sorted(set(prepared.lengths.tolist()))}")
-    n = len(prepared)
-    one = scores if scores.n_examples == 1 else scores.mean()
-    rank = node_ranks(one, (basis,))[basis]  # [L, T, d_sae + 1]
-    total = rank.numel()
-    abs_sorted = one.scores[basis][0].flatten().abs().sort(descending=True).values
-    sweep = sorted({min(int(k), total) for k in sizes})
-    masks = [torch.zeros_like(rank, dtype=torch.bool), torch.ones_like(rank, dtype=torch.bool)]
-    for k in sweep:
-        masks += [rank >= k, rank < k]
-    masks = torch.stack(masks)  # [R, L, T, U], True = ablate
-    R = len(masks)
-    means = ablation_values(model, prepared, (basis,), mode, batch_size)
-    circuit_of_row = torch.arange(R).repeat_interleave(n)
-    repeated = prepare(model, records * R)
-
-    def edit(key, layer, value, rows):
-        site, is_error = split_key(key)
-        if site != basis:
-            return None
-        mask = masks[circuit_of_row[rows], layer].to(value.device)
-        mask = mask[..., -1:] if is_error else mask[..., :-1]
-        if not mask.any():
-            return None
-        repl = (torch.zeros((), dtype=value.dtype, device=value.device) if mode == "zero"
-                else means[key][layer].to(value.dtype))
-        return torch.where(mask, repl, value)
-
-    out = run_with_edits(model, repeated, edits=edit, metric=metric, sites=(basis,), batch_size=batch_size).metric
-    per_circuit = out.view(R, n).mean(1)
-    m_full, m_empty = float(per_circuit[0]), float(per_circuit[1])
-    denom = m_full - m_empty
-    rows = []
-    for i, k in enumerate(sweep):
-        m_c, m_cbar = float(per_circuit[2 + 2 * i]), float(per_circuit[3 + 2 * i])
-        rows.append({"group": "all", "size": k, "threshold": float(abs_sorted[k - 1]) if k > 0 else float("nan"),
-                     "faithfulness": (m_c - m_empty) / denom if denom else float("nan"),
-                     "completeness": (m_cbar - m_empty) / denom if denom else float("nan"),
-                     "m_C": m_c, "m_Cbar": m_cbar, "m_M": m_full, "m_empty": m_empty, "n_examples": n})
-    return pd.DataFrame(rows)
-
-
 def run_sae_benchmark(model, data: dict, *, methods=("relp", "ig-inputs"), sae_sites=("sae_mlp_out", "sae_resid"),
                       n_train: dict | None = None, log_sizes=None, linear_sizes=(), linear_sites=(), ig_steps: int = 10,
                       batch_size: int = 16, eval_batch_size: int = 128, cache_dir=None, refresh: bool = False,
@@ -568,9 +508,9 @@ def run_sae_benchmark(model, data: dict, *, methods=("relp", "ig-inputs"), sae_s
                 ekey = cache.cache_key(**eparts)
                 hit = (directory / "sva_eval" / f"{ekey}.pt").exists() and not refresh
                 t0 = time.perf_counter()
-                evaluated = cache.cached("sva_eval", ekey, svab._timed(lambda: evaluate_sweep_sae(
-                    model, mean, td.test, basis=basis, sizes=actual, mode="mean", metric="logit_diff",
-                    batch_size=eval_batch_size)), refresh=refresh, directory=directory)
+                evaluated = cache.cached("sva_eval", ekey, svab._timed(lambda: evaluate_circuit(
+                    model, mean, td.test, sites=(basis,), sizes=actual, mode="mean", metric="logit_diff",
+                    batch_size=eval_batch_size, progress=False)), refresh=refresh, directory=directory)
                 steps.append({"model": model.name, "template": template, "step": "evaluation", "method": method,
                               "setting": "paired", "basis": basis, "ablation": "mean", "n": len(td.test),
                               "cached": hit, "seconds": time.perf_counter() - t0,

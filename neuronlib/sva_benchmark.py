@@ -41,6 +41,7 @@ import neuronlib
 from . import cache, plotting
 from .attribution import Attribution
 from .data.sva import TEMPLATES, load_sva
+from .evaluation import evaluate_circuit
 
 BASES = ("mlp_acts", "mlp_out", "attn_out", "resid")
 SETTINGS = ("paired", "unpaired")
@@ -226,66 +227,6 @@ def _timed(fn):
     return wrapped
 
 
-def evaluate_sweep(model, scores: Attribution, test_data, *, basis: str, sizes, mode: str = "mean",
-                   metric="logit_diff", batch_size: int = 128) -> pd.DataFrame:
-    """Faithfulness and completeness of the top-k circuits of one basis, like :func:`neuronlib.evaluate_circuit`
-    (same definitions, same numbers up to float rounding; a test checks it), but batched: every circuit of the sweep
-    (C and C̄ for each size, the empty and the full model) is a block of rows of a few large forwards, instead of two
-    forwards per size. On a CPU the fixed cost of a traced forward is a large part of a small one.
-
-    Returns the columns of ``evaluate_circuit`` (group "all"): size, threshold, faithfulness, completeness, m_C,
-    m_Cbar, m_M, m_empty, n_examples.
-    """
-    from .evaluation import node_ranks
-    from .inputs import prepare
-    from .interventions import ablation_values, run_with_edits
-
-    records = list(test_data)
-    prepared = prepare(model, records)
-    T = scores.scores[basis].shape[2]
-    if prepared.T != T or len(set(prepared.lengths.tolist())) > 1:
-        raise ValueError(f"test prompts must all have the attribution prompts' token length ({T}); got lengths "
-                         f"{sorted(set(prepared.lengths.tolist()))}")
-    n = len(prepared)
-    one = scores if scores.n_examples == 1 else scores.mean()
-    rank = node_ranks(one, (basis,))[basis]  # [L, T, U], 0 = largest |score|
-    total = rank.numel()
-    abs_sorted = one.scores[basis][0].flatten().abs().sort(descending=True).values
-    sweep = sorted({min(int(k), total) for k in sizes})
-    # One ablation mask per circuit (True = ablate): full model, empty circuit, then C and C̄ per size.
-    masks = [torch.zeros_like(rank, dtype=torch.bool), torch.ones_like(rank, dtype=torch.bool)]
-    for k in sweep:
-        masks += [rank >= k, rank < k]
-    masks = torch.stack(masks)  # [R, L, T, U]
-    R = len(masks)
-    means = ablation_values(model, prepared, (basis,), mode, batch_size)
-    circuit_of_row = torch.arange(R).repeat_interleave(n)
-    repeated = prepare(model, records * R)
-
-    def edit(site, layer, value, rows):
-        if site != basis:
-            return None
-        mask = masks[circuit_of_row[rows], max(layer, 0)].to(value.device)
-        if not mask.any():
-            return None
-        repl = (torch.zeros((), dtype=value.dtype, device=value.device) if mode == "zero"
-                else means[basis][max(layer, 0)].to(value.dtype))
-        return torch.where(mask, repl, value)
-
-    out = run_with_edits(model, repeated, edits=edit, metric=metric, sites=(basis,), batch_size=batch_size).metric
-    per_circuit = out.view(R, n).mean(1)
-    m_full, m_empty = float(per_circuit[0]), float(per_circuit[1])
-    denom = m_full - m_empty
-    rows = []
-    for i, k in enumerate(sweep):
-        m_c, m_cbar = float(per_circuit[2 + 2 * i]), float(per_circuit[3 + 2 * i])
-        rows.append({"group": "all", "size": k, "threshold": float(abs_sorted[k - 1]) if k > 0 else float("nan"),
-                     "faithfulness": (m_c - m_empty) / denom if denom else float("nan"),
-                     "completeness": (m_cbar - m_empty) / denom if denom else float("nan"),
-                     "m_C": m_c, "m_Cbar": m_cbar, "m_M": m_full, "m_empty": m_empty, "n_examples": n})
-    return pd.DataFrame(rows)
-
-
 def cached_attribution(model, template: str, td: TemplateData, run: Run, sites, *, ig_steps: int = 10,
                        batch_size: int = 16, chunk: int = 64, directory=None, refresh: bool = False,
                        progress: bool = False):
@@ -363,9 +304,9 @@ def run_benchmark(
                     ekey = cache.cache_key(**eparts)
                     ehit = _cache_path(directory, "sva_eval", ekey).exists() and not refresh
                     t0 = time.perf_counter()
-                    evaluated = cache.cached("sva_eval", ekey, _timed(lambda: evaluate_sweep(
-                        model, mean, test, basis=basis, sizes=actual, mode=ablation, metric=run.metric,
-                        batch_size=eval_batch_size)), refresh=refresh, directory=directory)
+                    evaluated = cache.cached("sva_eval", ekey, _timed(lambda: evaluate_circuit(
+                        model, mean, test, sites=(basis,), sizes=actual, mode=ablation, metric=run.metric,
+                        batch_size=eval_batch_size, progress=False)), refresh=refresh, directory=directory)
                     frame = evaluated["value"]
                     steps.append({"model": model.name, "template": template, "step": "evaluation", "method": run.method,
                                   "setting": run.setting, "basis": basis, "ablation": ablation, "n": len(test),

@@ -86,3 +86,20 @@ def hooked_forward(model, inputs, sites, replace=None):
         for h in handles:
             h.remove()
     return logits, values, deltas
+
+
+def circuit_by_circuit(model, scores, pairs, site, sizes, mode):
+    """{size: (m(C), m(C̄))} from two ablate() calls per circuit: the reference for evaluate_circuit's batched sweep."""
+    from neuronlib.evaluation import node_ranks
+    from neuronlib.interventions import ablate
+    from neuronlib.sites import Node, site_layers
+
+    rank = node_ranks(scores, (site,))[site]
+    layers = site_layers(model, site)
+    out = {}
+    for k in sizes:
+        nodes = [Node(site, layers[int(l)], int(t), int(u)) for l, t, u in (rank < k).nonzero()]
+        m_c = ablate(model, pairs, nodes, mode=mode, complement=True, sites=(site,)).metric.mean()
+        m_cbar = ablate(model, pairs, nodes, mode=mode, sites=(site,)).metric.mean()
+        out[min(k, rank.numel())] = (float(m_c), float(m_cbar))
+    return out

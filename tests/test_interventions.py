@@ -1,7 +1,7 @@
 """ablate / patch / steer / evaluate_circuit (METHOD.md §4)."""
 import pytest
 import torch
-from conftest import SVA_PAIRS, hooked_forward
+from conftest import SVA_PAIRS, circuit_by_circuit, hooked_forward
 
 import neuronlib
 from neuronlib import tracing
@@ -111,6 +111,41 @@ def test_steer_scales_like_a_hook(tiny_llama):
 
     logits, _, _ = hooked_forward(tiny_llama, tiny_llama.tokenize(prompts), ("mlp_acts",), replace={("mlp_acts", 1): scale})
     assert (got - logits.detach()).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("mode, site", [("mean", "mlp_acts"), ("zero", "attn_out"), ("mean", "embed")])
+def test_batched_sweep_equals_one_ablation_per_circuit(tiny_llama, mode, site):
+    """evaluate_circuit runs every circuit as a block of rows of shared forwards (batch 3 splits blocks); each
+    m(C), m(C̄) must equal ablating that circuit on its own."""
+    scores = neuronlib.attribute(tiny_llama, PAIRS, method="relp", sites=(site,))
+    sizes = [0, 3, 30, 10**6]
+    frame = evaluate_circuit(tiny_llama, scores, PAIRS, sizes=sizes, mode=mode, batch_size=3).set_index("size")
+    ref = circuit_by_circuit(tiny_llama, scores, PAIRS, site, sizes, mode)
+    assert list(frame.index) == list(ref)
+    for size, (m_c, m_cbar) in ref.items():
+        assert abs(frame.loc[size, "m_C"] - m_c) <= 1e-5 and abs(frame.loc[size, "m_Cbar"] - m_cbar) <= 1e-5, size
+    assert frame["m_C"].nunique() > 2  # the sizes make different circuits
+
+
+def test_per_example_nodes_on_a_padded_batch_equal_one_prompt_at_a_time(tiny_llama):
+    """One node set per example, prompts of different token lengths (left padding): node positions count from each
+    prompt's first real token, so the batch must give what each prompt gives alone."""
+    clean = ["the keys to the cabinet near the door", "the dog near the boy"]
+    cf = ["the key to the cabinet near the door", "the dogs near the boy"]
+    assert len(set(len(tiny_llama.tokenize([p])["input_ids"][0]) for p in clean)) == 2
+    nodes = [[Node("mlp_acts", 0, 6, 2), Node("resid", 1, 2, 9), Node("mlp_acts", 1, 1, 3)],
+             [Node("mlp_acts", 1, 0, 5), Node("resid", 0, 3, 1)]]
+    patched = patch(tiny_llama, clean, cf, nodes, metric=None).logits
+    ablated = ablate(tiny_llama, clean, nodes, mode="zero", metric=None).logits
+    steered = steer(tiny_llama, clean, nodes, multiplier=3.0, positions="circuit", metric=None).logits
+    plain = ablate(tiny_llama, clean, [], sites=("mlp_acts",), metric=None).logits
+    for b in range(2):
+        alone = (patch(tiny_llama, clean[b:b + 1], cf[b:b + 1], nodes[b], metric=None).logits,
+                 ablate(tiny_llama, clean[b:b + 1], nodes[b], mode="zero", metric=None).logits,
+                 steer(tiny_llama, clean[b:b + 1], nodes[b], multiplier=3.0, positions="circuit", metric=None).logits)
+        for batched, single in zip((patched, ablated, steered), alone):
+            assert torch.allclose(batched[b], single[0], atol=1e-5)
+            assert not torch.allclose(batched[b], plain[b], atol=1e-4)  # the nodes matter
 
 
 def test_patch_all_nodes_of_a_complete_cut_gives_the_counterfactual(tiny_llama):

@@ -220,18 +220,6 @@ def test_flip_fraction_on_a_hand_made_sweep():
     assert fl.loc[0.0, "n"] == 2 and fl.loc[0.0, "flip_to_state"] == 0.5 and fl.loc[1.0, "flip_to_state"] == 0.0
 
 
-def test_patch_per_example_matches_neuronlib_patch(tiny_llama):
-    model = tiny_llama
-    clean = ["the capital of the state of texas is", "dallas is a city in the"]
-    cf = ["the capital of the city of austin is", "austin is a state of the"]
-    nodes = [[Node("mlp_acts", 0, 6, 2), Node("mlp_acts", 1, 6, 9)], [Node("mlp_acts", 0, 0, 5)]]
-    got = MH.patch_per_example(model, clean, cf, nodes)
-    for b in range(2):
-        want = neuronlib.patch(model, [clean[b]], [cf[b]], nodes[b], metric=None).logits
-        assert torch.allclose(got[b:b + 1], want, atol=1e-5)
-    assert not torch.allclose(got[0], tracing.logits(model, model.tokenize(clean[:1]))[0], atol=1e-4)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # the notebook
 

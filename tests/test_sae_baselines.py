@@ -7,6 +7,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import torch
+from conftest import circuit_by_circuit
 
 import neuronlib
 from neuronlib import sae_baselines as sbl
@@ -127,7 +128,8 @@ def test_notebook_01_has_tagged_parameters_cell():
     assert not any(c.get("outputs") for c in code)
 
 
-def test_batched_sae_sweep_matches_evaluate_circuit(trained):
+def test_sae_circuits_batched_sweep_equals_one_ablation_per_circuit(trained):
+    """evaluate_circuit on an SAE basis (latents + error nodes) equals ablating each circuit on its own."""
     _, root, _ = trained
     model = neuronlib.load_model("tiny-llama")
     sbl.attach_sae_baselines(model, root=root)
@@ -138,13 +140,9 @@ def test_batched_sae_sweep_matches_evaluate_circuit(trained):
     scores = neuronlib.attribute(model, pairs, method="relp", sites=("sae_mlp_out",))
     sizes = [0, 1, 5, 40, 10**9]
     for mode in ("mean", "zero"):
-        ours = sbl.evaluate_sweep_sae(model, scores, pairs, basis="sae_mlp_out", sizes=sizes, mode=mode)
-        ref = neuronlib.evaluate_circuit(model, scores, pairs, sizes=[min(k, int(ours["size"].max())) for k in sizes],
-                                         mode=mode, sites=("sae_mlp_out",))
-        ref = ref[ref.group == "all"].drop_duplicates("size").set_index("size")
-        ours = ours.set_index("size")
-        for col in ("m_C", "m_Cbar", "m_M", "m_empty"):
-            assert (ours[col] - ref.loc[ours.index, col]).abs().max() <= 1e-4, (mode, col)
+        ours = neuronlib.evaluate_circuit(model, scores, pairs, sizes=sizes, mode=mode, sites=("sae_mlp_out",),
+                                          batch_size=3).set_index("size")
+        ref = circuit_by_circuit(model, scores, pairs, "sae_mlp_out", sizes, mode)
+        for size, (m_c, m_cbar) in ref.items():
+            assert abs(ours.loc[size, "m_C"] - m_c) <= 1e-4 and abs(ours.loc[size, "m_Cbar"] - m_cbar) <= 1e-4
         assert abs(ours.faithfulness.iloc[-1] - 1) <= 1e-5  # the full basis
-    with pytest.raises(ValueError, match="not an SAE site"):
-        sbl.evaluate_sweep_sae(model, scores, pairs, basis="mlp_out", sizes=[1])

@@ -46,7 +46,7 @@ KW = dict(plan=PLAN, log_sizes=(1, 4, 16), linear_sizes=(8,), log=None)
 class Counter:
     def __init__(self, monkeypatch):
         self.calls = {"attribute": 0, "evaluate": 0}
-        real_attribute, real_eval = neuronlib.attribute, sb.evaluate_sweep
+        real_attribute, real_eval = neuronlib.attribute, sb.evaluate_circuit
 
         def attribute(*a, **k):
             self.calls["attribute"] += 1
@@ -57,7 +57,7 @@ class Counter:
             return real_eval(*a, **k)
 
         monkeypatch.setattr(neuronlib, "attribute", attribute)
-        monkeypatch.setattr(sb, "evaluate_sweep", evaluate)
+        monkeypatch.setattr(sb, "evaluate_circuit", evaluate)
 
     def reset(self):
         self.calls = dict.fromkeys(self.calls, 0)
@@ -154,18 +154,6 @@ def test_tables_and_figures_from_frames(bench, tmp_path):
     for name in ("fig1_sva_faithfulness", "fig3_sva_ig_vs_relp", "fig4_sva_score_distribution", "fig5_sva_unpaired"):
         for ext in ("png", "pdf"):
             assert (tmp_path / f"{name}.{ext}").stat().st_size > 1000
-
-
-@pytest.mark.parametrize("mode, basis", [("mean", "mlp_acts"), ("zero", "attn_out")])
-def test_batched_sweep_equals_evaluate_circuit(tiny_llama, mode, basis):
-    td = tiny_data(n_train=6)["nounpp"]
-    att = neuronlib.attribute(tiny_llama, td.train, method="relp", sites=(basis,))
-    sizes = [3, 30, 10**6]
-    ours = sb.evaluate_sweep(tiny_llama, att, td.test, basis=basis, sizes=sizes, mode=mode, batch_size=7)
-    core = neuronlib.evaluate_circuit(tiny_llama, att, td.test, sizes=sizes, sites=(basis,), mode=mode)
-    assert list(ours["size"]) == list(core["size"])
-    for col in ("faithfulness", "completeness", "m_C", "m_Cbar", "m_M", "m_empty"):
-        assert torch.allclose(torch.tensor(ours[col].values), torch.tensor(core[col].values), atol=1e-5), col
 
 
 def test_size_at_faithfulness_on_a_known_frame():
