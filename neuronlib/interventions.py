@@ -22,9 +22,10 @@ MODES = ("mean", "zero")
 
 @dataclass
 class Intervened:
-    """Last-position logits [B, V] after an intervention, and the metric per example (None if not computable)."""
+    """Last-position logits [B, V] after an intervention (None if not kept), and the metric per example (None if
+    not computable)."""
 
-    logits: torch.Tensor
+    logits: torch.Tensor | None
     metric: torch.Tensor | None
     metric_name: str | None
     tokenizer: object
@@ -63,10 +64,11 @@ def _to_padded(mask_BTU: torch.Tensor, pad_B: torch.Tensor) -> torch.Tensor:
 
 
 def run_with_edits(model, prepared: Prepared, *, edits, metric=None, sites, batch_size: int = 32, which="clean",
-                   before=None, progress: bool = False):
+                   before=None, progress: bool = False, keep_logits: bool = True):
     """Batched forwards where ``edits(site, layer, value, rows) -> value`` rewrites sites; returns Intervened.
 
-    ``before(rows)``, if given, runs before each batch's trace (traces cannot nest, so reads happen there)."""
+    ``before(rows)``, if given, runs before each batch's trace (traces cannot nest, so reads happen there).
+    ``keep_logits=False`` keeps only the metric (a sweep of many circuits would otherwise hold rows x vocab floats)."""
     metric_fn = None if metric is None else make_metric(metric, prepared)
     logits, values = [], []
     batches = torch.arange(len(prepared)).split(batch_size)
@@ -77,10 +79,11 @@ def run_with_edits(model, prepared: Prepared, *, edits, metric=None, sites, batc
         with torch.no_grad():
             lg = tracing.run(model, inputs, metric=lambda x: x, sites=sites,
                              edit=lambda s, l, v, rows=rows: edits(s, l, v, rows))
-        logits.append(lg.float().cpu())
+        if keep_logits:
+            logits.append(lg.float().cpu())
         if metric_fn is not None:
             values.append(metric_fn(lg, rows).float().cpu())
-    return Intervened(torch.cat(logits), torch.cat(values) if values else None,
+    return Intervened(torch.cat(logits) if keep_logits else None, torch.cat(values) if values else None,
                       None if metric_fn is None else metric_fn.name, model.tokenizer)
 
 
@@ -158,6 +161,8 @@ def ablation_runner(model, prepared: Prepared, sites, mode: str, metric, batch_s
     ``circuits``: a list of {site: [L, T, U] mask in real positions} (True = ablate; a site left out, or ``None`` for
     the whole circuit, ablates nothing there). All circuits run as blocks of rows of the same batched forwards, and
     the ablation values are computed once, so a sweep of circuits costs a few large forwards."""
+    if metric is None:
+        raise ValueError("a circuit sweep needs a metric (e.g. 'logit_diff')")
     replacement = _ablated_value(mode, ablation_values(model, prepared, sites, mode, batch_size))
     n = len(prepared)
 
@@ -169,7 +174,7 @@ def ablation_runner(model, prepared: Prepared, sites, mode: str, metric, batch_s
                  for s in sites if any(s in c for c in circuits)}
         edit = _masked_edit(stacked, masks, replacement, torch.arange(C).repeat_interleave(n))
         out = run_with_edits(model, stacked, edits=edit, metric=metric, sites=tuple(masks),
-                             batch_size=batch_size, progress=progress)
+                             batch_size=batch_size, progress=progress, keep_logits=False)
         return out.metric.view(C, n)
 
     return run
