@@ -56,7 +56,7 @@ from .attribution import RELP_VARIANTS, Attribution, attribute
 from .inputs import Prepared, prepare
 from .interventions import ablation_runner
 from .metrics import make_metric
-from .sites import Node, check_nodes
+from .sites import Node, check_nodes, empty_mask, node_masks
 
 EDGE_METHODS = ("relp", "relp-no-gate", "relp-no-half", "atp")
 EDGE_BASELINES = ("zero", "counterfactual")
@@ -610,10 +610,7 @@ def describe_neurons(model, graph: CircuitGraph, *, k: int = 5) -> CircuitGraph:
 
 
 def _circuit_mask(model, neurons, T):
-    mask = torch.zeros(model.n_layers, T, model.d_mlp, dtype=torch.bool)
-    for n in neurons:
-        mask[n.layer, n.position, n.unit] = True
-    return mask
+    return node_masks(model, neurons, T).get("mlp_acts", empty_mask(model, "mlp_acts", T))
 
 
 def evaluate_edge_pruning(model, graph: CircuitGraph, test_data, *, percents=DEFAULT_PERCENTS, mode: str = "mean",
