@@ -129,7 +129,7 @@ def main(argv=None) -> int:
     parser.add_argument("--jsonl", type=Path, default=RESULTS / "reproduce.jsonl")
     args = parser.parse_args(argv)
     sys.path.insert(0, str(REPO))
-    from neuronlib.reproduce import notebooks
+    from neuronlib.paper.reproduce import notebooks
 
     books = [b.name for b in notebooks() if not args.only or any(k in b.name for k in args.only)]
     if not books:

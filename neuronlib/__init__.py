@@ -9,12 +9,13 @@ from .edges import CircuitGraph, attribute_edges, evaluate_edge_pruning
 from .evaluation import evaluate_circuit
 from .interventions import Intervened, ablate, patch, steer
 from .models import DEFAULT_MODEL, Model, known_models, load_model
+from .neurons import Neuron
 from .sites import SITES, Node
 from .tracing import RelPRules
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Attribution", "CircuitGraph", "DEFAULT_MODEL", "Intervened", "Model", "Node", "RelPRules", "SITES", "ablate", "attribute", "attribute_edges",
+    "Attribution", "CircuitGraph", "DEFAULT_MODEL", "Intervened", "Model", "Neuron", "Node", "RelPRules", "SITES", "ablate", "attribute", "attribute_edges",
     "evaluate_circuit", "evaluate_edge_pruning", "known_models", "load_model", "patch", "steer",
 ]

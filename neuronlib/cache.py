@@ -5,6 +5,8 @@ changed input never returns a stale result. Writes are atomic (temp file + renam
 """
 from __future__ import annotations
 
+import logging
+
 import hashlib
 import json
 import os
@@ -14,6 +16,8 @@ from typing import Any, Callable
 
 import torch
 
+
+logger = logging.getLogger(__name__)
 
 def results_dir() -> Path:
     from .models import cache_dir
@@ -39,7 +43,7 @@ def cached(kind: str, key: str, compute: Callable[[], Any], *, refresh: bool = F
         try:
             return torch.load(path, weights_only=False)
         except (OSError, RuntimeError, EOFError) as err:
-            print(f"neuronlib: unreadable cache entry {path} ({err}); recomputing")
+            logger.warning(f"unreadable cache entry {path} ({err}); recomputing")
     value = compute()
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name, dir=path.parent)

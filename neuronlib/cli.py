@@ -5,9 +5,10 @@ Bad input gives a one-line error and exit status 2, no traceback.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 import time
+
+from .neurons import neuron_label
 
 
 def _describe(model, top):
@@ -40,7 +41,7 @@ def _trace(args) -> int:
     att = neuronlib.attribute(model, [record], metric=metric, method=args.method, baseline=baseline)
     print(f"{model.name}: {metric} = {att.metric.item():+.3f} for {args.prompt!r} ({args.method}, {baseline} baseline)")
     top = att.top(args.top)
-    top["neuron"] = [f"L{r.layer}/N{r.unit}" for r in top.itertuples()]
+    top["neuron"] = [neuron_label(r.layer, r.unit) for r in top.itertuples()]
     columns = ["neuron", "position", "token", "score"]
     descriptions = _describe(model, top) if args.describe else None
     if descriptions is not None:
@@ -51,18 +52,12 @@ def _trace(args) -> int:
     return 0
 
 
-_NEURON = re.compile(r"^L(\d+)/N(\d+)$")
-
-
 def _steer(args) -> int:
     import neuronlib
 
-    neurons = []
-    for text in args.neuron:
-        match = _NEURON.match(text)
-        if not match:
-            raise ValueError(f"neuron {text!r} should look like L23/N807")
-        neurons.append((int(match.group(1)), int(match.group(2))))
+    from .neurons import Neuron
+
+    neurons = [Neuron.parse(text)[:2] for text in args.neuron]
     model = neuronlib.load_model(args.model)
     from .sites import Node, check_nodes
 
@@ -107,7 +102,7 @@ def _doctor(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from .reproduce import reproduce
+    from .paper.reproduce import reproduce
 
     reproduce(smoke=args.smoke, model=args.model, only=args.only)
     return 0
@@ -139,6 +134,9 @@ def main(argv=None) -> int:
     st.add_argument("--top", type=int, default=5)
     sub.add_parser("doctor", help="versions, model packages, cache state, device")
     args = parser.parse_args(argv)
+    from .logs import show_logs
+
+    show_logs("INFO")
     try:
         return {"trace": _trace, "reproduce": _reproduce, "steer": _steer, "doctor": _doctor}[args.command](args)
     except (ValueError, ModuleNotFoundError, OSError) as err:

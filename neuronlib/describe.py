@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .architectures import get_path
+from .neurons import Neuron, neuron_label
 
 __all__ = [
     "ActivationMaxima", "activation_maxima", "corpus_windows", "describe", "lens_direction", "lens_logits",
@@ -39,36 +40,19 @@ __all__ = [
 # neurons as (layer, unit) pairs, with an optional sign
 
 
-def _as_neurons(neurons) -> list[tuple[int, int, str]]:
-    """(layer, unit, sign) triples from (layer, unit) pairs, Nodes, (layer, unit, sign) or a DataFrame."""
+def _as_neurons(neurons) -> list[Neuron]:
+    """Neurons from (layer, unit[, sign]) tuples, "L23/N807-" strings, Nodes, Neurons or a DataFrame."""
     if hasattr(neurons, "columns"):
         if not {"layer", "unit"} <= set(neurons.columns):
             raise ValueError("a DataFrame of neurons needs columns 'layer' and 'unit'")
         signs = neurons["sign"] if "sign" in neurons.columns else [""] * len(neurons)
-        return [(int(l), int(u), str(s or "")) for l, u, s in zip(neurons["layer"], neurons["unit"], signs)]
-    out = []
-    for n in neurons:
-        if hasattr(n, "site") and hasattr(n, "unit"):  # Node
-            if n.site != "mlp_acts":
-                raise ValueError(f"only mlp_acts neurons can be described, got {n}")
-            out.append((int(n.layer), int(n.unit), ""))
-        elif len(n) == 2:
-            out.append((int(n[0]), int(n[1]), ""))
-        elif len(n) == 3 and isinstance(n[2], str):
-            out.append((int(n[0]), int(n[1]), n[2]))
-        else:
-            raise ValueError(f"a neuron is (layer, unit), (layer, unit, sign) or a Node, got {n!r}")
-    return out
+        return [Neuron.coerce((int(l), int(u), str(s or ""))) for l, u, s in zip(neurons["layer"], neurons["unit"], signs)]
+    return [Neuron.coerce(n) for n in neurons]
 
 
 def _check(model, neurons):
-    for layer, unit, sign in neurons:
-        if not 0 <= layer < model.n_layers:
-            raise ValueError(f"layer {layer} out of range (model has {model.n_layers} layers)")
-        if not 0 <= unit < model.d_mlp:
-            raise ValueError(f"unit {unit} out of range (d_mlp = {model.d_mlp})")
-        if sign not in ("", "+", "-"):
-            raise ValueError(f"sign must be '', '+' or '-', got {sign!r}")
+    for neuron in neurons:
+        neuron.check(model)
 
 
 def model_fingerprint(model) -> str:
@@ -79,11 +63,6 @@ def model_fingerprint(model) -> str:
              for i in (0, len(layers) - 1)]
     parts.append(get_path(model.hf, arch.unembed).weight[:16].double().sum().item())
     return ",".join(f"{p:.5e}" for p in parts)
-
-
-def neuron_label(layer: int, unit: int, sign: str = "") -> str:
-    """``L23/N8079-``: the paper's name for (the negative side of) neuron 8079 of layer 23."""
-    return f"L{layer}/N{unit}{sign}"
 
 
 # ---------------------------------------------------------------------------------------------------------------

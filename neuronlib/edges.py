@@ -56,6 +56,7 @@ from .attribution import RELP_VARIANTS, Attribution, attribute
 from .inputs import Prepared, prepare
 from .interventions import ablation_runner
 from .metrics import make_metric
+from .neurons import neuron_label
 from .sites import Node, check_nodes, empty_mask, node_masks
 
 EDGE_METHODS = ("relp", "relp-no-gate", "relp-no-half", "atp")
@@ -552,7 +553,7 @@ def _build_graph(model, prepared, lay, scores, raw, rel, values, emb_scores, m_c
             group = "supports metric" if s >= 0 else "opposes metric"
         rows.append({"id": n.label(), "kind": "neuron", "site": "mlp_acts", "layer": n.layer, "position": n.position,
                      "token": tokens[n.position], "unit": n.unit, "sign": sign, "score": s, "value": v,
-                     "label": f"L{n.layer}/N{n.unit}{sign}", "group": group, "description": ""})
+                     "label": neuron_label(n.layer, n.unit, sign), "group": group, "description": ""})
     emb_mean = emb_scores.mean(0)
     for p, _ in enumerate(lay.embed_index):
         rows.append({"id": f"E@{p}", "kind": "embed", "site": "embed", "layer": -1, "position": p,

@@ -1,6 +1,8 @@
 """Model registry and loading: the embedded GGUF models (cached as safetensors), tiny test models, HF ids."""
 from __future__ import annotations
 
+import logging
+
 import importlib.metadata
 import importlib.util
 import json
@@ -14,6 +16,8 @@ from pathlib import Path
 import torch
 
 from .architectures import Architecture, architecture_for
+
+logger = logging.getLogger(__name__)
 
 REFERENCE_PROMPT = "The keys to the cabinet"
 _REFERENCE_TOLERANCE = 1e-3
@@ -226,11 +230,11 @@ def _load_cached(path: Path):
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         ref = json.loads((path / "reference.json").read_text())
     except (OSError, ValueError, KeyError) as err:
-        print(f"neuronlib: the cache at {path} is unreadable ({err}); rebuilding it")
+        logger.warning(f"the cache at {path} is unreadable ({err}); rebuilding it")
         return None
     now = _reference_logit(hf, tokenizer)
     if now["token_id"] != ref["token_id"] or abs(now["logit"] - ref["logit"]) > _REFERENCE_TOLERANCE:
-        print(f"neuronlib: the cache at {path} gives {now} instead of the stored {ref}; rebuilding it")
+        logger.warning(f"the cache at {path} gives {now} instead of the stored {ref}; rebuilding it")
         return None
     return hf, tokenizer
 
@@ -249,7 +253,7 @@ def _load_packaged(spec: PackagedModel):
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     _write_cache(hf, tokenizer, path)
-    print(f"neuronlib: dequantised {gguf.name} in {time.perf_counter() - t0:.0f} s; cached at {path}")
+    logger.info(f"dequantised {gguf.name} in {time.perf_counter() - t0:.0f} s; cached at {path}")
     return hf, tokenizer, f"gguf {gguf}"
 
 

@@ -8,8 +8,6 @@ import contextlib
 import os
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
 # Colours per basis / method, shared by all figures so a reader learns them once.
 COLORS = {
     "mlp_acts": "#1b6ca8", "mlp_out": "#e07b00", "attn_out": "#4c9a2a", "resid": "#8e44ad", "embed": "#7f7f7f",
@@ -26,7 +24,8 @@ STYLE = {
 
 
 def figures_dir() -> Path:
-    return Path(os.environ.get("NEURONLIB_FIGURES", REPO_ROOT / "figures"))
+    """Where figures go: ``$NEURONLIB_FIGURES`` (set by the reproduce runner), else ``./figures``."""
+    return Path(os.environ.get("NEURONLIB_FIGURES", Path.cwd() / "figures"))
 
 
 @contextlib.contextmanager

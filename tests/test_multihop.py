@@ -10,7 +10,7 @@ from conftest import hooked_forward
 
 import neuronlib
 from neuronlib import describe as D
-from neuronlib import multihop as MH
+from neuronlib.paper import multihop as MH
 from neuronlib import tracing
 from neuronlib.sites import Node
 from neuronlib.stats import auroc_per_unit

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from neuronlib.reproduce import notebooks, run_notebook
+from neuronlib.paper.reproduce import notebooks, run_notebook
 
 BOOKS = notebooks()
 

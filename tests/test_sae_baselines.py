@@ -10,9 +10,11 @@ import torch
 from conftest import circuit_by_circuit
 
 import neuronlib
-from neuronlib import sae_baselines as sbl
+from neuronlib.paper import sae_baselines as sbl
 from neuronlib.models import TINY_WORDS
-from neuronlib.plotting import REPO_ROOT
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
 from neuronlib.saes import load_cfg
 
 CONFIG = sbl.SAETrainConfig(expansion=2, k=4, n_tokens=512, n_eval_tokens=128, epochs=4, batch_size=128, seq_len=16, lr=1e-2,

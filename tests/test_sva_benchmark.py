@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import neuronlib
-from neuronlib import sva_benchmark as sb
+from neuronlib.paper import sva as sb
 
 REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "02_agreement_circuits.ipynb"

@@ -13,9 +13,10 @@ from typing import NamedTuple, Sequence
 
 import pandas as pd
 
+from . import packaged
+
 logger = logging.getLogger(__name__)
 
-DEFAULT_PATH = Path(__file__).resolve().parents[2] / "data" / "capitals.jsonl"
 COLUMNS = ("city", "state", "capital")
 
 TWO_HOP_QUESTION = "What is the capital of the state containing {city}?"
@@ -24,7 +25,7 @@ ANSWER_PREFILL = "Answer:"
 
 def load_capitals(path: str | Path | None = None) -> pd.DataFrame:
     """The capitals table with columns city, state, capital (one row per state)."""
-    path = Path(path) if path is not None else DEFAULT_PATH
+    path = Path(path) if path is not None else packaged("capitals.jsonl")
     df = pd.read_json(path, lines=True, dtype=False)
     missing = [c for c in COLUMNS if c not in df.columns]
     if missing:

@@ -36,11 +36,12 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
+from . import packaged
+
 logger = logging.getLogger(__name__)
 
 TEMPLATES = ("simple", "nounpp", "rc", "within_rc")
 REQUIRED_KEYS = ("clean_prefix", "patch_prefix", "clean_answer", "patch_answer", "case")
-DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "data" / "sva"
 
 # (singular, plural) answer verbs; leading space because they follow a word.
 ANSWER_PAIRS: tuple[tuple[str, str], ...] = (
@@ -343,7 +344,7 @@ def _resolve_path(path_or_template, split: str, data_dir) -> Path:
     if str(path_or_template) in TEMPLATES:
         if split not in ("train", "test"):
             raise ValueError(f"split must be 'train' or 'test', got {split!r}")
-        base = Path(data_dir) if data_dir is not None else DEFAULT_DATA_DIR
+        base = Path(data_dir) if data_dir is not None else packaged("sva")
         return base / f"{path_or_template}_{split}.jsonl"
     return Path(path_or_template)
 
@@ -353,7 +354,7 @@ def load_sva(path_or_template, *, tokenizer, split: str = "train", n: int | None
     """Load a community-format SVA file (ours or Marks et al.'s) and keep the usable rows.
 
     ``path_or_template``: a file path, or a template name (then ``{data_dir}/{template}_{split}.jsonl``,
-    ``data_dir`` defaulting to the repository's ``data/sva``). Kept rows: single-token answers,
+    ``data_dir`` defaulting to the packaged copy of the repository's ``data/sva``). Kept rows: single-token answers,
     equal clean/patch prefix token lengths, and the file's most common length, so that token
     positions align. ``n``: keep the first ``n`` usable rows. Drops are logged as a warning and
     returned in :class:`LoadedSVA` ``.dropped``. Raises ValueError when nothing is usable.

@@ -35,6 +35,8 @@ twice** (2 epochs, batches of 512: 156 Adam steps, lr 1e-3), 4,032 held-out toke
 """
 from __future__ import annotations
 
+import logging
+
 import dataclasses
 import math
 import multiprocessing as mp
@@ -50,15 +52,17 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import cache
-from .evaluation import evaluate_circuit
-from .saes import CFG_FILENAME, WEIGHTS_FILENAME, TopKSAE, evaluate_sae, load_cfg, load_sae, save_sae, train_topk_sae
+from .. import cache
+from ..evaluation import evaluate_circuit
+from ..saes import CFG_FILENAME, WEIGHTS_FILENAME, TopKSAE, evaluate_sae, load_cfg, load_sae, save_sae, train_topk_sae
 
 __all__ = [
     "SAETrainConfig", "DEFAULT_CONFIG", "SMOKE_CONFIG", "SAE_SITES_TRAINED", "TABLE_COLUMNS", "corpus_token_windows",
     "sae_root", "sae_path", "train_sae_baselines", "sae_table", "load_sae_baselines", "attach_sae_baselines", "sae_fingerprint",
     "run_sae_benchmark", "plot_curves",
 ]
+
+logger = logging.getLogger(__name__)
 
 SAE_SITES_TRAINED = ("mlp_out", "resid")  # base sites; attached as "sae_mlp_out" / "sae_resid"
 TABLE_COLUMNS = ["model", "site", "layer", "d_in", "d_sae", "k", "explained_variance", "l0", "dead_fraction",
@@ -131,7 +135,7 @@ def sae_root(root: str | os.PathLike | None = None) -> Path:
     """Where baseline SAEs live: ``root`` or ``cache_dir()/saes``."""
     if root is not None:
         return Path(root)
-    from .models import cache_dir
+    from ..models import cache_dir
 
     return cache_dir() / "saes"
 
@@ -155,7 +159,7 @@ def corpus_token_windows(tokenizer, n_windows: int, seq_len: int, *, texts: Iter
     (its remainder is dropped), texts in order until ``n_windows`` are filled. ``texts`` default: the offline
     corpus shuffled with ``seed``. ValueError if the texts run out."""
     if texts is None:
-        from .data.corpus import iter_corpus_texts
+        from ..data.corpus import iter_corpus_texts
 
         texts = iter_corpus_texts(seed=seed, sources=sources)
     rows: list[list[int]] = []
@@ -178,7 +182,7 @@ def _act_file(act_dir: Path, site: str, layer: int) -> Path:
 def _collect_range(model, windows: torch.Tensor, start: int, stop: int, sites, cfg: SAETrainConfig, act_dir: Path,
                    n_rows: int, bar=None, queue=None) -> None:
     """Forward windows[start:stop] in batches; write their rows into the (already created) float16 memmaps."""
-    from .activations import read_sites
+    from ..activations import read_sites
 
     maps = {(s, l): np.memmap(_act_file(act_dir, s, l), dtype=np.float16, mode="r+", shape=(n_rows, model.d_model))
             for s in sites for l in range(model.n_layers)}
@@ -202,7 +206,7 @@ def _collect_range(model, windows: torch.Tensor, start: int, stop: int, sites, c
 def _collect_worker(args) -> None:
     model_name, windows, start, stop, sites, cfg_dict, act_dir, n_rows, queue = args
     torch.set_num_threads(1)
-    from .models import load_model
+    from ..models import load_model
 
     model = load_model(model_name)
     cfg = SAETrainConfig(**{**cfg_dict, "sources": tuple(cfg_dict["sources"]) if cfg_dict["sources"] else None})
@@ -215,7 +219,7 @@ def _collect(model, windows: torch.Tensor, sites, cfg: SAETrainConfig, act_dir: 
 
     ``workers > 1`` (registry models only): that many single-threaded processes, each loading the model and
     handling a contiguous share of the windows (rows are written at fixed offsets, so the result is identical)."""
-    from .models import known_models
+    from ..models import known_models
 
     act_dir.mkdir(parents=True, exist_ok=True)
     n_rows = len(windows) * cfg.rows_per_window
@@ -316,7 +320,7 @@ def train_sae_baselines(
     workers: int = 2,
     progress: bool = True,
     keep_activations: bool = False,
-    log=print,
+    log=None,
 ) -> pd.DataFrame:
     """Train (or re-use) one TopK SAE per layer for each base site in ``sites``; returns :func:`sae_table`.
 
@@ -324,6 +328,7 @@ def train_sae_baselines(
     windows are hashed, so a different corpus or tokenizer never re-uses a stale SAE. ``workers``: training
     processes (1: train in this process). See the module docstring for the pipeline and the default budget.
     """
+    log = log or logger.info
     sites = tuple(s[4:] if s.startswith("sae_") else s for s in sites)
     bad = [s for s in sites if s not in ("mlp_out", "resid", "attn_out")]
     if bad:
@@ -336,7 +341,7 @@ def train_sae_baselines(
                                    seed=config.corpus_seed, sources=config.sources)
     data_hash = cache.data_hash(windows.flatten().tolist())
     if texts is None:
-        from .data.corpus import corpus_info
+        from ..data.corpus import corpus_info
 
         info = corpus_info(sources=config.sources)
         corpus = {k: info[k] for k in ("version", "source", "licence", "n_chars", "fallback")}
@@ -471,7 +476,7 @@ def sae_fingerprint(model, sites: Sequence[str]) -> str:
 def run_sae_benchmark(model, data: dict, *, methods=("relp", "ig-inputs"), sae_sites=("sae_mlp_out", "sae_resid"),
                       n_train: dict | None = None, log_sizes=None, linear_sizes=(), linear_sites=(), ig_steps: int = 10,
                       batch_size: int = 16, eval_batch_size: int = 128, cache_dir=None, refresh: bool = False,
-                      log=print):
+                      log=None):
     """The paired SVA benchmark (counterfactual baseline, logit difference, mean ablation) on SAE sites.
 
     The SAE counterpart of :func:`neuronlib.sva_benchmark.run_benchmark` (whose ``Run`` accepts only the neuron-basis
@@ -480,7 +485,8 @@ def run_sae_benchmark(model, data: dict, *, methods=("relp", "ig-inputs"), sae_s
     never mix. ``n_train``: {method: pairs} (default: all loaded pairs). Returns
     (curves in :data:`neuronlib.sva_benchmark.COLUMNS`, {(template, method, "paired"): mean Attribution}, log frame).
     """
-    from . import sva_benchmark as svab
+    log = log or logger.info
+    from . import sva as svab
 
     base = Path(cache_dir) if cache_dir is not None else cache.results_dir()
     directory = base / f"sae_{sae_fingerprint(model, sae_sites)}"
@@ -556,8 +562,8 @@ def fig_basis_comparison(curves: pd.DataFrame, *, methods=("ig-inputs", "relp"),
     in each panel (neuron-basis sites solid, SAE sites dashed); top row log axis, bottom row linear 0-400."""
     import matplotlib.pyplot as plt
 
-    from . import plotting
-    from . import sva_benchmark as svab
+    from .. import plotting
+    from . import sva as svab
 
     avg = svab.average_curves(curves[(curves.setting == "paired") & (curves.ablation == "mean")])
     vals = pd.concat([avg.faithfulness, avg.completeness]).dropna()

@@ -27,10 +27,10 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from . import tracing
-from .data import capitals as cap_data
-from .interventions import patch
-from .sites import Node
+from .. import tracing
+from ..data import capitals as cap_data
+from ..interventions import patch
+from ..sites import Node
 
 KINDS = ("capital", "state", "city")
 TASKS = {  # task -> (prompt builder over a row, the expected kind of answer)
@@ -227,7 +227,7 @@ def trace_circuits(model, prompts: list[str], *, tau: float = TAU, k: int = 5, m
     (the full [B, L, T, U] scores never sit in memory for all prompts) and caches the result on disk.
     ``keep_scores`` also keeps every prompt's full scores (float16; for short prompts)."""
     import neuronlib
-    from .cache import cache_key, cached
+    from ..cache import cache_key, cached
 
     def compute():
         frames, summed, last, metric, tokens, full = [], [], [], [], [], []
@@ -250,7 +250,7 @@ def trace_circuits(model, prompts: list[str], *, tau: float = TAU, k: int = 5, m
         return {"nodes": pd.concat(frames, ignore_index=True), "summed": torch.cat(summed), "last": torch.cat(last),
                 "metric": torch.cat(metric), "tokens": tokens, "scores": full if keep_scores else None}
 
-    from .describe import model_fingerprint
+    from ..describe import model_fingerprint
 
     key = cache_key(kind="prompt_circuits", format=2, model=model.name, weights=model_fingerprint(model), prompts=prompts,
                     tau=tau, k=k, method=method, keep_scores=keep_scores)
@@ -275,7 +275,7 @@ def circuit_summary(circuit: pd.DataFrame, tokens: list[str] | None = None) -> d
 
 def node_activations(model, prompt: str, circuit: pd.DataFrame) -> np.ndarray:
     """The activation value of each circuit node on ``prompt`` (its sign names the neuron's side)."""
-    from .activations import read_sites
+    from ..activations import read_sites
 
     vals, _ = read_sites(model, model.tokenize([prompt]), ("mlp_acts",))
     acts = torch.stack([v[0] for v in vals["mlp_acts"]]).cpu()  # [L, T, U]
@@ -288,7 +288,7 @@ def node_activations(model, prompt: str, circuit: pd.DataFrame) -> np.ndarray:
 
 def unit_aurocs(summed_PLU: torch.Tensor, labels) -> np.ndarray:
     """[L, U] AUROC of each neuron's position-summed attribution across prompts against binary ``labels``."""
-    from .stats import auroc_per_unit
+    from ..stats import auroc_per_unit
 
     P, L, U = summed_PLU.shape
     return auroc_per_unit(summed_PLU.reshape(P, L * U).double().numpy(), np.asarray(labels)).reshape(L, U)
@@ -394,7 +394,7 @@ def group_circuit(model, circuit: pd.DataFrame, tokens: list[str], *, activation
     Adds columns activation, sign (of the activation: the neuron's active side), label (``L23/N8079-``),
     auroc_capital, auroc_state, promotes (lens top tokens of the active side), description, group.
     """
-    from .describe import neuron_label
+    from ..neurons import neuron_label
 
     out = circuit.copy().reset_index(drop=True)
     out["activation"] = np.asarray(activations, dtype=float)
@@ -437,7 +437,7 @@ def group_circuit(model, circuit: pd.DataFrame, tokens: list[str], *, activation
 
 def promoted_tokens(model, layers, units, signs, *, k: int = 10) -> list[list[int]]:
     """Per neuron, the ids of the ``k`` tokens its active side promotes (lens top for "+", bottom for "-")."""
-    from .describe import lens_logits
+    from ..describe import lens_logits
 
     layers, units, signs = list(layers), list(units), list(signs)
     out: list[list[int]] = [[] for _ in layers]
@@ -500,7 +500,7 @@ def circuit_positions(circuits: PromptCircuits, neurons) -> list[list[Node]]:
 
 def last_activations(model, prompts: list[str], neurons, *, batch_size: int = 16) -> np.ndarray:
     """[P, n]: each neuron's activation at each prompt's last token (its sign names the active side)."""
-    from .activations import read_sites
+    from ..activations import read_sites
 
     out = []
     for start in range(0, len(prompts), batch_size):
@@ -661,7 +661,7 @@ def plot_steering(sweeps: dict[str, pd.DataFrame], flips: dict[str, pd.DataFrame
     the paper's 0-2 range shaded; flip fractions (capital -> state) on a twin axis when given."""
     import matplotlib.pyplot as plt
 
-    from .plotting import style
+    from ..plotting import style
 
     with style():
         fig, axes = plt.subplots(1, len(sweeps), figsize=(5.2 * len(sweeps), 4.6), squeeze=False, layout="constrained")
@@ -707,7 +707,7 @@ def plot_swap_matrix(swaps: pd.DataFrame, *, variants=None, value: str = "p_targ
     number of patched neurons."""
     import matplotlib.pyplot as plt
 
-    from .plotting import style
+    from ..plotting import style
 
     variants = list(dict.fromkeys(swaps["variant"])) if variants is None else list(variants)
     summ = swap_summary(swaps).set_index("variant")

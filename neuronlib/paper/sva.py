@@ -26,6 +26,8 @@ Usage::
 """
 from __future__ import annotations
 
+import logging
+
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -38,10 +40,12 @@ import torch
 
 import neuronlib
 
-from . import cache, plotting
-from .attribution import Attribution
-from .data.sva import TEMPLATES, load_sva
-from .evaluation import evaluate_circuit
+from .. import cache, plotting
+from ..attribution import Attribution
+from ..data.sva import TEMPLATES, load_sva
+from ..evaluation import evaluate_circuit
+
+logger = logging.getLogger(__name__)
 
 BASES = ("mlp_acts", "mlp_out", "attn_out", "resid")
 SETTINGS = ("paired", "unpaired")
@@ -137,7 +141,7 @@ class Run:
     linear: tuple[str, ...] = ()
 
     def __post_init__(self):
-        from .attribution import METHODS
+        from ..attribution import METHODS
 
         if self.method not in METHODS:
             raise ValueError(f"unknown method {self.method!r}; use one of {METHODS}")
@@ -266,7 +270,7 @@ def run_benchmark(
     cache_dir: str | Path | None = None,
     refresh: bool = False,
     progress: bool = False,
-    log: Callable[[str], None] | None = print,
+    log: Callable[[str], None] | None = None,
 ) -> BenchmarkResult:
     """Run ``plan`` (default: :func:`default_plan`) on every template of ``data``; see the module docstring.
 
@@ -274,7 +278,7 @@ def run_benchmark(
     """
     plan = default_plan() if plan is None else list(plan)
     directory = Path(cache_dir) if cache_dir is not None else None
-    say = log or (lambda _msg: None)
+    say = log or logger.info
     curves, steps, attributions, accuracy = [], [], {}, []
     for template, td in data.items():
         for run in plan:

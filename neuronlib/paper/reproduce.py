@@ -5,18 +5,33 @@ Executed copies go to ``runs/`` (outside git); figures go to ``figures/`` (a smo
 """
 from __future__ import annotations
 
+import logging
+
 import os
 import time
 from pathlib import Path
 
 import pandas as pd
 
-from .models import DEFAULT_MODEL
-from .plotting import REPO_ROOT
+from ..models import DEFAULT_MODEL
+
+
+logger = logging.getLogger(__name__)
+
+def checkout(start: Path | None = None) -> Path:
+    """The repository checkout that holds ``notebooks/``: ``start`` (default: the working directory) or a parent.
+
+    The notebooks are not part of the installed package; ``make reproduce`` runs from the checkout."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "notebooks").is_dir() and (folder / "pyproject.toml").is_file():
+            return folder
+    raise ValueError(f"no neuron-circuits checkout (a folder with notebooks/ and pyproject.toml) at or above {here}; "
+                     "run from the repository")
 
 
 def notebooks(directory: Path | None = None) -> list[Path]:
-    directory = directory or REPO_ROOT / "notebooks"
+    directory = Path(directory) if directory is not None else checkout() / "notebooks"
     return sorted(p for p in directory.glob("[0-9][0-9]_*.ipynb"))
 
 
@@ -26,7 +41,8 @@ def _figure_state(directory: Path) -> dict[str, float]:
     return {p.name: p.stat().st_mtime for p in directory.iterdir() if p.is_file()}
 
 
-def run_notebook(path: Path, *, smoke: bool, model: str, out_dir: Path, figures: Path, log=print) -> dict:
+def run_notebook(path: Path, *, smoke: bool, model: str, out_dir: Path, figures: Path, log=None) -> dict:
+    log = log or logger.info
     import papermill
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -53,10 +69,12 @@ def run_notebook(path: Path, *, smoke: bool, model: str, out_dir: Path, figures:
 
 
 def reproduce(*, smoke: bool = False, model: str = DEFAULT_MODEL, only: list[str] | None = None,
-              out_dir: Path | None = None, log=print) -> pd.DataFrame:
+              out_dir: Path | None = None, log=None) -> pd.DataFrame:
     """Execute the notebooks; returns one row per notebook (seconds, figures written, executed copy)."""
-    base = Path(out_dir) if out_dir is not None else REPO_ROOT / "runs" / ("smoke" if smoke else "full")
-    figures = base / "figures" if smoke else Path(os.environ.get("NEURONLIB_FIGURES", REPO_ROOT / "figures"))
+    log = log or logger.info
+    root = checkout()
+    base = Path(out_dir) if out_dir is not None else root / "runs" / ("smoke" if smoke else "full")
+    figures = base / "figures" if smoke else Path(os.environ.get("NEURONLIB_FIGURES", root / "figures"))
     books = notebooks()
     if only:
         books = [b for b in books if any(key in b.name for key in only)]

@@ -1,0 +1,109 @@
+"""Provenance for the paper's tables: every figure and headline table is a tidy CSV in ``results/`` with a JSON
+sidecar saying which run made it (parameters, model, package version, commit, date, a stamp of the
+result-affecting code).
+
+Figures are drawn from these tables (:mod:`neuronlib.paper.figures`), and numbers in the notebooks' prose and the
+README are rendered from them, so a number is never typed by hand.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import logging
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+logger = logging.getLogger(__name__)
+
+# Modules whose code can move a result. The stamp is a hash of their source: `neuronlib doctor` compares the stamp
+# recorded with each table against the current one.
+RESULT_CODE = (
+    "neuronlib.tracing", "neuronlib.attribution", "neuronlib.activations", "neuronlib.interventions",
+    "neuronlib.evaluation", "neuronlib.metrics", "neuronlib.inputs", "neuronlib.sites", "neuronlib.edges",
+    "neuronlib.saes", "neuronlib.stats", "neuronlib.describe", "neuronlib.architectures", "neuronlib.models",
+    "neuronlib.data.sva", "neuronlib.data.capitals", "neuronlib.paper.sva", "neuronlib.paper.sae_baselines",
+    "neuronlib.paper.multihop",
+)
+
+
+def code_stamp(modules=RESULT_CODE) -> str:
+    """A short hash of the source of the modules that can change a result (missing modules are skipped)."""
+    import importlib.util
+
+    h = hashlib.sha256()
+    for name in sorted(modules):
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            continue
+        h.update(name.encode())
+        h.update(Path(spec.origin).read_bytes())
+    return h.hexdigest()[:16]
+
+
+def git_commit(start: Path | None = None) -> str | None:
+    """The checkout's HEAD commit (with ``+dirty`` when result-affecting files differ from it), or None."""
+    try:
+        cwd = str(start or Path.cwd())
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, check=True,
+                              timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "neuronlib"], cwd=cwd, capture_output=True,
+                               text=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def provenance(parameters: dict[str, Any] | None = None, *, model: str | None = None) -> dict[str, Any]:
+    from .. import __version__
+
+    return {"parameters": dict(parameters or {}), "model": model, "neuronlib": __version__,
+            "commit": git_commit(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "code_stamp": code_stamp()}
+
+
+def write_table(frame: pd.DataFrame, name: str, directory: str | Path, *, parameters: dict | None = None,
+                model: str | None = None, description: str = "") -> Path:
+    """Write ``{directory}/{name}.csv`` and its sidecar ``{name}.json`` (provenance + description); returns the CSV."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / f"{name}.csv"
+    frame.to_csv(path, index=False)
+    meta = provenance(parameters, model=model)
+    meta.update({"table": name, "description": description, "columns": list(map(str, frame.columns)),
+                 "rows": int(len(frame))})
+    (directory / f"{name}.json").write_text(json.dumps(meta, indent=1, default=str) + "\n")
+    logger.info(f"wrote {path} ({len(frame)} rows)")
+    return path
+
+
+def read_table(name: str, directory: str | Path) -> pd.DataFrame:
+    path = Path(directory) / f"{name}.csv"
+    if not path.exists():
+        raise FileNotFoundError(f"no results table {path}; run the notebook that writes it (make reproduce)")
+    return pd.read_csv(path)
+
+
+def read_provenance(name: str, directory: str | Path) -> dict[str, Any]:
+    path = Path(directory) / f"{name}.json"
+    if not path.exists():
+        raise FileNotFoundError(f"no provenance sidecar {path}")
+    return json.loads(path.read_text())
+
+
+def stale_tables(directory: str | Path) -> list[str]:
+    """Names of the tables in ``directory`` whose recorded code stamp differs from the current code's."""
+    now = code_stamp()
+    stale = []
+    for sidecar in sorted(Path(directory).glob("*.json")):
+        try:
+            meta = json.loads(sidecar.read_text())
+        except (OSError, ValueError):
+            stale.append(sidecar.stem)
+            continue
+        if meta.get("code_stamp") not in (None, now):
+            stale.append(sidecar.stem)
+    return stale
