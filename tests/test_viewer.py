@@ -1,5 +1,6 @@
-"""Tests for neuronlib.viewer: validation, a self-contained and injection-safe HTML page (checked in
-headless Chromium when available), and the static matplotlib figure.
+"""Tests for neuronlib.viewer: validation, a self-contained and injection-safe HTML page built from the
+package's asset files and locked by a hash-based Content-Security-Policy (checked in headless Chromium when
+available), and the static matplotlib figure.
 
 Chromium: /usr/bin/chromium (Debian package `chromium`). Its tests are skipped only when it is absent
 and the environment variable CI is not set; under CI a missing chromium is a failure.
@@ -7,7 +8,9 @@ and the environment variable CI is not set; under CI a missing chromium is a fai
 
 from __future__ import annotations
 
+import base64
 import copy
+import hashlib
 import html
 import io
 import json
@@ -90,7 +93,8 @@ def _mutated(fn):
 
 @pytest.mark.parametrize("mutate, match", [
     (lambda g: g["nodes"].append(dict(g["nodes"][1])), r"duplicate node id 'n1'"),
-    (lambda g: g["edges"].append({"source": "n1", "target": "ghost", "weight": 1.0}), r"target 'ghost' is not a node id"),
+    (lambda g: g["edges"].append({"source": "n1", "target": "ghost", "weight": 1.0}),
+     r"target 'ghost' is not a node id"),
     (lambda g: g["edges"].append({"source": "nope", "target": "n1", "weight": 1.0}), r"source 'nope' is not a node id"),
     (lambda g: g["edges"][0].update(weight=float("nan")), r"weight must be finite"),
     (lambda g: g["edges"][0].update(weight=float("inf")), r"weight must be finite"),
@@ -276,6 +280,127 @@ def test_save_html(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------------
+# assets inlined at save time, CSP by hash, group colours, neuron names, CircuitGraph input
+# ------------------------------------------------------------------------------------------------
+
+def _csp(page: str) -> dict[str, list[str]]:
+    p = _parse(page)
+    content = next(a["content"] for t, a in p.tags
+                   if t == "meta" and a.get("http-equiv", "").lower() == "content-security-policy")
+    return {d.split()[0]: d.split()[1:] for d in (x.strip() for x in content.split(";")) if d}
+
+
+def _style_text(page: str) -> str:
+    return re.search(r"<style>(.*?)</style>", page, re.S).group(1)
+
+
+def test_page_is_built_from_the_packaged_asset_files():
+    from importlib.resources import files
+
+    assets = files("neuronlib.viewer").joinpath("assets")
+    texts = {name: assets.joinpath(name).read_text(encoding="utf-8")
+             for name in ("template.html", "viewer.css", "guard.js", "viewer.js")}
+    page = viewer.render_html(small_graph())
+    p = _parse(page)
+    assert p.scripts[1] == texts["guard.js"] and p.scripts[2] == texts["viewer.js"]  # inlined verbatim
+    assert _style_text(page) == texts["viewer.css"]
+    assert "{{" not in page.replace(p.scripts[0], "")  # every template slot filled
+    head = texts["template.html"].split("{{csp}}")[0]
+    assert page.startswith(head)
+    # the assets ship with the package (pyproject package-data)
+    import tomllib
+
+    pyproject = tomllib.loads((Path(__file__).resolve().parents[1] / "pyproject.toml").read_text())
+    assert "assets/*" in pyproject["tool"]["setuptools"]["package-data"]["neuronlib.viewer"]
+
+
+def test_csp_allows_only_the_page_scripts_and_style_by_hash():
+    page = viewer.render_html(small_graph())
+    csp = _csp(page)
+    p = _parse(page)
+    assert "'unsafe-inline'" not in page and "'unsafe-eval'" not in page
+    assert csp["default-src"] == ["'none'"] and csp["connect-src"] == ["'none'"]
+    assert sorted(csp["script-src"]) == sorted([_sha256_source(p.scripts[1]), _sha256_source(p.scripts[2])])
+    assert csp["style-src"] == [_sha256_source(_style_text(page))]
+    # the hash is computed at render time from what is inlined: another script gets another hash
+    assert viewer.page.csp_hash("alert(1)") not in csp["script-src"]
+    assert viewer.page.csp_hash(p.scripts[2]) in csp["script-src"]
+
+
+def test_edited_asset_gets_its_own_hash(monkeypatch):
+    """The hash follows the inlined text (computed when the page is saved, not stored with the assets)."""
+    from neuronlib.viewer import page as page_mod
+
+    real = page_mod.asset
+
+    def edited(name):
+        return real(name) + "\n// edited\n" if name == "viewer.js" else real(name)
+
+    monkeypatch.setattr(page_mod, "asset", edited)
+    page = viewer.render_html(small_graph())
+    script = _parse(page).scripts[2]
+    assert script.endswith("// edited\n") and _sha256_source(script) in _csp(page)["script-src"]
+
+
+@pytest.mark.parametrize("colors, match", [
+    ({"Texas": "notacolour"}, r"meta\['group_colors'\]\['Texas'\]: 'notacolour' is not a colour"),
+    ({"Texas": "#12345"}, r"'#12345' is not a colour"),
+    ({"Texas": "red;background:red"}, r"is not a colour"),
+    ({"Texas": "#fff\" onload=\"x"}, r"is not a colour"),
+    ({"Texas": 0xFF0000}, r"\['Texas'\]: a colour is a str"),
+    ({"Texas": None}, r"\['Texas'\]: a colour is a str"),
+    ({3: "#ff0000"}, r"group names must be non-empty str"),
+    (["#ff0000"], r"meta\['group_colors'\] must be a dict"),
+])
+def test_bad_group_colors_are_a_clear_error(colors, match):
+    g = small_graph()
+    g["meta"]["group_colors"] = colors
+    with pytest.raises(ValueError, match=match):
+        viewer.graph_to_json(g)
+    with pytest.raises(ValueError, match=match):
+        viewer.render_html(g)
+    with pytest.raises(ValueError, match=match):
+        viewer.draw_circuit(g)
+
+
+def test_group_colors_are_normalised_and_used():
+    g = small_graph()
+    g["meta"]["group_colors"] = {"Texas": "#ABC", "say a capital": "tab:blue", "(output)": " #00FF00 "}
+    out = viewer.graph_to_json(g)
+    assert out["meta"]["group_colors"] == {"Texas": "#aabbcc", "say a capital": "#1f77b4", "(output)": "#00ff00"}
+    assert viewer.graph_to_json(out) == out
+    colors = {gr["name"]: gr["color"] for gr in viewer.layout_graph(g)["groups"]}
+    assert colors["Texas"] == "#aabbcc" and colors["say a capital"] == "#1f77b4" and colors["(output)"] == "#00ff00"
+
+
+def test_neurons_are_named_with_the_neuron_type():
+    from neuronlib.neurons import Neuron
+
+    g = viewer.graph_to_json([{"id": "a", "site": "mlp_acts", "layer": 23, "position": 0, "unit": 807, "sign": "-"},
+                              {"id": "b", "site": "mlp_acts", "layer": 2, "position": 0, "unit": 5},
+                              {"id": "c", "site": "attn_out", "layer": 1, "position": 0, "unit": 5},
+                              {"id": "d", "site": "mlp_acts", "layer": 1, "position": 0, "unit": 9,
+                               "label": "my name"}], [], {"n_layers": 24})
+    labels = [n["label"] for n in g["nodes"]]
+    assert labels == ["L23/N807-", "L2/N5", "c", "my name"]
+    assert Neuron.parse(labels[0]) == Neuron(23, 807, "-")
+
+
+def test_circuit_graph_is_accepted_everywhere(tmp_path):
+    from neuronlib import CircuitGraph
+
+    cg = CircuitGraph.from_json(small_graph())
+    js = cg.to_json()
+    assert viewer.graph_to_json(cg) == js
+    assert viewer.render_html(cg) == viewer.render_html(js)
+    assert viewer.save_html(cg, tmp_path / "cg.html").read_text(encoding="utf-8") == viewer.render_html(js)
+    assert viewer.layout_graph(cg) == viewer.layout_graph(js)
+    import matplotlib.pyplot as plt
+
+    plt.close(viewer.draw_circuit(cg))
+
+
+# ------------------------------------------------------------------------------------------------
 # (d) headless Chromium
 # ------------------------------------------------------------------------------------------------
 
@@ -364,10 +489,23 @@ _DRIVER = """<script>
 </script>"""
 
 
+def _sha256_source(text: str) -> str:
+    return "'sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode() + "'"
+
+
+def _with_trusted_script(page: str, script: str) -> str:
+    """Append ``script`` (a ``<script>...</script>`` element) and allow it by its hash in the page's CSP, as the
+    page allows its own scripts; without the hash the browser blocks it (test_chromium_blocks_unhashed_script)."""
+    body = re.fullmatch(r"<script>(.*)</script>", script, re.S).group(1)
+    page, n = re.subn(r"script-src ", "script-src " + _sha256_source(body) + " ", page, count=1)
+    assert n == 1
+    return page.replace("</body>", script + "\n</body>")
+
+
 def test_chromium_controls(tmp_path):
     _need_chromium()
     g = small_graph()
-    page = viewer.render_html(g).replace("</body>", _DRIVER + "\n</body>")
+    page = _with_trusted_script(viewer.render_html(g), _DRIVER)
     path = tmp_path / "driven.html"
     path.write_text(page, encoding="utf-8")
     dom, console = _dump_dom(path, tmp_path)
@@ -387,6 +525,25 @@ def test_chromium_controls(tmp_path):
     for piece in ("L0/N17+", "layer", "position", "token", "score", "Dallas/Texas cities", "top tokens"):
         assert piece in res["tip_text"]
     assert res["group_focus"] is True
+
+
+def test_chromium_blocks_a_script_without_its_hash(tmp_path):
+    """The CSP lock works in a real browser: a script added to the saved file (not one of the page's own, so its
+    hash is not in the policy) does not run, and the page itself still draws."""
+    _need_chromium()
+    page = viewer.render_html(small_graph())
+    injected = "<script>document.body.setAttribute('data-pwned','1');</script>"
+    path = tmp_path / "tampered.html"
+    path.write_text(page.replace("</body>", injected + "\n</body>"), encoding="utf-8")
+    dom, console = _dump_dom(path, tmp_path)
+    body = _body_attrs(dom)
+    assert "data-pwned" not in body, "a script without its hash ran"
+    assert body.get("data-ready") == "1" and "data-error" not in body
+    assert any("Content Security Policy" in ln for ln in console), console
+    # control: the same script allowed by its hash does run, so the absence above is the policy's doing
+    path.write_text(_with_trusted_script(page, injected), encoding="utf-8")
+    dom, console = _dump_dom(path, tmp_path)
+    assert _body_attrs(dom).get("data-pwned") == "1" and console == [], console
 
 
 def test_chromium_harness_detects_errors(tmp_path):
