@@ -1,16 +1,28 @@
-# The two commands of the README. Both build .venv first if it is missing or stale.
+# The README's commands. Each builds .venv first if it is missing or stale.
 PY := .venv/bin/python
 export HF_HUB_OFFLINE := 1
 export MPLBACKEND := Agg
 # OpenMP threads sleep instead of spinning while waiting: on a shared CPU spinning made forwards 10x slower.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: reproduce test env
+.PHONY: reproduce test test-fast lint env figures
 env:
 	@bash scripts/setup_env.sh
 
 reproduce: env
 	$(PY) -m neuronlib reproduce
 
-test: env
+# the full suite (tiny models, the real SmolLM2, every notebook in SMOKE mode), after the linter
+test: env lint
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# tiny models only (no SmolLM2, no notebooks, none of the few slow tiny-model tests): about a minute on 2 cores
+test-fast: env
+	$(PY) -m pytest -q -p no:cacheprovider -m "not real_model and not notebook and not slow"
+
+lint: env
+	$(PY) -m ruff check .
+
+# re-draw every figure from the tables in results/ (no model; under a minute)
+figures: env
+	$(PY) -m neuronlib.paper.figures --results results --figures figures

@@ -1,4 +1,4 @@
-"""Node attribution (METHOD.md §2): AtP, integrated gradients and RelP on every site at once.
+"""Node attribution (docs/method.md §2): AtP, integrated gradients and RelP on every site at once.
 
 Sign convention: a node's score is ``(v(x) - v_baseline) * dm/dv``, its estimated contribution to ``m(x) - m(baseline)``
 (for a zero baseline, ``v * dm/dv``: RelP's relevance). Selecting nodes by ``|score|`` is unaffected by the sign.

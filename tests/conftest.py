@@ -17,6 +17,14 @@ SVA_PAIRS = [
 ]
 
 
+def pytest_collection_modifyitems(items):
+    """Every test that uses the real model (the ``smollm`` fixture, directly or through another fixture) is marked
+    ``real_model``, so ``make test-fast`` (``-m "not real_model and not notebook"``) leaves it out."""
+    for item in items:
+        if "smollm" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.real_model)
+
+
 @pytest.fixture(scope="session")
 def tiny_llama():
     return neuronlib.load_model("tiny-llama")

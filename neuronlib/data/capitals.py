@@ -1,4 +1,4 @@
-"""City -> state -> capital two-hop task (Lindsey et al. 2025; METHOD.md §6).
+"""City -> state -> capital two-hop task (Lindsey et al. 2025; docs/method.md §6).
 
 ``data/capitals.jsonl`` holds one well-known non-capital city per US state, so answering the
 capital needs two hops (city -> state -> capital). Prompts follow the paper exactly; the single

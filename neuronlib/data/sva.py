@@ -1,6 +1,6 @@
 """Subject–verb agreement (SVA) benchmark: generator, writer and loader.
 
-Four templates after Finlayson et al. (2021) as used by Marks et al. (2025); METHOD.md §5:
+Four templates after Finlayson et al. (2021) as used by Marks et al. (2025); docs/method.md §5:
 
 =============  ==========================================  ==============================================
 template       clean prefix (example)                      the verb agrees with

@@ -1,20 +1,23 @@
 """Run every numbered notebook in order with papermill: the package's main job.
 
 Executed copies go to ``runs/`` (outside git); figures go to ``figures/`` (a smoke run writes them under
-``runs/smoke/figures`` instead, so it never overwrites the committed full-run figures).
+``runs/smoke/figures`` instead, so it never overwrites the committed full-run figures). The model name is checked
+before any notebook starts; a notebook that fails leaves the previous executed copy in place (the failed run is kept
+as ``NAME.failed.ipynb``); the notebooks' SMOKE scratch folders go into one temporary folder that is removed after
+the run.
 """
 from __future__ import annotations
 
 import logging
-
 import os
+import shutil
+import tempfile
 import time
 from pathlib import Path
 
 import pandas as pd
 
 from ..models import DEFAULT_MODEL
-
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +33,20 @@ def checkout(start: Path | None = None) -> Path:
                      "run from the repository")
 
 
+def check_model(model: str) -> None:
+    """ValueError (or ModuleNotFoundError with the pip command) before any notebook runs, if ``model`` cannot load:
+    not a registry name, a local directory or a hub id, or its package is missing."""
+    from ..models import PACKAGED, _package_version, known_models
+
+    if not isinstance(model, str) or not model:
+        raise ValueError(f"model must be a non-empty string, got {model!r}")
+    if model in PACKAGED:
+        _package_version(PACKAGED[model])
+    elif model not in known_models() and not Path(model).is_dir() and "/" not in model:
+        raise ValueError(f"unknown model {model!r}: use one of {known_models()}, a local Hugging Face directory or a "
+                         "hub id")
+
+
 def notebooks(directory: Path | None = None) -> list[Path]:
     directory = Path(directory) if directory is not None else checkout() / "notebooks"
     return sorted(p for p in directory.glob("[0-9][0-9]_*.ipynb"))
@@ -41,7 +58,8 @@ def _figure_state(directory: Path) -> dict[str, float]:
     return {p.name: p.stat().st_mtime for p in directory.iterdir() if p.is_file()}
 
 
-def run_notebook(path: Path, *, smoke: bool, model: str, out_dir: Path, figures: Path, log=None) -> dict:
+def run_notebook(path: Path, *, smoke: bool, model: str, out_dir: Path, figures: Path, log=None,
+                 parameters: dict | None = None) -> dict:
     log = log or logger.info
     import papermill
 
@@ -51,11 +69,20 @@ def run_notebook(path: Path, *, smoke: bool, model: str, out_dir: Path, figures:
     old_env = os.environ.get("NEURONLIB_FIGURES")
     os.environ["NEURONLIB_FIGURES"] = str(figures)  # the kernel inherits it
     t0 = time.perf_counter()
+    target = out_dir / path.name
+    running = out_dir / f".{path.stem}.running-{os.getpid()}.ipynb"
     try:
         papermill.execute_notebook(
-            str(path), str(out_dir / path.name), parameters={"MODEL": model, "SMOKE": smoke},
+            str(path), str(running), parameters={"MODEL": model, "SMOKE": smoke, **(parameters or {})},
             cwd=str(path.parent), progress_bar=True, kernel_name="python3",
         )
+        os.replace(running, target)  # only a finished run replaces the executed copy
+    except BaseException:
+        if running.exists():
+            failed = out_dir / f"{path.stem}.failed.ipynb"
+            os.replace(running, failed)
+            logger.error(f"{path.name} failed; its partial run is in {failed} ({target.name} left as it was)")
+        raise
     finally:
         if old_env is None:
             os.environ.pop("NEURONLIB_FIGURES", None)
@@ -69,9 +96,14 @@ def run_notebook(path: Path, *, smoke: bool, model: str, out_dir: Path, figures:
 
 
 def reproduce(*, smoke: bool = False, model: str = DEFAULT_MODEL, only: list[str] | None = None,
-              out_dir: Path | None = None, log=None) -> pd.DataFrame:
-    """Execute the notebooks; returns one row per notebook (seconds, figures written, executed copy)."""
+              out_dir: Path | None = None, log=None, sva_data: str | Path | None = None) -> pd.DataFrame:
+    """Execute the notebooks; returns one row per notebook (seconds, figures written, executed copy).
+
+    ``sva_data``: a directory of community-format SVA files; notebook 02 then runs on them (parameter SVA_DATA)."""
+    if sva_data is not None and not Path(sva_data).is_dir():
+        raise ValueError(f"--sva-data {sva_data}: not a directory")
     log = log or logger.info
+    check_model(model)
     root = checkout()
     base = Path(out_dir) if out_dir is not None else root / "runs" / ("smoke" if smoke else "full")
     figures = base / "figures" if smoke else Path(os.environ.get("NEURONLIB_FIGURES", root / "figures"))
@@ -83,9 +115,21 @@ def reproduce(*, smoke: bool = False, model: str = DEFAULT_MODEL, only: list[str
     log(f"neuronlib reproduce: {len(books)} notebooks, model {model}, {'SMOKE' if smoke else 'full'} mode")
     t0 = time.perf_counter()
     rows = []
-    for i, book in enumerate(books, 1):
-        log(f"[{i}/{len(books)}] {book.name}")
-        rows.append(run_notebook(book, smoke=smoke, model=model, out_dir=base / "executed", figures=figures, log=log))
+    scratch = Path(tempfile.mkdtemp(prefix="neuronlib-reproduce-"))
+    old_smoke = os.environ.get("NEURONLIB_SMOKE_DIR")
+    os.environ["NEURONLIB_SMOKE_DIR"] = str(scratch)  # the kernels put their SMOKE folders here
+    try:
+        for i, book in enumerate(books, 1):
+            log(f"[{i}/{len(books)}] {book.name}")
+            extra = {"SVA_DATA": str(Path(sva_data).resolve())} if sva_data and book.name.startswith("02_") else None
+            rows.append(run_notebook(book, smoke=smoke, model=model, out_dir=base / "executed", figures=figures,
+                                     log=log, parameters=extra))
+    finally:
+        if old_smoke is None:
+            os.environ.pop("NEURONLIB_SMOKE_DIR", None)
+        else:
+            os.environ["NEURONLIB_SMOKE_DIR"] = old_smoke
+        shutil.rmtree(scratch, ignore_errors=True)
     total = time.perf_counter() - t0
     log(f"done in {total / 60:.1f} min; executed notebooks in {base / 'executed'}; figures in {figures}")
     for row in rows:

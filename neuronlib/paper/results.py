@@ -107,3 +107,45 @@ def stale_tables(directory: str | Path) -> list[str]:
         if meta.get("code_stamp") not in (None, now):
             stale.append(sidecar.stem)
     return stale
+
+
+def results_folder(directory: str | Path | None = None) -> Path | None:
+    """``directory``, else ``$NEURONLIB_RESULTS``, else the checkout's ``results/`` (None outside a checkout)."""
+    import os
+
+    if directory is not None:
+        return Path(directory)
+    if os.environ.get("NEURONLIB_RESULTS"):
+        return Path(os.environ["NEURONLIB_RESULTS"])
+    from .reproduce import checkout
+
+    try:
+        return checkout() / "results"
+    except ValueError:
+        return None
+
+
+def doctor_lines(directory: str | Path | None = None) -> list[str]:
+    """What ``neuronlib doctor`` says about ``results/``: how many tables, the run that made them, and a warning
+    naming the tables whose result-affecting code changed after their run (:func:`stale_tables`)."""
+    folder = results_folder(directory)
+    if folder is None or not folder.is_dir():
+        return ["results: no results/ folder here (run `make reproduce` in the checkout)"]
+    tables = sorted(p.stem for p in folder.glob("*.csv"))
+    if not tables:
+        return [f"results: {folder} holds no tables yet"]
+    dates = set()
+    for name in tables:
+        try:
+            meta = read_provenance(name, folder)
+            dates.add(f"{meta.get('date', '?')[:10]} at {str(meta.get('commit') or '?')[:12]}")
+        except (OSError, ValueError):
+            dates.add("?")
+    lines = [f"results: {len(tables)} tables in {folder} (runs: {', '.join(sorted(dates))})"]
+    stale = stale_tables(folder)
+    if stale:
+        lines.append(f"  WARNING: code that can move a result changed after the run that made {len(stale)} table(s) "
+                     f"({', '.join(stale[:6])}{', ...' if len(stale) > 6 else ''}); re-run `make reproduce`")
+    else:
+        lines.append("  code stamp matches every table's run")
+    return lines

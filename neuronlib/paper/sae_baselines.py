@@ -1,45 +1,55 @@
-"""TopK SAE baselines on ``mlp_out`` and ``resid`` at every layer (the comparison basis of METHOD.md §1, §8 fig. 2).
+"""TopK SAE baselines on ``mlp_out`` and ``resid`` at every layer (comparison basis: docs/method.md §1, §8 fig. 2).
 
 Pipeline (:func:`train_sae_baselines`):
 
-1. **Tokens.** Offline corpus chunks (:func:`neuronlib.data.corpus.iter_corpus_texts`, shuffled with a seed) are
-   tokenised without special tokens and cut into fixed-length windows of ``seq_len`` tokens *within* each chunk
-   (the remainder of a chunk is dropped), so there is no padding and no artificial separator token. The last
+1. **Tokens.** Offline corpus chunks (:func:`neuronlib.data.corpus.iter_corpus_texts`, shuffled with a seed; each
+   chunk starts at a paragraph) are tokenised without special tokens and cut into fixed-length windows of
+   ``seq_len`` tokens *within* each chunk (the remainder is dropped): no padding, no artificial separator. The last
    ``n_eval_tokens`` worth of windows are held out for evaluation.
-2. **Activations.** Batched no-grad forwards (:func:`neuronlib.activations.read_sites`) read every requested site at
-   every layer at once. Position 0 of each window is skipped (``skip_first``): SmolLM2 has no BOS token, so the
-   first token is an attention sink whose residual-stream norm is tens of times larger than elsewhere and would
-   dominate the reconstruction loss. Values are written as float16 into one on-disk memmap per (site, layer), so
-   memory stays bounded (one forward batch) whatever the token count; the files are deleted after training.
-3. **Training.** One :func:`neuronlib.saes.train_topk_sae` per (site, layer) on its own rows (shuffled, ``epochs``
-   passes), in ``workers`` single-threaded processes (on a busy 2-core machine two independent single-threaded
-   processes get more done than one process with two OpenMP threads). Held-out explained variance, L0 and the
-   fraction of latents that never fire on the held-out tokens come from :func:`neuronlib.saes.evaluate_sae`.
+2. **Activations, cached once.** Batched no-grad forwards (:func:`neuronlib.activations.read_sites`) in this process
+   read every requested site at every layer at once, **position 0 included**: SmolLM2 has no BOS token, so the first
+   token of every prompt (and of every window) is an attention sink whose residual norm is tens of times the others;
+   every SVA prompt starts there, so the SAEs must reconstruct it. Short windows (32 tokens) put position 0 and the
+   first few positions (where the short SVA prompts live) in the training data often. Values go as float16 into one
+   on-disk memmap per (site, layer): memory stays at one forward batch whatever the token count.
+3. **Training.** One :func:`neuronlib.saes.train_topk_sae` per (site, layer) from its own file: float16 rows held
+   in memory (``n_tokens x d_in x 2`` bytes), reshuffled every epoch, cast to float32 per batch; linear warm-up and
+   linear decay of the learning rate; AuxK loss on dead latents (not fired for ``dead_after_tokens``). ``workers``
+   SAEs train at once in *threads* of this process with one torch thread each (torch releases the GIL inside its
+   kernels), so training adds no process and no second model copy to the memory footprint: peak extra memory is
+   about ``workers x (2 n_tokens d_in + 8 batch_size d_sae x 4)`` bytes. Held-out explained variance, L0 and the
+   fraction of latents that never fire on held-out tokens come from :func:`neuronlib.saes.evaluate_sae`.
 4. **Storage.** Each SAE is saved in SAELens layout under ``{root}/{model}/{site}/layer_{i}/`` (``root`` defaults
    to ``cache_dir()/saes``) with the statistics, the training configuration, its hash (``train_key``) and the
    corpus description in ``cfg.json``. A re-run with the same configuration and data loads them instead of
-   training (and skips the forward passes when every SAE is present).
+   training (and skips the forward passes when every SAE is present). The activation cache is deleted afterwards
+   unless ``keep_activations``.
+
+**Quality gate** (:func:`sae_quality`, :func:`quality_gate`): explained variance of each SAE on the SVA prompts
+themselves (clean and counterfactual prefixes of every template's test split, every position, position 0 included,
+``1 - sum ||x - x_hat||^2 / sum ||x - mean x||^2`` pooled over all rows) must reach :data:`QUALITY_THRESHOLDS`
+(0.8 for ``mlp_out``, 0.9 for ``resid``); the table also gives the same without position 0, L0 on the prompts and
+the dead fraction on held-out corpus tokens.
 
 :func:`load_sae_baselines` / :func:`attach_sae_baselines` load them back and attach them as the ``sae_mlp_out`` /
 ``sae_resid`` sites. :func:`sae_table` reads the per-layer statistics from the saved files.
 
-Budget and defaults (:data:`DEFAULT_CONFIG`): measured on this project's shared 2-core CPU (load 6-10), one
-single-threaded SmolLM2-135M forward runs at ~50-100 tokens/s (all 30 layers are needed), and one TopK SAE step
-(d_in 576, k 32) at ~4,700 tokens/s for 4x width (2,304 latents) vs ~2,400 tokens/s for 8x width (4,608). Sixty SAEs
-at 8x cost twice as much training as at 4x for the same data; to keep the whole job (forwards + 60 SAEs) within
-~30-40 min on this machine the default is **4x width (2,304 latents), k = 32, 40,000 training tokens per SAE seen
-twice** (2 epochs, batches of 512: 156 Adam steps, lr 1e-3), 4,032 held-out tokens. A pilot on 12,000 tokens
-(resid, layer 5, 200 steps) gave held-out explained variance 0.835 with Gao et al.'s lr (5.3e-4 at this width) and
-0.852 with lr 1e-3. That is tiny next to the paper's SAEs (Llama Scope 8x, trained on billions of tokens);
-:func:`sae_table` shows what it buys.
+Budget and defaults (:data:`DEFAULT_CONFIG`): 8x width (4,608 latents), k = 32, 12,000 training tokens (+ 2,016
+held out) seen twice (93 Adam steps of 256 rows, peak lr 2e-3). Measured on this project's shared 2-core CPU at load
+average 8-9 (other jobs running; not a quiet machine): forwards ~40 tokens/s (6 min for the 14,016 tokens), then
+~1.3 min per pair of SAEs trained in parallel (55-105 s each), i.e. ~45 min for all 60 SAEs from a cold cache,
+resident memory of the training process ~1.6 GiB (model included). On a quiet machine the same step rate is ~5x
+higher (the sparse-backward kernels run at ~7,000 tokens/s per core), which is what leaves room for more tokens.
+These SAEs are small next to the paper's (Llama Scope, 8x, billions of tokens); :func:`sae_quality` says whether
+they are good enough on the prompts that matter.
 """
 from __future__ import annotations
 
 import logging
 
+import concurrent.futures
 import dataclasses
 import math
-import multiprocessing as mp
 import os
 import shutil
 import time
@@ -53,13 +63,12 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import cache
-from ..evaluation import evaluate_circuit
 from ..saes import CFG_FILENAME, WEIGHTS_FILENAME, TopKSAE, evaluate_sae, load_cfg, load_sae, save_sae, train_topk_sae
 
 __all__ = [
     "SAETrainConfig", "DEFAULT_CONFIG", "SMOKE_CONFIG", "SAE_SITES_TRAINED", "TABLE_COLUMNS", "corpus_token_windows",
     "sae_root", "sae_path", "train_sae_baselines", "sae_table", "load_sae_baselines", "attach_sae_baselines", "sae_fingerprint",
-    "run_sae_benchmark", "plot_curves",
+    "QUALITY_THRESHOLDS", "QUALITY_COLUMNS", "sva_prompts", "sae_quality", "quality_gate",
 ]
 
 logger = logging.getLogger(__name__)
@@ -76,22 +85,29 @@ class SAETrainConfig:
 
     ``expansion``: d_sae = expansion x d_in.  ``n_tokens``: unique training tokens (rows) per SAE; every SAE of the
     run sees the same tokens.  ``epochs``: passes over them (reshuffled each pass).  ``lr``: None = Gao et al.'s
-    ``2e-4 / sqrt(d_sae / 2**14)``; the default 1e-3 suits the short schedule (see the module docstring).
+    ``2e-4 / sqrt(d_sae / 2**14)``.  ``warmup_frac`` / ``decay_frac``: linear warm-up over the first and linear
+    decay to 0 over the last fraction of the steps.  ``skip_first``: drop position 0 of every window (False: train on
+    every position).  ``dead_after_tokens``: a latent silent for this many training tokens is dead and joins the
+    AuxK loss (``aux_k`` latents, default d_in / 2).
     """
 
-    expansion: int = 4
+    expansion: int = 8
     k: int = 32
-    n_tokens: int = 40_000
-    n_eval_tokens: int = 4_000
+    n_tokens: int = 12_000
+    n_eval_tokens: int = 2_000
     epochs: int = 2
-    batch_size: int = 512
-    lr: float | None = 1e-3
-    seq_len: int = 64
-    skip_first: bool = True
+    batch_size: int = 256
+    lr: float | None = 2e-3
+    seq_len: int = 32
+    skip_first: bool = False
     forward_batch: int = 16
     corpus_seed: int = 0
     sources: tuple[str, ...] | None = None
     seed: int = 0
+    warmup_frac: float = 0.05
+    decay_frac: float = 0.3
+    dead_after_tokens: int = 8_000
+    aux_k: int | None = None
 
     def __post_init__(self):
         if self.expansion < 1 or self.k < 1 or self.n_tokens < self.batch_size or self.epochs < 1:
@@ -100,6 +116,8 @@ class SAETrainConfig:
             raise ValueError(f"seq_len {self.seq_len} too short")
         if self.n_eval_tokens < 1:
             raise ValueError("n_eval_tokens must be >= 1")
+        if not (0 <= self.warmup_frac < 1 and 0 <= self.decay_frac <= 1 and self.warmup_frac + self.decay_frac <= 1):
+            raise ValueError("need 0 <= warmup_frac, decay_frac and warmup_frac + decay_frac <= 1")
 
     @property
     def rows_per_window(self) -> int:
@@ -114,18 +132,24 @@ class SAETrainConfig:
         return math.ceil(self.n_eval_tokens / self.rows_per_window)
 
     def steps(self) -> int:
-        return self.epochs * (self.n_tokens // self.batch_size)
+        return self.epochs * (self.n_train_windows * self.rows_per_window // self.batch_size)
 
     def as_dict(self) -> dict:
         d = dataclasses.asdict(self)
         d["sources"] = None if self.sources is None else list(self.sources)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "SAETrainConfig":
+        d = dict(d)
+        d["sources"] = tuple(d["sources"]) if d.get("sources") else None
+        return cls(**d)
+
 
 DEFAULT_CONFIG = SAETrainConfig()
 # The notebook's SMOKE mode: the same code path on a few thousand tokens and tiny dictionaries.
 SMOKE_CONFIG = SAETrainConfig(expansion=1, k=8, n_tokens=768, n_eval_tokens=256, epochs=1, batch_size=256,
-                              seq_len=32)
+                              seq_len=32, dead_after_tokens=512)
 
 
 # -------------------------------------------------------------------------------------------------------- paths
@@ -179,72 +203,31 @@ def _act_file(act_dir: Path, site: str, layer: int) -> Path:
     return act_dir / f"{site}_layer{layer}.f16"
 
 
-def _collect_range(model, windows: torch.Tensor, start: int, stop: int, sites, cfg: SAETrainConfig, act_dir: Path,
-                   n_rows: int, bar=None, queue=None) -> None:
-    """Forward windows[start:stop] in batches; write their rows into the (already created) float16 memmaps."""
+def _collect(model, windows: torch.Tensor, sites, cfg: SAETrainConfig, act_dir: Path, progress: bool) -> float:
+    """Forward every window once (no grad, this process); write each (site, layer)'s rows to a float16 memmap."""
     from ..activations import read_sites
 
-    maps = {(s, l): np.memmap(_act_file(act_dir, s, l), dtype=np.float16, mode="r+", shape=(n_rows, model.d_model))
+    act_dir.mkdir(parents=True, exist_ok=True)
+    n_rows = len(windows) * cfg.rows_per_window
+    maps = {(s, l): np.memmap(_act_file(act_dir, s, l), dtype=np.float16, mode="w+", shape=(n_rows, model.d_model))
             for s in sites for l in range(model.n_layers)}
     first = int(cfg.skip_first)
-    for rows in torch.arange(start, stop).split(cfg.forward_batch):
+    t0 = time.perf_counter()
+    bar = tqdm(total=n_rows, desc="activations (tokens)", unit="tok", unit_scale=True, disable=not progress)
+    for rows in torch.arange(len(windows)).split(cfg.forward_batch):
         ids = windows[rows].to(model.device)
         values, _ = read_sites(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, tuple(sites))
         lo = int(rows[0]) * cfg.rows_per_window
         hi = lo + len(rows) * cfg.rows_per_window
         for s in sites:
             for l, v in enumerate(values[s]):
-                maps[(s, l)][lo:hi] = v[:, first:, :].reshape(-1, v.shape[-1]).float().cpu().numpy()
-        if bar is not None:
-            bar.update(len(rows) * cfg.rows_per_window)
-        if queue is not None:
-            queue.put(len(rows) * cfg.rows_per_window)
+                maps[(s, l)][lo:hi] = v[:, first:, :].reshape(-1, v.shape[-1]).to(torch.float16).cpu().numpy()
+        del values
+        bar.update(len(rows) * cfg.rows_per_window)
+    bar.close()
     for m in maps.values():
         m.flush()
-
-
-def _collect_worker(args) -> None:
-    model_name, windows, start, stop, sites, cfg_dict, act_dir, n_rows, queue = args
-    torch.set_num_threads(1)
-    from ..models import load_model
-
-    model = load_model(model_name)
-    cfg = SAETrainConfig(**{**cfg_dict, "sources": tuple(cfg_dict["sources"]) if cfg_dict["sources"] else None})
-    _collect_range(model, windows, start, stop, sites, cfg, Path(act_dir), n_rows, queue=queue)
-
-
-def _collect(model, windows: torch.Tensor, sites, cfg: SAETrainConfig, act_dir: Path, progress: bool,
-             workers: int = 1) -> float:
-    """Forward every window once, write each (site, layer)'s rows (position 0 skipped) to a float16 memmap.
-
-    ``workers > 1`` (registry models only): that many single-threaded processes, each loading the model and
-    handling a contiguous share of the windows (rows are written at fixed offsets, so the result is identical)."""
-    from ..models import known_models
-
-    act_dir.mkdir(parents=True, exist_ok=True)
-    n_rows = len(windows) * cfg.rows_per_window
-    for s in sites:
-        for l in range(model.n_layers):
-            np.memmap(_act_file(act_dir, s, l), dtype=np.float16, mode="w+", shape=(n_rows, model.d_model)).flush()
-    t0 = time.perf_counter()
-    bar = tqdm(total=n_rows, desc="activations (tokens)", unit="tok", unit_scale=True, disable=not progress)
-    if workers > 1 and model.name in known_models() and len(windows) >= 2 * workers:
-        ctx = mp.get_context("spawn")
-        bounds = np.linspace(0, len(windows), workers + 1).astype(int)
-        with ctx.Manager() as manager, ctx.Pool(workers) as pool:
-            queue = manager.Queue()
-            args = [(model.name, windows, int(a), int(b), tuple(sites), cfg.as_dict(), str(act_dir), n_rows, queue)
-                    for a, b in zip(bounds[:-1], bounds[1:])]
-            result = pool.map_async(_collect_worker, args)
-            while not result.ready() or not queue.empty():
-                try:
-                    bar.update(queue.get(timeout=1.0))
-                except Exception:  # queue.Empty
-                    pass
-            result.get()
-    else:
-        _collect_range(model, windows, 0, len(windows), sites, cfg, act_dir, n_rows, bar=bar)
-    bar.close()
+    del maps
     return time.perf_counter() - t0
 
 
@@ -252,14 +235,12 @@ def _collect(model, windows: torch.Tensor, sites, cfg: SAETrainConfig, act_dir: 
 
 
 def _train_one(job: dict) -> dict:
-    """Train, evaluate and save one SAE from its activation file (runs in a worker process or inline)."""
-    torch.set_num_threads(job.get("threads", 1))
-    cfg = SAETrainConfig(**{**job["config"], "sources": tuple(job["config"]["sources"])
-                            if job["config"]["sources"] else None})
+    """Train, evaluate and save one SAE from its activation file (runs in a worker thread or inline)."""
+    cfg = SAETrainConfig.from_dict(job["config"])
     d_in, n_train, n_eval = job["d_in"], job["n_train_rows"], job["n_eval_rows"]
     data = np.memmap(job["file"], dtype=np.float16, mode="r", shape=(n_train + n_eval, d_in))
-    x_train = torch.from_numpy(np.asarray(data[:n_train], dtype=np.float32))
-    x_eval = torch.from_numpy(np.asarray(data[n_train:n_train + n_eval], dtype=np.float32))
+    x_train = torch.from_numpy(np.array(data[:n_train]))            # float16 in memory
+    x_eval = torch.from_numpy(np.array(data[n_train:n_train + n_eval]))
     del data
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + job["layer"])
     per_epoch = n_train // cfg.batch_size
@@ -268,13 +249,14 @@ def _train_one(job: dict) -> dict:
         for _ in range(cfg.epochs):
             perm = torch.randperm(n_train, generator=gen)
             for b in range(per_epoch):
-                yield x_train[perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]]
+                yield x_train[perm[b * cfg.batch_size:(b + 1) * cfg.batch_size]].float()
 
     t0 = time.perf_counter()
     sae, stats = train_topk_sae(batches(), d_in=d_in, d_sae=cfg.expansion * d_in, k=cfg.k, lr=cfg.lr,
-                                n_steps=cfg.epochs * per_epoch, seed=cfg.seed, progress=False,
-                                normalize_input=True)
-    held_out = evaluate_sae(sae, x_eval.split(4096))
+                                n_steps=cfg.epochs * per_epoch, seed=cfg.seed, progress=False, normalize_input=True,
+                                lr_warmup_frac=cfg.warmup_frac, lr_decay_frac=cfg.decay_frac,
+                                dead_after_tokens=cfg.dead_after_tokens, aux_k=cfg.aux_k)
+    held_out = evaluate_sae(sae, (b.float() for b in x_eval.split(4096)))
     seconds = time.perf_counter() - t0
     extra = {
         "model_name": job["model"], "site": job["site"], "layer": job["layer"], "hook_name": job["hook_name"],
@@ -283,10 +265,10 @@ def _train_one(job: dict) -> dict:
         "train_explained_variance": stats["explained_variance"], "train_l0": stats["l0"],
         "train_dead_fraction": stats["dead_fraction"], "n_tokens": stats["n_tokens"],
         "n_unique_tokens": n_train, "n_eval_tokens": n_eval, "n_steps": stats["n_steps"], "seconds": seconds,
-        "lr": stats["lr"], "input_scale": stats["input_scale"],
+        "lr": stats["lr"], "input_scale": stats["input_scale"], "k_aux": stats["k_aux"],
         "train_config": job["config"], "train_key": job["train_key"], "data_hash": job["data_hash"],
         "corpus": job["corpus"], "evaluation": "held-out tokens (not trained on); position 0 of each window skipped"
-                                              if cfg.skip_first else "held-out tokens (not trained on)",
+                                              if cfg.skip_first else "held-out tokens (not trained on), every position",
     }
     save_sae(sae, job["path"], cfg_extra=extra)
     return {"site": job["site"], "layer": job["layer"], "seconds": seconds}
@@ -325,8 +307,10 @@ def train_sae_baselines(
     """Train (or re-use) one TopK SAE per layer for each base site in ``sites``; returns :func:`sae_table`.
 
     ``texts``: the text source (default: the offline corpus, shuffled with ``config.corpus_seed``); the token
-    windows are hashed, so a different corpus or tokenizer never re-uses a stale SAE. ``workers``: training
-    processes (1: train in this process). See the module docstring for the pipeline and the default budget.
+    windows are hashed, so a different corpus or tokenizer never re-uses a stale SAE. ``workers``: SAEs trained at
+    once, each in a thread with one torch thread (1: one after another with the current torch threads). See the
+    module docstring for the pipeline. ``table.attrs`` holds ``collect_seconds``, ``train_seconds``,
+    ``total_seconds``, ``n_trained``, ``n_reused``.
     """
     log = log or logger.info
     sites = tuple(s[4:] if s.startswith("sae_") else s for s in sites)
@@ -358,7 +342,7 @@ def train_sae_baselines(
                 reused.add((s, l))
             else:
                 jobs.append({"site": s, "layer": l, "path": str(path), "train_key": key})
-    collect_seconds = 0.0
+    collect_seconds = train_seconds = 0.0
     if jobs:
         act_dir = sae_root(root) / model.name / f"_activations_{data_hash}"
         need_sites = tuple(dict.fromkeys(j["site"] for j in jobs))
@@ -366,7 +350,7 @@ def train_sae_baselines(
             f"d_sae {config.expansion * model.d_model}, k {config.k}, {config.n_train_windows * config.rows_per_window:,}"
             f" training tokens x {config.epochs} epochs, {workers} worker(s)")
         try:
-            collect_seconds = _collect(model, windows, need_sites, config, act_dir, progress, workers=workers)
+            collect_seconds = _collect(model, windows, need_sites, config, act_dir, progress)
             n_train_rows = config.n_train_windows * config.rows_per_window
             n_eval_rows = config.n_eval_windows * config.rows_per_window
             for j in jobs:
@@ -375,29 +359,32 @@ def train_sae_baselines(
                          model=model.name, hook_name=_hook_name(model, j["site"], j["layer"]), data_hash=data_hash,
                          corpus=corpus)
             bar = tqdm(total=len(jobs), desc="training SAEs", unit="sae", disable=not progress)
-            if workers > 1:
-                ctx = mp.get_context("spawn")
-                with ctx.Pool(workers) as pool:
-                    for done in pool.imap_unordered(_train_one, jobs):
-                        bar.update(1)
-                        bar.set_postfix(last=f"{done['site']} L{done['layer']} {done['seconds']:.0f}s")
-            else:
-                threads = torch.get_num_threads()
-                try:
+            t_train = time.perf_counter()
+            threads = torch.get_num_threads()
+            try:
+                if workers > 1:
+                    torch.set_num_threads(1)
+                    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+                        for fut in concurrent.futures.as_completed([pool.submit(_train_one, j) for j in jobs]):
+                            done = fut.result()
+                            bar.update(1)
+                            bar.set_postfix(last=f"{done['site']} L{done['layer']} {done['seconds']:.0f}s")
+                else:
                     for j in jobs:
-                        done = _train_one({**j, "threads": threads})
+                        done = _train_one(j)
                         bar.update(1)
                         bar.set_postfix(last=f"{done['site']} L{done['layer']} {done['seconds']:.0f}s")
-                finally:
-                    torch.set_num_threads(threads)
+            finally:
+                torch.set_num_threads(threads)
+            train_seconds = time.perf_counter() - t_train
             bar.close()
         finally:
             if not keep_activations:
                 shutil.rmtree(act_dir, ignore_errors=True)
     table = sae_table(model, sites, root=root)
     table["reused"] = [(s, l) in reused for s, l in zip(table.site, table.layer)]
-    table.attrs.update(collect_seconds=collect_seconds, total_seconds=time.perf_counter() - t_start,
-                       n_trained=len(jobs), n_reused=len(reused))
+    table.attrs.update(collect_seconds=collect_seconds, train_seconds=train_seconds,
+                       total_seconds=time.perf_counter() - t_start, n_trained=len(jobs), n_reused=len(reused))
     return table
 
 
@@ -454,6 +441,103 @@ def attach_sae_baselines(model, sites: Sequence[str] = SAE_SITES_TRAINED, *, roo
     return model
 
 
+# -------------------------------------------------------------------------------------------------------- quality gate
+
+QUALITY_THRESHOLDS = {"mlp_out": 0.8, "resid": 0.9, "attn_out": 0.8}  # minimum explained variance on the SVA prompts
+QUALITY_COLUMNS = ["model", "site", "layer", "d_sae", "k", "n_unique_tokens", "n_tokens", "n_prompts", "n_rows",
+                   "explained_variance", "explained_variance_no_pos0", "l0", "dead_fraction",
+                   "heldout_explained_variance", "threshold", "passes"]
+
+
+def sva_prompts(model, templates: Sequence[str] | None = None, *, split: str = "test", n: int | None = None,
+                data_dir=None) -> dict[str, list[str]]:
+    """The SVA prompts the circuits are found on: clean and counterfactual prefixes per template (one token length
+    per template), from the packaged ``data/sva`` files."""
+    from ..data.sva import load_sva
+
+    if templates is None:
+        from .sva import TEMPLATES as templates
+    out = {}
+    for t in templates:
+        rows = load_sva(t, tokenizer=model.tokenizer, split=split, n=n, data_dir=data_dir).dataset
+        out[t] = [r["clean_prefix"] for r in rows] + [r["patch_prefix"] for r in rows]
+    return out
+
+
+@torch.no_grad()
+def sae_quality(model, prompts: dict[str, list[str]] | list[str], sites: Sequence[str] = SAE_SITES_TRAINED, *,
+                root=None, saes: dict[str, list[TopKSAE]] | None = None, thresholds=None,
+                batch_size: int = 64) -> pd.DataFrame:
+    """The quality gate's table: one row per (site, layer) with the SAE's explained variance on ``prompts``.
+
+    ``explained_variance`` = ``1 - sum ||x - x_hat||^2 / sum ||x - mean x||^2`` over every real token of every
+    prompt (position 0 included; the mean is over the same rows); ``explained_variance_no_pos0`` the same without
+    position 0; ``l0`` the mean number of active latents per token on the prompts; ``dead_fraction`` the fraction
+    of latents that never fire on the held-out corpus tokens and ``heldout_explained_variance`` the held-out corpus
+    EV (both from the SAE's ``cfg.json``, NaN when unknown). ``passes``: EV >= :data:`QUALITY_THRESHOLDS` [site].
+    ``saes``: {base site: per-layer SAEs} (default: :func:`load_sae_baselines` from ``root``).
+    """
+    from ..activations import read_sites
+
+    thresholds = {**QUALITY_THRESHOLDS, **(thresholds or {})}
+    sites = tuple(s[4:] if s.startswith("sae_") else s for s in sites)
+    if saes is None:
+        saes = {s: load_sae_baselines(model, s, root=root) for s in sites}
+    groups = list(prompts.values()) if isinstance(prompts, dict) else [list(prompts)]
+    rows: dict[str, list[list[torch.Tensor]]] = {s: [[] for _ in range(model.n_layers)] for s in sites}
+    pos0: list[torch.Tensor] = []
+    n_prompts = 0
+    for group in groups:
+        for start in range(0, len(group), batch_size):
+            batch = group[start:start + batch_size]
+            inputs = model.tokenize(batch)
+            mask = inputs["attention_mask"].bool()
+            first = mask.float().argmax(1)  # left padding: index of each prompt's first real token
+            is_first = torch.zeros_like(mask)
+            is_first[torch.arange(len(batch)), first] = True
+            values, _ = read_sites(model, inputs, sites)
+            for s in sites:
+                for l, v in enumerate(values[s]):
+                    rows[s][l].append(v[mask].float().cpu())
+            pos0.append(is_first[mask].cpu())
+            n_prompts += len(batch)
+    pos0_mask = torch.cat(pos0)
+    out = []
+    for s in sites:
+        for l, sae in enumerate(saes[s]):
+            x = torch.cat(rows[s][l]).to(sae.W_dec.device, sae.W_dec.dtype)
+            vals, idx = sae.encode_topk(x)
+            x_hat = sae.decode(torch.zeros(x.shape[0], sae.d_sae, dtype=x.dtype, device=x.device).scatter(-1, idx, vals))
+            err = (x - x_hat).pow(2).sum(-1)
+
+            def ev(keep):
+                xs = x[keep]
+                return 1.0 - err[keep].sum().item() / max((xs - xs.mean(0)).pow(2).sum().item(), 1e-30)
+
+            cfg = getattr(sae, "cfg", {}) or {}
+            ev_all = ev(torch.ones_like(pos0_mask))
+            out.append({"model": model.name, "site": s, "layer": l, "d_sae": sae.d_sae, "k": sae.k,
+                        "n_unique_tokens": cfg.get("n_unique_tokens"), "n_tokens": cfg.get("n_tokens"),
+                        "n_prompts": n_prompts, "n_rows": int(x.shape[0]), "explained_variance": ev_all,
+                        "explained_variance_no_pos0": ev(~pos0_mask), "l0": float((vals > 0).sum(-1).float().mean()),
+                        "dead_fraction": cfg.get("dead_fraction", float("nan")),
+                        "heldout_explained_variance": cfg.get("explained_variance", float("nan")),
+                        "threshold": thresholds[s], "passes": bool(ev_all >= thresholds[s])})
+    return pd.DataFrame(out, columns=QUALITY_COLUMNS)
+
+
+def quality_gate(table: pd.DataFrame) -> pd.DataFrame:
+    """Per site: min / median explained variance on the prompts, the threshold, how many layers fail, mean L0 and
+    dead fraction, and ``passes`` (every layer reaches the threshold)."""
+    g = table.groupby("site", sort=False)
+    return pd.DataFrame({
+        "layers": g.layer.count(), "ev_min": g.explained_variance.min(), "ev_median": g.explained_variance.median(),
+        "ev_no_pos0_min": g.explained_variance_no_pos0.min(), "threshold": g.threshold.first(),
+        "layers_failing": g.passes.apply(lambda p: int((~p.astype(bool)).sum())), "l0_mean": g.l0.mean(),
+        "dead_fraction_max": g.dead_fraction.max(), "passes": g.passes.all(),
+    }).reset_index()
+
+
 # -------------------------------------------------------------------------------------------------------- SVA on SAEs
 
 
@@ -473,132 +557,6 @@ def sae_fingerprint(model, sites: Sequence[str]) -> str:
     return cache.data_hash(parts)
 
 
-def run_sae_benchmark(model, data: dict, *, methods=("relp", "ig-inputs"), sae_sites=("sae_mlp_out", "sae_resid"),
-                      n_train: dict | None = None, log_sizes=None, linear_sizes=(), linear_sites=(), ig_steps: int = 10,
-                      batch_size: int = 16, eval_batch_size: int = 128, cache_dir=None, refresh: bool = False,
-                      log=None):
-    """The paired SVA benchmark (counterfactual baseline, logit difference, mean ablation) on SAE sites.
-
-    The SAE counterpart of :func:`neuronlib.sva_benchmark.run_benchmark` (whose ``Run`` accepts only the neuron-basis
-    sites): it re-uses that module's cached attribution (:func:`~neuronlib.sva_benchmark.cached_attribution`), size
-    sweep and result format, and stores everything under ``{cache}/sae_{fingerprint}``, so results of different SAEs
-    never mix. ``n_train``: {method: pairs} (default: all loaded pairs). Returns
-    (curves in :data:`neuronlib.sva_benchmark.COLUMNS`, {(template, method, "paired"): mean Attribution}, log frame).
-    """
-    log = log or logger.info
-    from . import sva as svab
-
-    base = Path(cache_dir) if cache_dir is not None else cache.results_dir()
-    directory = base / f"sae_{sae_fingerprint(model, sae_sites)}"
-    log_sizes = svab.LOG_SIZES if log_sizes is None else log_sizes
-    n_train = dict(n_train or {})
-    sites = tuple(s for s in ("sae_attn_out", "sae_mlp_out", "sae_resid") if s in sae_sites)
-    curves, steps, attributions = [], [], {}
-    for template, td in data.items():
-        for method in methods:
-            # Run() only validates neuron bases; cached_attribution reads its method / setting / n_train and takes
-            # the sites separately, so the SAE sites go in ``sites``.
-            run = svab.Run(method, ("mlp_out",), n_train=n_train.get(method))
-            att, parts, step = svab.cached_attribution(model, template, td, run, sites, ig_steps=ig_steps,
-                                                       batch_size=batch_size, directory=directory, refresh=refresh)
-            steps.append(step)
-            log(f"{template:>9} {method:>10} SAE attribution on {parts['n_train']} pairs "
-                + ("(cached)" if step["cached"] else f"{step['compute_seconds']:.0f} s"))
-            mean = att["mean"]
-            attributions[(template, method, "paired")] = mean
-            for basis in sites:
-                total = int(mean[basis][0].numel())
-                requested = svab.sweep_sizes(total, log_sizes, linear_sizes if basis in linear_sites else ())
-                actual = sorted({min(k, total) for k in requested})
-                eparts = dict(parts, basis=basis, ablation="mean", sizes=actual, test=cache.data_hash(td.test))
-                ekey = cache.cache_key(**eparts)
-                hit = (directory / "sva_eval" / f"{ekey}.pt").exists() and not refresh
-                t0 = time.perf_counter()
-                evaluated = cache.cached("sva_eval", ekey, svab._timed(lambda: evaluate_circuit(
-                    model, mean, td.test, sites=(basis,), sizes=actual, mode="mean", metric="logit_diff",
-                    batch_size=eval_batch_size, progress=False)), refresh=refresh, directory=directory)
-                steps.append({"model": model.name, "template": template, "step": "evaluation", "method": method,
-                              "setting": "paired", "basis": basis, "ablation": "mean", "n": len(td.test),
-                              "cached": hit, "seconds": time.perf_counter() - t0,
-                              "compute_seconds": evaluated["seconds"]})
-                log(f"{template:>9} {method:>10} {basis:>11} {len(actual)} sizes "
-                    + ("(cached)" if hit else f"{evaluated['seconds']:.0f} s"))
-                by_size = evaluated["value"].query("group == 'all'").set_index("size")
-                for k in requested:
-                    row = by_size.loc[min(k, total)]
-                    curves.append({"model": model.name, "template": template, "method": method, "basis": basis,
-                                   "setting": "paired", "ablation": "mean", "k": k, "size": min(k, total),
-                                   "total_nodes": total, "faithfulness": row.faithfulness,
-                                   "completeness": row.completeness, "m_C": row.m_C, "m_Cbar": row.m_Cbar,
-                                   "m_M": row.m_M, "m_empty": row.m_empty, "threshold": row.threshold,
-                                   "n_train": parts["n_train"], "n_test": len(td.test)})
-    return pd.DataFrame(curves, columns=svab.COLUMNS), attributions, pd.DataFrame(steps)
-
-
-# -------------------------------------------------------------------------------------------------------- figures
-
-BASIS_LABELS = {"mlp_acts": "MLP activations (neurons)", "mlp_out": "MLP outputs", "attn_out": "attention outputs",
-                "resid": "residual stream", "sae_mlp_out": "SAE latents on MLP outputs",
-                "sae_resid": "SAE latents on residual stream", "sae_attn_out": "SAE latents on attention outputs"}
-FIG2_BASES = ("mlp_acts", "mlp_out", "attn_out", "resid", "sae_mlp_out", "sae_resid")
-
-
-def plot_curves(ax, frame: pd.DataFrame, *, color, label, linestyle="-", linear=False):
-    """Faithfulness (filled circles) and completeness (open squares) against circuit size on ``ax`` (one legend
-    entry, on the faithfulness line)."""
-    g = frame.sort_values("size")
-    if linear:
-        g = g[g["size"] <= 400]
-    if not len(g):
-        return
-    ax.plot(g["size"], g.faithfulness, linestyle=linestyle, marker="o", color=color, label=label)
-    ax.plot(g["size"], g.completeness, linestyle=linestyle, marker="s", mfc="white", color=color, alpha=0.85)
-
-
-def fig_basis_comparison(curves: pd.DataFrame, *, methods=("ig-inputs", "relp"), bases=FIG2_BASES,
-                         linear_bases=("mlp_acts", "sae_mlp_out", "sae_resid"), name: str = "fig2_basis_comparison",
-                         directory=None, save: bool = True, title: str | None = None):
-    """Figure 2: template-averaged faithfulness / completeness vs circuit size, one column per method, every basis
-    in each panel (neuron-basis sites solid, SAE sites dashed); top row log axis, bottom row linear 0-400."""
-    import matplotlib.pyplot as plt
-
-    from .. import plotting
-    from . import sva as svab
-
-    avg = svab.average_curves(curves[(curves.setting == "paired") & (curves.ablation == "mean")])
-    vals = pd.concat([avg.faithfulness, avg.completeness]).dropna()
-    lo = max(-1.0, min(-0.1, float(vals.min()) - 0.05)) if len(vals) else -0.25
-    hi = min(2.0, max(1.1, float(vals.max()) + 0.05)) if len(vals) else 1.25
-    methods = [m for m in methods if m in set(avg.method)]
-    with plotting.style():
-        fig, axes = plt.subplots(2, len(methods), figsize=(5.6 * len(methods), 8.0), squeeze=False, sharey=True)
-        for col, method in enumerate(methods):
-            for row, linear in enumerate((False, True)):
-                ax = axes[row][col]
-                for basis in bases:
-                    if linear and basis not in linear_bases:
-                        continue
-                    g = avg[(avg.method == method) & (avg.basis == basis)]
-                    plot_curves(ax, g, color=plotting.COLORS.get(basis, "0.3"), label=BASIS_LABELS.get(basis, basis),
-                                linestyle="--" if basis.startswith("sae_") else "-", linear=linear)
-                if linear:
-                    ax.set_xlim(0, 410)
-                else:
-                    ax.set_xscale("symlog", linthresh=1)
-                    ax.set_xlim(left=0.8)
-                for y in (0, 1):
-                    ax.axhline(y, color="0.6", lw=0.7, ls=":")
-                ax.axhline(0.8, color="0.75", lw=0.6, ls="--")
-                ax.set_ylim(lo, hi)
-                ax.set_xlabel("circuit size (nodes)")
-                ax.set_title(svab.METHOD_LABELS.get(method, method) + (" (linear axis, 0-400)" if linear else ""))
-            axes[0][col].legend(fontsize=6.5, loc="center left")
-        axes[0][0].set_ylabel("faithfulness (filled circles, ideal 1)\ncompleteness (open squares, ideal 0)")
-        axes[1][0].set_ylabel("faithfulness (filled circles, ideal 1)\ncompleteness (open squares, ideal 0)")
-        models = ", ".join(sorted(set(curves.model)))
-        fig.suptitle(title or f"SVA circuits by basis: neurons vs SAE latents ({models}; mean over "
-                              f"{curves.template.nunique()} templates; paired, mean ablation)", y=1.0)
-        fig.tight_layout()
-    if save:
-        plotting.save_figure(fig, name, directory=directory)
-    return fig
+# The SVA benchmark on SAE sites is the one runner of :mod:`neuronlib.paper.sva` (its bases include ``sae_mlp_out``,
+# ``sae_resid`` and ``sae_attn_out``; its cache keys include :func:`sae_fingerprint`), and figure 2 is
+# :func:`neuronlib.paper.figures.fig_basis_comparison`.

@@ -1,33 +1,41 @@
-"""The subject–verb agreement benchmark (METHOD.md §4, §5; figures 1, 3, 4 and 5 of §8).
+"""The subject–verb agreement benchmark (docs/method.md §4, §5; figures 1, 2, 3, 4, 5 and A of the paper's §8).
 
 For every template of :mod:`neuronlib.data.sva`, attribute the agreement metric to every node of each basis
-(``mlp_acts`` = the neurons, ``mlp_out``, ``attn_out``, ``resid``) with AtP, integrated gradients or RelP on the
-training pairs, rank the nodes by |mean score|, and measure the faithfulness and completeness of the top-k circuits
-on held-out pairs over a sweep of k.
+(``mlp_acts`` = the neurons, ``mlp_out``, ``attn_out``, ``resid``, and SAE latents ``sae_mlp_out`` / ``sae_resid``
+/ ``sae_attn_out`` once SAEs are attached) with AtP, integrated gradients or RelP on the training pairs, rank the
+nodes by |mean score|, and measure the faithfulness and completeness of the top-k circuits on held-out pairs over a
+sweep of k. One runner (:func:`run_benchmark`) serves every basis.
 
-Two settings:
+Two settings for *finding* a circuit:
 
-* **paired**: counterfactual baseline (the patch prefix), metric ``logit(y) - logit(y')``, circuits evaluated under
-  mean ablation (per-position mean over the test pairs' patch prompts);
-* **unpaired**: zero baseline, metric ``logit(y)``, no counterfactual anywhere; evaluated under zero ablation and under
-  mean ablation (per-position mean over the test prompts themselves).
+* **paired**: counterfactual baseline (the patch prefix), metric ``logit(y) - logit(y')``;
+* **unpaired**: zero baseline, metric ``logit(y)`` (no counterfactual in the attribution).
 
-Every attribution (per model, template, method, setting, sites, training data) and every evaluation (per model,
-template, method, basis, setting, ablation, sizes, training and test data) is stored with :func:`neuronlib.cache.cached`
-and re-used on a re-run; a changed input changes the key. The figure functions take the tidy DataFrames only.
+Circuits of both settings are *evaluated* as the paper does, on the test pairs' logit difference under mean
+ablation (per-position mean over the test pairs' patch prompts): ``eval_metric == "logit_diff"``. The unpaired runs
+add, as a labelled extra, the single-answer evaluation (``eval_metric == "logit"``: ``logit(y)`` on the clean
+prompts, zero ablation or the mean over the clean test prompts).
+
+Every ratio is a pooled ratio over test pairs, Σ(m(C) − m(∅)) / Σ(m(M) − m(∅)), with a seeded bootstrap interval
+over the pairs (:mod:`neuronlib.stats`); the across-template line pools the pairs of every template whose effect
+|m(M) − m(∅)| is above :data:`EFFECT_FLOOR`. Sizes at a faithfulness threshold are interpolated log-linearly on the
+sweep's grid.
+
+Every attribution and evaluation is stored with :func:`neuronlib.cache.cached` and re-used on a re-run; a changed
+input (model, data, sizes, SAEs) changes the key. The tables (:func:`curve_table`, :func:`headline_table`,
+:func:`score_tables`) are what ``results/`` holds and what :mod:`neuronlib.paper.figures` draws.
 
 Usage::
 
     model = neuronlib.load_model("smollm2-135m")
-    data = load_templates(model, n_train=100, n_test=40)
-    result = run_benchmark(model, data, plan=default_plan(n_ig=16))
-    result.curves            # one row per (template, method, basis, setting, ablation, size)
-    fig_faithfulness(result.curves)
+    data = load_templates(model, n_train=300, n_test=40)
+    result = run_benchmark(model, data, plan=default_plan())
+    curves = curve_table(result)          # per template and pooled, with bootstrap intervals
+    headline = headline_table(result)     # k at faithfulness 0.8 / 0.9 per template, with intervals and flags
 """
 from __future__ import annotations
 
 import logging
-
 import math
 import time
 from dataclasses import dataclass, field, replace
@@ -40,7 +48,7 @@ import torch
 
 import neuronlib
 
-from .. import cache, plotting
+from .. import cache, stats
 from ..attribution import Attribution
 from ..data.sva import TEMPLATES, load_sva
 from ..evaluation import evaluate_circuit
@@ -48,17 +56,29 @@ from ..evaluation import evaluate_circuit
 logger = logging.getLogger(__name__)
 
 BASES = ("mlp_acts", "mlp_out", "attn_out", "resid")
+SAE_BASES = ("sae_attn_out", "sae_mlp_out", "sae_resid")
+ALL_BASES = BASES + SAE_BASES
 SETTINGS = ("paired", "unpaired")
 ABLATIONS = ("mean", "zero")
+EVAL_METRICS = ("logit_diff", "logit")
 # The IG variant of the benchmark: integrated gradients on the input embeddings, every node's gradient averaged along
 # that one path (10 steps, one batch). Per-site IG ("ig") costs layers x steps passes per site (measured ~75x RelP for
-# the neurons alone on SmolLM2; x4 for four bases); see the notebook for the measurement and how the two variants agree.
+# the neurons alone on SmolLM2); :func:`ig_check` compares the two.
 IG_METHOD = "ig-inputs"
-LOG_SIZES = (1, 3, 10, 30, 100, 300, 1000, 3000, 10000, 30000, 100000)
-LINEAR_SIZES = tuple(range(25, 401, 25))
-# Part of every cache key: bump it when this module changes what it computes.
+LOG_SIZES = (1, 2, 3, 5, 10, 20, 30, 50, 100, 200, 300, 500, 1000, 2000, 3000, 5000, 10000, 20000, 30000, 50000,
+             100000)
+LINEAR_SIZES = tuple(range(10, 401, 10))
+THRESHOLDS = (0.8, 0.9)
+# A template whose |m(M) − m(∅)| (mean over its test pairs, logit units) is below this floor has ratios dominated by
+# noise: it is flagged in the per-template tables and kept out of the pooled line.
+EFFECT_FLOOR = 1.0
+N_BOOT = 1000
+SEED = 0
+# Part of every cache key: bump CACHE_VERSION when the attribution changes, EVAL_VERSION when the evaluation does.
 CACHE_VERSION = 1
+EVAL_VERSION = 2
 ALL = 10**12  # "every node of the basis": the requested size of the full circuit (capped to the basis's node count)
+POOLED = "pooled"
 
 METHOD_LABELS = {
     "atp": "AtP", "relp": "RelP", "relp-no-gate": "RelP, no gate rule", "relp-no-half": "RelP, no half rule",
@@ -66,11 +86,12 @@ METHOD_LABELS = {
 }
 BASIS_LABELS = {
     "mlp_acts": "MLP activations (neurons)", "mlp_out": "MLP outputs", "attn_out": "attention outputs",
-    "resid": "residual stream",
+    "resid": "residual stream", "sae_mlp_out": "SAE latents on MLP outputs",
+    "sae_resid": "SAE latents on residual stream", "sae_attn_out": "SAE latents on attention outputs",
 }
-METHOD_STYLES = {"relp": "-", "ig-inputs": "-", "ig": "-", "atp": ":", "relp-no-gate": "-.", "relp-no-half": "--"}
-COLUMNS = ["model", "template", "method", "basis", "setting", "ablation", "k", "size", "total_nodes", "faithfulness",
-           "completeness", "m_C", "m_Cbar", "m_M", "m_empty", "threshold", "n_train", "n_test"]
+KEYS = ["model", "method", "basis", "setting", "ablation", "eval_metric"]
+COLUMNS = ["model", "template", "method", "basis", "setting", "ablation", "eval_metric", "k", "size", "total_nodes",
+           "faithfulness", "completeness", "m_C", "m_Cbar", "m_M", "m_empty", "threshold", "n_train", "n_test"]
 
 
 # ------------------------------------------------------------------------------------------------------------- data
@@ -94,20 +115,47 @@ def _plain(rows) -> list[dict]:
     return [{k: r[k] for k in KEEP_KEYS if k in r} for r in rows]
 
 
-def load_templates(model, templates=TEMPLATES, *, n_train: int = 300, n_test: int = 40,
-                   data_dir=None) -> dict[str, TemplateData]:
+def sva_files(data_dir, split: str = "train") -> dict[str, Path]:
+    """{template: file} for the community-format ``{template}_{split}.jsonl`` or ``.json`` files in ``data_dir``."""
+    out = {}
+    for path in sorted(Path(data_dir).glob(f"*_{split}.json*")):
+        if path.suffix in (".json", ".jsonl"):
+            out.setdefault(path.name[: -len(f"_{split}{path.suffix}")], path)
+    return out
+
+
+def load_templates(model, templates=TEMPLATES, *, n_train: int = 300, n_test: int = 40, data_dir=None,
+                   strict: bool = True) -> dict[str, TemplateData]:
     """Load ``n_train`` training and ``n_test`` test pairs per template, filtered for ``model``'s tokenizer.
 
     ``load_sva`` keeps single-token answers and the file's most common prefix length, so positions align; with a
-    tokenizer that adds <bos> (Gemma) every prompt is one token longer, which changes nothing else.
+    tokenizer that adds <bos> (Gemma) every prompt is one token longer, which changes nothing else. ``data_dir``: a
+    directory of community-format ``{template}_{train,test}.jsonl`` (or ``.json``) files, e.g. Marks et al.'s
+    release (``templates=None``: every template found there). ``strict=False`` keeps a template with fewer usable
+    pairs than asked (a warning says how many); the drops per reason are in ``TemplateData.dropped``.
     """
+    if templates is None:
+        if data_dir is None:
+            templates = TEMPLATES
+        else:
+            templates = sorted(set(sva_files(data_dir, "train")) & set(sva_files(data_dir, "test")))
+            if not templates:
+                raise FileNotFoundError(f"no {{template}}_train/test.json(l) files in {data_dir}")
     out = {}
     for template in templates:
-        train = load_sva(template, tokenizer=model.tokenizer, split="train", n=n_train, data_dir=data_dir)
-        test = load_sva(template, tokenizer=model.tokenizer, split="test", n=n_test, data_dir=data_dir)
+        kw = dict(tokenizer=model.tokenizer)
+        if data_dir is None:
+            train = load_sva(template, split="train", n=n_train, **kw)
+            test = load_sva(template, split="test", n=n_test, **kw)
+        else:
+            train = load_sva(sva_files(data_dir, "train")[template], n=n_train, **kw)
+            test = load_sva(sva_files(data_dir, "test")[template], n=n_test, **kw)
         if len(train) < n_train or len(test) < n_test:
-            raise ValueError(f"{template}: asked for {n_train}/{n_test} pairs, only {len(train)}/{len(test)} usable "
-                             f"for {model.name}")
+            msg = (f"{template}: asked for {n_train}/{n_test} pairs, only {len(train)}/{len(test)} usable for "
+                   f"{model.name}")
+            if strict:
+                raise ValueError(msg)
+            logger.warning(msg)
         if train.length != test.length:
             raise ValueError(f"{template}: train prompts have {train.length} tokens, test prompts {test.length}")
         rows = _plain(train.dataset)
@@ -115,6 +163,20 @@ def load_templates(model, templates=TEMPLATES, *, n_train: int = 300, n_test: in
         out[template] = TemplateData(template, rows, _plain(test.dataset), T,
                                      {"train": dict(train.dropped), "test": dict(test.dropped)})
     return out
+
+
+def data_table(model, data: dict[str, TemplateData]) -> pd.DataFrame:
+    """One row per template: token length, pairs used, rows dropped per reason (train + test), an example."""
+    rows = []
+    for t, d in data.items():
+        drops = {}
+        for split in ("train", "test"):
+            for reason, n in d.dropped.get(split, {}).items():
+                drops[f"dropped: {reason}"] = drops.get(f"dropped: {reason}", 0) + int(n)
+        rows.append({"model": model.name, "template": t, "T": d.T, "train_pairs": len(d.train),
+                     "test_pairs": len(d.test), **drops,
+                     "example": d.test[0]["clean_prefix"] + " →" + d.test[0]["clean_answer"]})
+    return pd.DataFrame(rows)
 
 
 def unpaired(records: list[dict]) -> list[dict]:
@@ -127,10 +189,13 @@ def unpaired(records: list[dict]) -> list[dict]:
 
 @dataclass(frozen=True)
 class Run:
-    """One attribution method run on some bases, in one setting, evaluated under some ablations.
+    """One attribution method run on some bases, in one setting, evaluated under some ablations and metrics.
 
-    ``n_train``: how many of the training pairs to attribute on (None: all that were loaded); IG is given fewer.
-    ``linear``: the bases whose sweep also gets the linear sizes (0-400) for the linear-axis figure.
+    ``n_train``: how many of the training pairs to attribute on (None: all that were loaded).
+    ``linear``: the bases whose sweep also gets the linear sizes (0-400) for the linear-axis figures.
+    ``eval_metrics``: "logit_diff" (the test pairs, as the paper evaluates every circuit) and/or "logit" (the clean
+    prompts' ``logit(y)``, the single-answer extra; unpaired runs only). Default: "logit_diff" for paired runs,
+    both for unpaired runs. "logit_diff" is evaluated under mean ablation only (means over the patch prompts).
     """
 
     method: str
@@ -139,6 +204,7 @@ class Run:
     ablations: tuple[str, ...] = ("mean",)
     n_train: int | None = None
     linear: tuple[str, ...] = ()
+    eval_metrics: tuple[str, ...] | None = None
 
     def __post_init__(self):
         from ..attribution import METHODS
@@ -150,9 +216,17 @@ class Run:
         bad = [a for a in self.ablations if a not in ABLATIONS]
         if bad or not self.ablations:
             raise ValueError(f"ablations must be a non-empty subset of {ABLATIONS}, got {self.ablations}")
-        bad = [b for b in (*self.bases, *self.linear) if b not in BASES]
+        bad = [b for b in (*self.bases, *self.linear) if b not in ALL_BASES]
         if bad or not self.bases:
-            raise ValueError(f"bases must be a non-empty subset of {BASES}, got {self.bases}")
+            raise ValueError(f"bases must be a non-empty subset of {ALL_BASES}, got {self.bases}")
+        if self.eval_metrics is None:
+            object.__setattr__(self, "eval_metrics", ("logit_diff",) if self.setting == "paired"
+                               else ("logit_diff", "logit"))
+        bad = [m for m in self.eval_metrics if m not in EVAL_METRICS]
+        if bad or not self.eval_metrics:
+            raise ValueError(f"eval_metrics must be a non-empty subset of {EVAL_METRICS}, got {self.eval_metrics}")
+        if self.setting == "paired" and "logit" in self.eval_metrics:
+            raise ValueError("the single-answer evaluation ('logit') is for unpaired runs")
 
     @property
     def metric(self) -> str:
@@ -162,17 +236,27 @@ class Run:
     def baseline(self) -> str:
         return "counterfactual" if self.setting == "paired" else "zero"
 
+    def evaluations(self) -> list[tuple[str, str]]:
+        """(eval_metric, ablation) pairs: the paired logit difference under mean ablation; the single-answer
+        metric under every ablation of the run."""
+        out = [("logit_diff", "mean")] if "logit_diff" in self.eval_metrics else []
+        if "logit" in self.eval_metrics:
+            out += [("logit", a) for a in self.ablations]
+        return out
+
 
 def default_plan(*, n_ig: int | None = None, bases=BASES, atp_bases=BASES, unpaired_bases=("mlp_acts", "mlp_out"),
-                 unpaired_methods=("relp",), linear=("mlp_acts",)) -> list[Run]:
-    """The benchmark of the notebook: RelP, IG and AtP on every basis (paired, mean ablation), the RelP ablations on the
-    neurons, and unpaired runs under zero and mean ablation. The linear sizes (0-400) are added to RelP's sweep on
-    the ``linear`` bases only."""
-    plan = [Run("relp", tuple(bases), linear=tuple(b for b in linear if b in bases)),
-            Run(IG_METHOD, tuple(bases), n_train=n_ig)]
+                 unpaired_methods=("relp",), linear=("mlp_acts",), ablation_bases=("mlp_acts",)) -> list[Run]:
+    """The benchmark of notebook 02: RelP, IG-inputs and AtP on every basis (paired), the RelP ablations (no gate
+    rule, no half rule) on the same grid, and unpaired runs (evaluated on the pairs, plus the single-answer extra
+    under zero and mean ablation). The linear sizes are added on the ``linear`` bases."""
+    lin = tuple(b for b in linear if b in bases)
+    plan = [Run("relp", tuple(bases), linear=lin), Run(IG_METHOD, tuple(bases), n_train=n_ig, linear=lin)]
     if atp_bases:
         plan.append(Run("atp", tuple(atp_bases)))
-    plan += [Run("relp-no-gate", ("mlp_acts",)), Run("relp-no-half", ("mlp_acts",))]
+    if ablation_bases:
+        plan += [Run("relp-no-gate", tuple(ablation_bases), linear=lin),
+                 Run("relp-no-half", tuple(ablation_bases), linear=lin)]
     for method in unpaired_methods:
         plan.append(Run(method, tuple(unpaired_bases), setting="unpaired", ablations=("zero", "mean"),
                         n_train=n_ig if method.startswith("ig") else None))
@@ -190,8 +274,10 @@ def sweep_sizes(total: int, log_sizes=LOG_SIZES, linear_sizes=()) -> list[int]:
 
 @dataclass
 class BenchmarkResult:
-    """``curves``: one row per (model, template, method, basis, setting, ablation, requested size k);
+    """``curves``: one row per (model, template, method, basis, setting, ablation, eval_metric, requested size k);
     ``size`` is the actual number of nodes (``k`` capped at ``total_nodes``; ``k == ALL`` is the full circuit).
+    ``examples``: per curve (the same keys without k, template first), the per-test-pair metrics
+    {"k", "size": [S], "m_C", "m_Cbar": [S, n], "m_M", "m_empty": [n]} the intervals resample.
     ``attributions``: mean scores per (template, method, setting) (an :class:`Attribution` with one example).
     ``log``: what each step cost and whether it came from the cache."""
 
@@ -199,6 +285,17 @@ class BenchmarkResult:
     attributions: dict[tuple[str, str, str], Attribution]
     log: pd.DataFrame
     accuracy: pd.DataFrame
+    examples: dict = field(default_factory=dict)
+
+    def __add__(self, other: "BenchmarkResult") -> "BenchmarkResult":
+        atts = dict(self.attributions)
+        for key, att in other.attributions.items():
+            atts[key] = _merge(atts.get(key), att)
+        return BenchmarkResult(pd.concat([self.curves, other.curves], ignore_index=True), atts,
+                               pd.concat([self.log, other.log], ignore_index=True),
+                               pd.concat([self.accuracy, other.accuracy], ignore_index=True)
+                               .drop_duplicates(["model", "template", "method", "setting", "n"]),
+                               {**self.examples, **other.examples})
 
 
 def _attribute_mean(model, records, run: Run, sites, *, ig_steps, batch_size, chunk, progress):
@@ -231,6 +328,16 @@ def _timed(fn):
     return wrapped
 
 
+def _sae_part(model, sites) -> str | None:
+    """The SAEs' fingerprint when ``sites`` has SAE sites (so results of different SAEs never share a key)."""
+    sae_sites = [s for s in sites if s in SAE_BASES]
+    if not sae_sites:
+        return None
+    from .sae_baselines import sae_fingerprint
+
+    return sae_fingerprint(model, sae_sites)
+
+
 def cached_attribution(model, template: str, td: TemplateData, run: Run, sites, *, ig_steps: int = 10,
                        batch_size: int = 16, chunk: int = 64, directory=None, refresh: bool = False,
                        progress: bool = False):
@@ -242,18 +349,31 @@ def cached_attribution(model, template: str, td: TemplateData, run: Run, sites, 
     if run.setting == "unpaired":
         train = unpaired(train)
     parts = dict(benchmark=CACHE_VERSION, model=model.name, template=template, method=run.method,
-                 setting=run.setting, metric=run.metric, baseline=run.baseline, sites=tuple(sites), train=cache.data_hash(train), n_train=n_train,
+                 setting=run.setting, metric=run.metric, baseline=run.baseline, sites=tuple(sites),
+                 train=cache.data_hash(train), n_train=n_train,
                  ig_steps=ig_steps if run.method.startswith("ig") else None)
+    sae = _sae_part(model, sites)
+    if sae is not None:
+        parts["saes"] = sae
     key = cache.cache_key(**parts)
-    hit = _cache_path(directory, "sva_attribution", key).exists() and not refresh
+    hit = cache.entry_path("sva_attribution", key, directory).exists() and not refresh
     t0 = time.perf_counter()
     stored = cache.cached("sva_attribution", key, _timed(lambda: _attribute_mean(
         model, train, run, tuple(sites), ig_steps=ig_steps, batch_size=batch_size, chunk=chunk, progress=progress)),
         refresh=refresh, directory=directory)
     step = {"model": model.name, "template": template, "step": "attribution", "method": run.method,
-            "setting": run.setting, "basis": ",".join(sites), "ablation": "", "n": n_train, "cached": hit,
-            "seconds": time.perf_counter() - t0, "compute_seconds": stored["seconds"]}
+            "setting": run.setting, "basis": ",".join(sites), "ablation": "", "eval_metric": "", "n": n_train,
+            "cached": hit, "seconds": time.perf_counter() - t0, "compute_seconds": stored["seconds"]}
     return stored["value"], parts, step
+
+
+def _evaluate(model, mean, test, basis, sizes, ablation, metric, batch_size):
+    frame = evaluate_circuit(model, mean, test, sites=(basis,), sizes=sizes, mode=ablation, metric=metric,
+                             batch_size=batch_size, progress=False, per_example=True)
+    frame = frame[frame.group == "all"].reset_index(drop=True)
+    ex_cols = ["m_C_ex", "m_Cbar_ex", "m_M_ex", "m_empty_ex"]
+    examples = {c[:-3]: np.stack(frame[c].to_list()) for c in ex_cols}
+    return {"frame": frame.drop(columns=ex_cols), "examples": examples}
 
 
 def run_benchmark(
@@ -274,19 +394,20 @@ def run_benchmark(
 ) -> BenchmarkResult:
     """Run ``plan`` (default: :func:`default_plan`) on every template of ``data``; see the module docstring.
 
+    SAE bases need their SAEs attached to ``model`` first (:func:`neuronlib.paper.sae_baselines.attach_sae_baselines`).
     Results are cached under ``cache_dir`` (default: ``$NEURONLIB_CACHE/results``); ``refresh=True`` recomputes.
     """
     plan = default_plan() if plan is None else list(plan)
     directory = Path(cache_dir) if cache_dir is not None else None
     say = log or logger.info
-    curves, steps, attributions, accuracy = [], [], {}, []
+    curves, steps, attributions, accuracy, examples = [], [], {}, [], {}
     for template, td in data.items():
         for run in plan:
-            sites = tuple(sorted(run.bases, key=BASES.index))
+            sites = tuple(sorted(run.bases, key=ALL_BASES.index))
             att, parts, step = cached_attribution(model, template, td, run, sites, ig_steps=ig_steps,
                                                   batch_size=batch_size, chunk=chunk, directory=directory,
                                                   refresh=refresh, progress=progress)
-            n_train, test = parts["n_train"], td.test if run.setting == "paired" else unpaired(td.test)
+            n_train = parts["n_train"]
             steps.append(step)
             say(f"{template:>9} {run.method:>12} {run.setting:>8} attribution on {n_train} pairs "
                 + ("(cached)" if step["cached"] else f"{step['compute_seconds']:.0f} s"))
@@ -303,36 +424,41 @@ def run_benchmark(
                 total = int(mean[basis][0].numel())
                 requested = sweep_sizes(total, log_sizes, linear_sizes if basis in run.linear else ())
                 actual = sorted({min(k, total) for k in requested})
-                for ablation in run.ablations:
-                    eparts = dict(parts, basis=basis, ablation=ablation, sizes=actual, test=cache.data_hash(test))
+                for eval_metric, ablation in run.evaluations():
+                    test = td.test if eval_metric == "logit_diff" else unpaired(td.test)
+                    eparts = dict(parts, eval_version=EVAL_VERSION, basis=basis, ablation=ablation,
+                                  eval_metric=eval_metric, sizes=actual, test=cache.data_hash(test))
                     ekey = cache.cache_key(**eparts)
-                    ehit = _cache_path(directory, "sva_eval", ekey).exists() and not refresh
+                    ehit = cache.entry_path("sva_eval", ekey, directory).exists() and not refresh
                     t0 = time.perf_counter()
-                    evaluated = cache.cached("sva_eval", ekey, _timed(lambda: evaluate_circuit(
-                        model, mean, test, sites=(basis,), sizes=actual, mode=ablation, metric=run.metric,
-                        batch_size=eval_batch_size, progress=False)), refresh=refresh, directory=directory)
-                    frame = evaluated["value"]
-                    steps.append({"model": model.name, "template": template, "step": "evaluation", "method": run.method,
-                                  "setting": run.setting, "basis": basis, "ablation": ablation, "n": len(test),
-                                  "cached": ehit,
+                    evaluated = cache.cached("sva_eval", ekey, _timed(lambda: _evaluate(
+                        model, mean, test, basis, actual, ablation, eval_metric, eval_batch_size)),
+                        refresh=refresh, directory=directory)
+                    frame, ex = evaluated["value"]["frame"], evaluated["value"]["examples"]
+                    steps.append({"model": model.name, "template": template, "step": "evaluation",
+                                  "method": run.method, "setting": run.setting, "basis": basis, "ablation": ablation,
+                                  "eval_metric": eval_metric, "n": len(test), "cached": ehit,
                                   "seconds": time.perf_counter() - t0, "compute_seconds": evaluated["seconds"]})
-                    say(f"{template:>9} {run.method:>12} {run.setting:>8} {basis:>8} {ablation:>4}-ablation "
+                    say(f"{template:>9} {run.method:>12} {run.setting:>8} {basis:>11} {eval_metric}/{ablation} "
                         f"{len(actual)} sizes " + ("(cached)" if ehit else f"{evaluated['seconds']:.0f} s"))
-                    by_size = frame[frame.group == "all"].set_index("size")
-                    for k in requested:
-                        row = by_size.loc[min(k, total)]
+                    row_of = {int(s): i for i, s in enumerate(frame["size"])}
+                    rows = [row_of[min(k, total)] for k in requested]
+                    examples[(template, model.name, run.method, basis, run.setting, ablation, eval_metric)] = {
+                        "k": np.array(requested, dtype=np.int64), "size": np.array([min(k, total) for k in requested]),
+                        "m_C": ex["m_C"][rows], "m_Cbar": ex["m_Cbar"][rows], "m_M": ex["m_M"][0],
+                        "m_empty": ex["m_empty"][0], "n_train": n_train, "total_nodes": total}
+                    for k, i in zip(requested, rows):
+                        row = frame.iloc[i]
                         curves.append({
                             "model": model.name, "template": template, "method": run.method, "basis": basis,
-                            "setting": run.setting, "ablation": ablation, "k": k, "size": min(k, total),
-                            "total_nodes": total, "faithfulness": row.faithfulness, "completeness": row.completeness,
-                            "m_C": row.m_C, "m_Cbar": row.m_Cbar, "m_M": row.m_M, "m_empty": row.m_empty,
-                            "threshold": row.threshold, "n_train": n_train, "n_test": len(test)})
-    return BenchmarkResult(pd.DataFrame(curves, columns=COLUMNS), attributions, pd.DataFrame(steps),
-                           pd.DataFrame(accuracy).drop_duplicates(["model", "template", "method", "setting", "n"]))
-
-
-def _cache_path(directory, kind, key) -> Path:
-    return (directory or cache.results_dir()) / kind / f"{key}.pt"
+                            "setting": run.setting, "ablation": ablation, "eval_metric": eval_metric, "k": k,
+                            "size": min(k, total), "total_nodes": total, "faithfulness": row.faithfulness,
+                            "completeness": row.completeness, "m_C": row.m_C, "m_Cbar": row.m_Cbar, "m_M": row.m_M,
+                            "m_empty": row.m_empty, "threshold": row.threshold, "n_train": n_train,
+                            "n_test": len(test)})
+    return BenchmarkResult(pd.DataFrame(curves, columns=COLUMNS), attributions,
+                           pd.DataFrame(steps), pd.DataFrame(accuracy).drop_duplicates(
+                               ["model", "template", "method", "setting", "n"]), examples)
 
 
 def _merge(old: Attribution | None, new: Attribution) -> Attribution:
@@ -342,13 +468,256 @@ def _merge(old: Attribution | None, new: Attribution) -> Attribution:
     return replace(old, scores={**old.scores, **new.scores})
 
 
+# ------------------------------------------------------------------------------------------------------------- tables
+
+
+def _pool(entries: list[dict]):
+    """Stack the test pairs of several templates' curves on their common requested sizes k."""
+    common = sorted(set.intersection(*(set(e["k"].tolist()) for e in entries)))
+    pick = [np.searchsorted(e["k"], common) for e in entries]
+    m_C = np.concatenate([e["m_C"][p] for e, p in zip(entries, pick)], axis=1)
+    m_Cbar = np.concatenate([e["m_Cbar"][p] for e, p in zip(entries, pick)], axis=1)
+    m_M = np.concatenate([e["m_M"] for e in entries])
+    m_0 = np.concatenate([e["m_empty"] for e in entries])
+    size = np.mean([e["size"][p] for e, p in zip(entries, pick)], axis=0)
+    strata = np.concatenate([np.full(len(e["m_M"]), i) for i, e in enumerate(entries)])
+    return np.array(common), size, m_C, m_Cbar, m_M, m_0, strata
+
+
+def _effect(e) -> float:
+    return float(np.mean(e["m_M"] - e["m_empty"]))
+
+
+def curve_table(result: BenchmarkResult, *, n_boot: int = N_BOOT, seed: int = SEED, floor: float = EFFECT_FLOOR,
+                confidence: float = stats.CONFIDENCE) -> pd.DataFrame:
+    """Faithfulness and completeness per (curve, template, size) with bootstrap intervals over the test pairs, and
+    a ``template == "pooled"`` curve per curve key: the pairs of every template above the effect floor pooled,
+    Σ(m(C) − m(∅)) / Σ(m(M) − m(∅)), resampled within each template. Tidy: the table of figures 1, 2, 3, 5 and A."""
+    rows = []
+    groups: dict[tuple, list] = {}
+    for (template, *key), e in result.examples.items():
+        groups.setdefault(tuple(key), []).append((template, e))
+    for key, items in groups.items():
+        base = dict(zip(KEYS, key))
+        curves = [(t, e["k"], e["size"], e["m_C"], e["m_Cbar"], e["m_M"], e["m_empty"], None, abs(_effect(e)) < floor,
+                   len(e["m_M"]), e["total_nodes"]) for t, e in items]
+        kept = [e for t, e in items if abs(_effect(e)) >= floor]
+        if kept:
+            k, size, m_C, m_Cbar, m_M, m_0, strata = _pool(kept)
+            curves.append((POOLED, k, size, m_C, m_Cbar, m_M, m_0, strata, False, len(m_M), np.nan))
+        for t, k, size, m_C, m_Cbar, m_M, m_0, strata, below, n, total in curves:
+            den = m_M - m_0
+            f = stats.bootstrap_ratio(m_C - m_0, den, n_boot=n_boot, seed=seed, strata=strata, confidence=confidence)
+            c = stats.bootstrap_ratio(m_Cbar - m_0, den, n_boot=n_boot, seed=seed, strata=strata,
+                                      confidence=confidence)
+            for i in range(len(k)):
+                rows.append({**base, "template": t, "k": int(k[i]), "size": float(size[i]), "total_nodes": total,
+                             "faithfulness": float(f["estimate"][i]), "faithfulness_lo": float(f["lo"][i]),
+                             "faithfulness_hi": float(f["hi"][i]), "completeness": float(c["estimate"][i]),
+                             "completeness_lo": float(c["lo"][i]), "completeness_hi": float(c["hi"][i]),
+                             "effect": float(den.mean()), "below_floor": bool(below), "n_test": int(n),
+                             "templates": len(set(strata.tolist())) if strata is not None else 1})
+    cols = ["model", "template", "method", "basis", "setting", "ablation", "eval_metric", "k", "size", "total_nodes",
+            "faithfulness", "faithfulness_lo", "faithfulness_hi", "completeness", "completeness_lo",
+            "completeness_hi", "effect", "below_floor", "n_test", "templates"]
+    return pd.DataFrame(rows, columns=cols)
+
+
+def _at(sizes, values, size) -> float:
+    """``values`` at ``size``, interpolated log-linearly between grid points (NaN outside the grid)."""
+    if not np.isfinite(size):
+        return float("nan")
+    return float(np.interp(np.log(size), np.log(sizes), values, left=np.nan, right=np.nan))
+
+
+def headline_table(result: BenchmarkResult, *, thresholds=THRESHOLDS, n_boot: int = N_BOOT, seed: int = SEED,
+                   floor: float = EFFECT_FLOOR, confidence: float = stats.CONFIDENCE) -> pd.DataFrame:
+    """Per (curve, template) and pooled: the effect m(M) − m(∅) with its interval, and for each threshold t the
+    circuit size k at faithfulness t (log-linear interpolation on the grid, full circuit excluded) with its bootstrap
+    interval, the fraction of resamples that reach t, and the completeness there (interpolated the same way, with an
+    interval from the same resamples). Flags: ``below_floor`` (|effect| < ``floor``: kept out of the pooled line),
+    ``faithfulness_above_1`` (some circuit below the full one has faithfulness > 1), ``completeness_below_0``,
+    ``falls_back@F>=t`` (the curve drops under t again after first reaching it)."""
+    rows = []
+    groups: dict[tuple, list] = {}
+    for (template, *key), e in result.examples.items():
+        groups.setdefault(tuple(key), []).append((template, e))
+    for key, items in groups.items():
+        base = dict(zip(KEYS, key))
+        entries = []
+        for t, e in items:
+            entries.append((t, e["k"], e["size"].astype(float), e["m_C"], e["m_Cbar"], e["m_M"], e["m_empty"], None,
+                            abs(_effect(e)) < floor))
+        kept = [e for t, e in items if abs(_effect(e)) >= floor]
+        if kept:
+            k, size, m_C, m_Cbar, m_M, m_0, strata = _pool(kept)
+            entries.append((POOLED, k, size, m_C, m_Cbar, m_M, m_0, strata, False))
+        for t, k, size, m_C, m_Cbar, m_M, m_0, strata, below in entries:
+            grid = k < ALL
+            sizes = size[grid]
+            den = m_M - m_0
+            f = stats.bootstrap_ratio(m_C[grid] - m_0, den, n_boot=n_boot, seed=seed, strata=strata,
+                                      confidence=confidence)
+            c = stats.bootstrap_ratio(m_Cbar[grid] - m_0, den, n_boot=n_boot, seed=seed, strata=strata,
+                                      confidence=confidence)
+            eff = stats.bootstrap_ratio(den, np.ones_like(den), n_boot=n_boot, seed=seed, strata=strata,
+                                        confidence=confidence)
+            row = {**base, "template": t, "n_test": len(m_M), "effect": float(eff["estimate"]),
+                   "effect_lo": float(eff["lo"]), "effect_hi": float(eff["hi"]), "below_floor": bool(below),
+                   "templates": 1 if strata is None else len(set(strata.tolist())),
+                   "largest_size_tested": float(sizes.max()) if len(sizes) else np.nan,
+                   "max_faithfulness": float(np.nanmax(f["estimate"])) if len(sizes) else np.nan,
+                   "min_completeness": float(np.nanmin(c["estimate"])) if len(sizes) else np.nan}
+            row["faithfulness_above_1"] = bool(row["max_faithfulness"] > 1)
+            row["completeness_below_0"] = bool(row["min_completeness"] < 0)
+            alpha = (1 - confidence) / 2
+            for thr in thresholds:
+                est = stats.size_at_threshold(sizes, f["estimate"], thr) if len(sizes) else np.nan
+                per = np.array([stats.size_at_threshold(sizes, s, thr) for s in f["samples"]]) if len(sizes) \
+                    else np.array([np.nan])
+                reached = np.isfinite(per)
+                per_inf = np.where(reached, per, np.inf)
+                comp = np.array([_at(sizes, cs, ks) for cs, ks in zip(c["samples"], per)]) if len(sizes) else per
+                row[f"k@F>={thr}"] = est
+                row[f"k@F>={thr}_lo"] = float(np.quantile(per_inf, alpha, method="lower"))
+                row[f"k@F>={thr}_hi"] = float(np.quantile(per_inf, 1 - alpha, method="higher"))
+                row[f"reached@F>={thr}"] = float(reached.mean())
+                row[f"completeness@F>={thr}"] = _at(sizes, c["estimate"], est) if len(sizes) else np.nan
+                ok = comp[np.isfinite(comp)]
+                row[f"completeness@F>={thr}_lo"] = float(np.quantile(ok, alpha)) if len(ok) else np.nan
+                row[f"completeness@F>={thr}_hi"] = float(np.quantile(ok, 1 - alpha)) if len(ok) else np.nan
+                row[f"falls_back@F>={thr}"] = stats.falls_back(f["estimate"], thr)
+            rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def pooled_summary(headline: pd.DataFrame, *, method: str = "relp", basis: str = "mlp_acts",
+                   setting: str = "paired", thresholds=THRESHOLDS) -> str:
+    """One Markdown sentence from the pooled line of ``headline`` (numbers rendered from the table)."""
+    sel = headline[(headline.method == method) & (headline.basis == basis) & (headline.setting == setting)
+                   & (headline.eval_metric == "logit_diff") & (headline.template == POOLED)]
+    if not len(sel):
+        return f"No pooled line for {method} on {basis} ({setting})."
+    r = sel.iloc[0]
+    out = (f"Pooled over {int(r.templates)} templates ({int(r.n_test)} test pairs; templates with |m(M) − m(∅)| < "
+           f"{EFFECT_FLOOR:g} left out), {METHOD_LABELS.get(method, method)} circuits on "
+           f"{BASIS_LABELS.get(basis, basis)} reach")
+    parts = []
+    for t in thresholds:
+        parts.append(f"faithfulness {t} at {fmt_size(r[f'k@F>={t}'], r[f'k@F>={t}_lo'], r[f'k@F>={t}_hi'])} nodes "
+                     f"(completeness {fmt_num(r[f'completeness@F>={t}'])})")
+    return out + " " + " and ".join(parts) + "."
+
+
+def fmt_num(v, digits: int = 2) -> str:
+    return "—" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def fmt_size(v, lo=None, hi=None) -> str:
+    """A size with its interval, e.g. "62 [41, 95]" (— when not reached; ∞ for an open upper bound)."""
+    def one(x):
+        if x is None or (isinstance(x, float) and math.isnan(x)):
+            return "—"
+        return "∞" if math.isinf(x) else f"{x:,.0f}"
+    if lo is None:
+        return one(v)
+    return f"{one(v)} [{one(lo)}, {one(hi)}]"
+
+
+def cost_table(result: BenchmarkResult) -> pd.DataFrame:
+    """Compute seconds per training pair of each attribution method (as measured when computed), and × RelP."""
+    att = result.log[result.log.step == "attribution"].copy()
+    att["seconds_per_pair"] = att.compute_seconds / att.n
+    cost = att.groupby(["model", "method", "setting", "basis"]).seconds_per_pair.mean().reset_index()
+    relp = cost[cost.method == "relp"].set_index(["model", "setting", "basis"]).seconds_per_pair
+    cost["x_relp"] = [r.seconds_per_pair / relp.get((r.model, r.setting, r.basis), np.nan)
+                      for r in cost.itertuples()]
+    return cost
+
+
+def score_tables(attributions: dict, *, methods=("relp",), setting: str = "paired", bases=ALL_BASES,
+                 ks=(100, 1000, 10000), bins: int = 60) -> dict[str, pd.DataFrame]:
+    """The data of the score-distribution figures, small enough for results/:
+
+    ``histogram``: density of log10 |mean score| per (method, basis), every template's nodes pooled;
+    ``concentration``: share of the total |score| held by the top-k nodes, per (method, basis, template) at log-spaced
+    k; ``layers``: per (method, basis, k) the fraction of each template's top-k nodes in each layer (pooled over
+    templates); ``error_share``: for SAE bases, the share of |score| on error nodes (the last unit)."""
+    hist, conc, layers, errors = [], [], [], []
+    for method in methods:
+        per_basis: dict[str, list] = {}
+        for (template, m, s), att in attributions.items():
+            if m != method or s != setting:
+                continue
+            for basis in bases:
+                if basis in att.scores:
+                    per_basis.setdefault(basis, []).append((template, att[basis][0].abs()))
+        for basis, items in per_basis.items():
+            allv = torch.cat([v.flatten() for _, v in items]).double().numpy()
+            pos = allv[allv > 0]
+            if len(pos):
+                hi = np.log10(pos.max())
+                edges = np.linspace(max(np.log10(pos.min()), hi - 9), hi, bins + 1)
+                dens, _ = np.histogram(np.log10(pos), bins=edges, density=True)
+                hist += [{"method": method, "basis": basis, "bin_lo": a, "bin_hi": b, "density": d}
+                         for a, b, d in zip(edges[:-1], edges[1:], dens)]
+            counts = {}
+            for template, v in items:
+                L, T, U = v.shape
+                flat = v.flatten().double().numpy()
+                order = np.argsort(-flat, kind="stable")
+                cum = np.cumsum(flat[order]) / max(flat.sum(), 1e-300)
+                grid = np.unique(np.round(np.logspace(0, np.log10(len(flat)), 60)).astype(int))
+                conc += [{"method": method, "basis": basis, "template": template, "k": int(k),
+                          "share": float(cum[k - 1])} for k in grid]
+                for k in ks:
+                    top = order[:min(k, len(order))] // (T * U)
+                    c = counts.setdefault(k, np.zeros(L))
+                    c += np.bincount(top, minlength=L)[:L]
+                if basis.startswith("sae_"):
+                    errors.append({"method": method, "basis": basis, "template": template,
+                                   "error_share": float(v[..., -1].sum() / max(float(v.sum()), 1e-300))})
+            for k, c in counts.items():
+                layers += [{"method": method, "basis": basis, "k": k, "layer": i, "fraction": float(x / c.sum())}
+                           for i, x in enumerate(c)]
+    return {"histogram": pd.DataFrame(hist, columns=["method", "basis", "bin_lo", "bin_hi", "density"]),
+            "concentration": pd.DataFrame(conc, columns=["method", "basis", "template", "k", "share"]),
+            "layers": pd.DataFrame(layers, columns=["method", "basis", "k", "layer", "fraction"]),
+            "error_share": pd.DataFrame(errors, columns=["method", "basis", "template", "error_share"])}
+
+
+def concentration_summary(concentration: pd.DataFrame, ks=(10, 100, 1000)) -> pd.DataFrame:
+    """Share of the total |score| held by the top-k nodes per (method, basis): the median over templates."""
+    rows = []
+    for (method, basis), g in concentration.groupby(["method", "basis"]):
+        row = {"method": method, "basis": basis}
+        for k in ks:
+            row[f"top {k}"] = float(np.median([np.interp(k, gt.k, gt.share) for _, gt in g.groupby("template")]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------------------- IG check
+
+
+def topk_overlap(a: Attribution, b: Attribution, site: str, k: int) -> float:
+    """|top-k(a) ∩ top-k(b)| / k for one site's nodes (ranked by |mean score|)."""
+    ta = set(map(tuple, a.top(k, sites=(site,))[["layer", "position", "unit"]].itertuples(index=False)))
+    tb = set(map(tuple, b.top(k, sites=(site,))[["layer", "position", "unit"]].itertuples(index=False)))
+    return len(ta & tb) / max(1, min(k, len(ta)))
+
+
+def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
+    from scipy.stats import spearmanr
+
+    return float(spearmanr(a.flatten().numpy(), b.flatten().numpy()).statistic)
+
+
 def compare_methods(model, td: TemplateData, *, methods=("ig", IG_METHOD, "relp"), site: str = "mlp_acts",
                     n: int = 4, ks=(10, 100, 1000), ig_steps: int = 10, cache_dir=None, refresh: bool = False,
                     batch_size: int = 16):
     """Attribute the first ``n`` training pairs of one template with several methods on one site (paired) and
     compare the node rankings: Spearman correlation over all nodes and top-k overlap, pair by pair of methods.
-
-    Used to check the IG variant: per-site IG ("ig", Marks et al.) against IG on the inputs ("ig-inputs") and RelP.
     Returns (comparison frame, cost frame with seconds per pair, {method: mean Attribution})."""
     directory = Path(cache_dir) if cache_dir is not None else None
     atts, costs = {}, []
@@ -369,304 +738,97 @@ def compare_methods(model, td: TemplateData, *, methods=("ig", IG_METHOD, "relp"
     return pd.DataFrame(rows), pd.DataFrame(costs), atts
 
 
-# ------------------------------------------------------------------------------------------------------------- tables
-
-
-def average_curves(curves: pd.DataFrame) -> pd.DataFrame:
-    """Mean over templates at each requested size ``k`` (a size above a template's node count is its full circuit).
-
-    ``size`` becomes the mean actual size over templates (it differs only for the full circuit); only sizes that every
-    template of the group has are kept.
-    """
-    keys = ["model", "method", "basis", "setting", "ablation"]
-    n_templates = curves.groupby(keys).template.nunique().rename("n_templates")
-    agg = (curves.groupby([*keys, "k"])
-           .agg(size=("size", "mean"), faithfulness=("faithfulness", "mean"), completeness=("completeness", "mean"),
-                faithfulness_min=("faithfulness", "min"), faithfulness_max=("faithfulness", "max"),
-                completeness_min=("completeness", "min"), completeness_max=("completeness", "max"),
-                templates=("template", "nunique"))
-           .reset_index().join(n_templates, on=keys))
-    return agg[agg.templates == agg.n_templates].drop(columns="n_templates").reset_index(drop=True)
-
-
-def size_at_faithfulness(curves: pd.DataFrame, thresholds=(0.8, 0.9), *, average: bool = True) -> pd.DataFrame:
-    """The smallest evaluated circuit whose faithfulness reaches each threshold, and its completeness there.
-
-    ``average``: on the template-averaged curve (else per template). Sizes are grid points of the sweep, so the true
-    crossing lies between the previous grid point and the one reported. The full circuit (k = ALL) is excluded: its
-    faithfulness is 1 by construction; a threshold not reached below it is reported as NaN with ``reached=False``.
-    """
-    frame = average_curves(curves) if average else curves.copy()
-    keys = ["model", "method", "basis", "setting", "ablation"] + ([] if average else ["template"])
+def ig_check(model, data: dict[str, TemplateData], *, templates=("nounpp", "within_rc"), n: int = 16,
+             site: str = "mlp_acts", ks=(10, 100), log_sizes=LOG_SIZES, linear_sizes=LINEAR_SIZES,
+             cache_dir=None, refresh: bool = False, n_boot: int = N_BOOT, seed: int = SEED,
+             log=None) -> tuple[pd.DataFrame, BenchmarkResult]:
+    """Per-site IG (the paper's "ig") against IG on the inputs ("ig-inputs") on ``n`` training pairs of each
+    template: top-k overlap of the node rankings, Spearman over all nodes, and for each the circuit size at
+    faithfulness 0.8 (with its bootstrap interval) on the template's test pairs, through :func:`run_benchmark`.
+    Returns (one row per template, the benchmark result of the two runs)."""
+    sub = {t: data[t] for t in templates if t in data}
+    if not sub:
+        raise ValueError(f"none of {templates} in the data ({list(data)})")
+    plan = [Run("ig", (site,), n_train=n, linear=(site,)), Run(IG_METHOD, (site,), n_train=n, linear=(site,))]
+    result = run_benchmark(model, sub, plan=plan, log_sizes=log_sizes, linear_sizes=linear_sizes,
+                           cache_dir=cache_dir, refresh=refresh, log=log)
+    head = headline_table(result, thresholds=(0.8,), n_boot=n_boot, seed=seed).set_index(["template", "method"])
+    cost = result.log[result.log.step == "attribution"].set_index(["template", "method"])
     rows = []
-    for group, g in frame[frame.k < ALL].groupby(keys):
-        g = g.sort_values("k")
-        row = dict(zip(keys, group))
-        row["largest_size_tested"] = float(g["size"].max())
-        for t in thresholds:
-            hit = g[g.faithfulness >= t]
-            row[f"size@F>={t}"] = float(hit["size"].iloc[0]) if len(hit) else math.nan
-            row[f"completeness@F>={t}"] = float(hit.completeness.iloc[0]) if len(hit) else math.nan
+    for t in sub:
+        a, b = result.attributions[(t, "ig", "paired")], result.attributions[(t, IG_METHOD, "paired")]
+        row = {"model": model.name, "template": t, "n_train": min(n, len(sub[t].train)), "n_test": len(sub[t].test),
+               "spearman": spearman(a[site][0].abs(), b[site][0].abs())}
+        for k in ks:
+            row[f"top{k}_overlap"] = topk_overlap(a, b, site, k)
+        for method, tag in (("ig", "per_site"), (IG_METHOD, "inputs")):
+            h = head.loc[(t, method)]
+            row[f"k@F>=0.8 {tag}"] = h["k@F>=0.8"]
+            row[f"k@F>=0.8 {tag}_lo"] = h["k@F>=0.8_lo"]
+            row[f"k@F>=0.8 {tag}_hi"] = h["k@F>=0.8_hi"]
+            c = cost.loc[(t, method)]
+            row[f"seconds_per_pair {tag}"] = float(c.compute_seconds / c.n)
         rows.append(row)
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows), result
 
 
-def topk_overlap(a: Attribution, b: Attribution, site: str, k: int) -> float:
-    """|top-k(a) ∩ top-k(b)| / k for one site's nodes (ranked by |mean score|)."""
-    ta = set(map(tuple, a.top(k, sites=(site,))[["layer", "position", "unit"]].itertuples(index=False)))
-    tb = set(map(tuple, b.top(k, sites=(site,))[["layer", "position", "unit"]].itertuples(index=False)))
-    return len(ta & tb) / max(1, min(k, len(ta)))
+# ------------------------------------------------------------------------------------------------------------- results
 
 
-def spearman(a: torch.Tensor, b: torch.Tensor) -> float:
-    from scipy.stats import spearmanr
+def write_tables(result: BenchmarkResult, directory, *, prefix: str = "sva", suffix: str = "",
+                 parameters: dict | None = None, score_methods=("relp",), n_boot: int = N_BOOT, seed: int = SEED,
+                 floor: float = EFFECT_FLOOR) -> dict[str, pd.DataFrame]:
+    """Write the study's tidy tables to ``directory`` with provenance sidecars (:func:`~neuronlib.paper.results.
+    write_table`): ``{prefix}_curves{suffix}`` (figures 1, 2, 3, 5, A), ``{prefix}_headline{suffix}``, the score
+    tables ``{prefix}_scores_{histogram,concentration,layers,error_share}{suffix}`` (figures 4, 2a), ``{prefix}_cost``
+    and ``{prefix}_accuracy``. Returns {name: frame}."""
+    from .results import write_table
 
-    return float(spearmanr(a.flatten().numpy(), b.flatten().numpy()).statistic)
-
-
-# ------------------------------------------------------------------------------------------------------------- figures
-
-
-def _label(method: str) -> str:
-    return METHOD_LABELS.get(method, method)
-
-
-def _save(fig, name, directory, save):
-    if save:
-        plotting.save_figure(fig, name, directory=directory)
-
-
-def _curve(ax, g, *, color, linestyle="-", linear=False, band=False):
-    """Faithfulness (filled markers) and completeness (open markers) of one method on one basis."""
-    g = g.sort_values("size")
-    if linear:
-        g = g[g["size"] <= 400]
-    ax.plot(g["size"], g.faithfulness, linestyle=linestyle, marker="o", color=color)
-    ax.plot(g["size"], g.completeness, linestyle=linestyle, marker="o", mfc="white", color=color, alpha=0.85)
-    if band and "faithfulness_min" in g:
-        ax.fill_between(g["size"], g.faithfulness_min, g.faithfulness_max, color=color, alpha=0.10, lw=0)
-        ax.fill_between(g["size"], g.completeness_min, g.completeness_max, color=color, alpha=0.05, lw=0)
-
-
-def _legend(fig, entries, *, ncol=None, extra=True):
-    """One legend below the panels: a line per (label, color, linestyle), plus the marker key."""
-    from matplotlib.lines import Line2D
-
-    handles = [Line2D([], [], color=c, linestyle=ls, label=label) for label, c, ls in entries]
-    if extra:
-        handles += [Line2D([], [], color="0.25", marker="o", linestyle="none", label="faithfulness (ideal 1)"),
-                    Line2D([], [], color="0.25", marker="o", mfc="white", linestyle="none",
-                           label="completeness (ideal 0)")]
-    fig.legend(handles=handles, loc="outside lower center", ncol=ncol or min(len(handles), 6))
+    model = ", ".join(sorted(set(result.curves.model)))
+    params = {"n_boot": n_boot, "seed": seed, "effect_floor": floor, **(parameters or {})}
+    tables = {f"{prefix}_curves{suffix}": curve_table(result, n_boot=n_boot, seed=seed, floor=floor),
+              f"{prefix}_headline{suffix}": headline_table(result, n_boot=n_boot, seed=seed, floor=floor),
+              f"{prefix}_cost{suffix}": cost_table(result), f"{prefix}_accuracy{suffix}": result.accuracy}
+    for kind, frame in score_tables(result.attributions, methods=score_methods).items():
+        tables[f"{prefix}_scores_{kind}{suffix}"] = frame
+    descriptions = {
+        "curves": "faithfulness / completeness per (curve, template, size) and pooled, 95% bootstrap over test pairs",
+        "headline": "k at faithfulness 0.8 / 0.9 (log-linear interpolation) with bootstrap intervals, completeness "
+                    "there, m(M) - m(empty), flags; template 'pooled' = pairs of templates above the effect floor",
+        "cost": "compute seconds per training pair per attribution method", "accuracy": "the model's own accuracy",
+    }
+    for name, frame in tables.items():
+        kind = name[len(prefix) + 1:len(name) - len(suffix) if suffix else None]
+        write_table(frame, name, directory, parameters=params, model=model,
+                    description=descriptions.get(kind, f"score table: {kind}"))
+    return tables
 
 
-def _decorate(ax, *, linear=False, ylim=None):
-    if linear:
-        ax.set_xlim(0, 410)
-    else:
-        ax.set_xscale("symlog", linthresh=1)
-        ax.set_xlim(left=0.8)
-    ax.axhline(1, color="0.6", lw=0.7, ls=":")
-    ax.axhline(0, color="0.6", lw=0.7, ls=":")
-    ax.set_ylim(*(ylim or (-0.25, 1.25)))
+FLAG_NAMES = (("below floor", "below_floor"), ("F>1", "faithfulness_above_1"), ("C<0", "completeness_below_0"),
+              ("falls back", "falls_back@F>=0.8"))
 
 
-def _ylim(frame, limit=(-1.0, 2.0)) -> tuple[float, float]:
-    """Room for every point within ``limit`` (values beyond are cut at the edge of the axes)."""
-    vals = pd.concat([frame.faithfulness, frame.completeness]).dropna()
-    if not len(vals):
-        return (-0.25, 1.25)
-    return (max(limit[0], min(-0.1, float(vals.min()) - 0.05)), min(limit[1], max(1.1, float(vals.max()) + 0.05)))
-
-
-def _models(frame) -> str:
-    return ", ".join(sorted(set(frame.model)))
-
-
-def fig_faithfulness(curves: pd.DataFrame, *, basis: str = "mlp_acts", methods=("relp", IG_METHOD),
-                     setting: str = "paired", ablation: str = "mean", name: str = "fig1_sva_faithfulness",
-                     directory=None, save: bool = True):
-    """Figure 1: faithfulness and completeness of circuits on one basis (default: the neurons) vs circuit size, per
-    template and averaged over templates; top row log axis (up to every node), bottom row linear axis 0-400."""
-    import matplotlib.pyplot as plt
-
-    sel = curves[(curves.basis == basis) & (curves.setting == setting) & (curves.ablation == ablation)
-                 & curves.method.isin(methods)]
-    templates = [t for t in TEMPLATES if t in set(sel.template)] + sorted(set(sel.template) - set(TEMPLATES))
-    avg = average_curves(sel)
-    panels = [(t, sel[sel.template == t]) for t in templates] + [("average over templates", avg)]
-    ylim = _ylim(sel)
-    with plotting.style():
-        fig, axes = plt.subplots(2, len(panels), figsize=(3.0 * len(panels), 6.0), squeeze=False, sharey=True,
-                                 layout="constrained")
-        for col, (title, frame) in enumerate(panels):
-            for row, linear in enumerate((False, True)):
-                ax = axes[row, col]
-                for method in methods:
-                    g = frame[frame.method == method]
-                    if len(g):
-                        _curve(ax, g, color=plotting.COLORS.get(method, "0.3"), linear=linear,
-                               band=col == len(panels) - 1)
-                _decorate(ax, linear=linear, ylim=ylim)
-                ax.set_xlabel("circuit size (nodes)")
-            n_test = f" ({int(frame.n_test.iloc[0])} test pairs)" if "n_test" in frame and len(frame) else ""
-            axes[0, col].set_title(title + n_test)
-        axes[0, 0].set_ylabel("faithfulness / completeness\nlog axis")
-        axes[1, 0].set_ylabel("faithfulness / completeness\nlinear axis, 0–400")
-        _legend(fig, [(_label(m), plotting.COLORS.get(m, "0.3"), "-") for m in methods if m in set(sel.method)])
-        fig.suptitle(f"SVA circuits on {BASIS_LABELS.get(basis, basis)}\n({_models(sel)}; {setting} runs, {ablation} "
-                     "ablation; shaded: range over templates)")
-    _save(fig, name, directory, save)
-    return fig
-
-
-def fig_methods_by_basis(curves: pd.DataFrame, *, bases=BASES, methods=("relp", IG_METHOD, "atp"),
-                         ablation_methods=("relp", "relp-no-gate", "relp-no-half"), setting: str = "paired",
-                         ablation: str = "mean", name: str = "fig3_sva_ig_vs_relp", directory=None, save: bool = True,
-                         title: str | None = None):
-    """Figure 3: template-averaged faithfulness / completeness vs size, one panel per basis comparing the methods,
-    and (if ``ablation_methods``) a last panel with RelP and its ablated rule sets on the neurons."""
-    import matplotlib.pyplot as plt
-
-    sel = curves[(curves.setting == setting) & (curves.ablation == ablation)]
-    avg = average_curves(sel)
-    bases = [b for b in bases if b in set(avg.basis)]
-    panels = [(BASIS_LABELS.get(b, b), avg[avg.basis == b], methods) for b in bases]
-    abl = avg[(avg.basis == "mlp_acts") & avg.method.isin(ablation_methods)] if ablation_methods else avg.iloc[:0]
-    if abl.method.nunique() > 1:
-        panels.append(("RelP rules (neurons)", abl, ablation_methods))
-    colors = {"relp-no-gate": "#8c564b", "relp-no-half": "#e377c2"}
-    used = []
-    with plotting.style():
-        fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 3.9), squeeze=False, sharey=True,
-                                 layout="constrained")
-        ylim = _ylim(pd.concat([p[1] for p in panels])) if panels else None
-        for ax, (ptitle, frame, ms) in zip(axes[0], panels):
-            for method in ms:
-                g = frame[frame.method == method]
-                if len(g):
-                    color = colors.get(method, plotting.COLORS.get(method, "0.3"))
-                    _curve(ax, g, color=color, linestyle=METHOD_STYLES.get(method, "-"))
-                    if method not in [u[0] for u in used]:
-                        used.append((method, color))
-            _decorate(ax, ylim=ylim)
-            ax.set_title(ptitle)
-            ax.set_xlabel("circuit size (nodes)")
-        axes[0][0].set_ylabel("faithfulness / completeness")
-        _legend(fig, [(_label(m), c, METHOD_STYLES.get(m, "-")) for m, c in used], ncol=len(used) + 2)
-        fig.suptitle(title or f"SVA, mean over templates\n({_models(sel)}; {setting} runs, {ablation} ablation)")
-    _save(fig, name, directory, save)
-    return fig
-
-
-def score_frame(attributions: dict, *, method: str = "relp", setting: str = "paired", bases=BASES) -> pd.DataFrame:
-    """Every node's |mean score| per (template, basis), with its layer: the data of figure 4."""
+def headline_view(headline: pd.DataFrame, *, methods=None, bases=None, setting: str = "paired",
+                  eval_metric: str = "logit_diff", templates=None) -> pd.DataFrame:
+    """The headline table for reading: k at each threshold as "k [lo, hi]", completeness there, the effect with its
+    interval and the flags, indexed by (method, basis, template)."""
+    sel = headline[(headline.setting == setting) & (headline.eval_metric == eval_metric)]
+    if methods is not None:
+        sel = sel[sel.method.isin(methods)]
+    if bases is not None:
+        sel = sel[sel.basis.isin(bases)]
+    if templates is not None:
+        sel = sel[sel.template.isin(templates)]
+    thresholds = sorted(float(c[5:]) for c in sel.columns if c.startswith("k@F>=") and c[5:].replace(".", "").isdigit())
     rows = []
-    for (template, m, s), att in attributions.items():
-        if m != method or s != setting:
-            continue
-        for basis in bases:
-            if basis not in att.scores:
-                continue
-            v = att[basis][0]  # [L, T, U]
-            L, T, U = v.shape
-            layer = torch.arange(L)[:, None, None].expand(L, T, U)
-            rows.append(pd.DataFrame({"template": template, "basis": basis, "layer": layer.flatten().numpy(),
-                                      "abs_score": v.abs().flatten().numpy()}))
+    for r in sel.to_dict("records"):
+        row = {"method": METHOD_LABELS.get(r["method"], r["method"]), "basis": r["basis"], "template": r["template"]}
+        for t in thresholds:
+            row[f"k@F≥{t:g}"] = fmt_size(r[f"k@F>={t:g}"], r[f"k@F>={t:g}_lo"], r[f"k@F>={t:g}_hi"])
+            row[f"C@F≥{t:g}"] = fmt_num(r[f"completeness@F>={t:g}"])
+        row["m(M)−m(∅)"] = f"{r['effect']:.2f} [{r['effect_lo']:.2f}, {r['effect_hi']:.2f}]"
+        row["flags"] = ", ".join(name for name, col in FLAG_NAMES if r.get(col, False))
+        rows.append(row)
     if not rows:
-        return pd.DataFrame(columns=["template", "basis", "layer", "abs_score"])
-    return pd.concat(rows, ignore_index=True)
-
-
-def concentration(scores: pd.DataFrame, ks=(10, 100, 1000)) -> pd.DataFrame:
-    """Share of the total |score| held by the top-k nodes, per basis (mean over templates)."""
-    rows = []
-    for (basis, template), g in scores.groupby(["basis", "template"]):
-        s = np.sort(g.abs_score.to_numpy())[::-1]
-        rows.append({"basis": basis, "template": template, "nodes": len(s),
-                     **{f"share of top {k}": s[:k].sum() / s.sum() for k in ks}})
-    return pd.DataFrame(rows).groupby("basis").mean(numeric_only=True)
-
-
-def fig_score_distribution(scores: pd.DataFrame, *, ks=(100, 1000, 10000), name: str = "fig4_sva_score_distribution",
-                           directory=None, save: bool = True, title: str | None = None):
-    """Figure 4: (a) distribution of |node score| per basis (pooled over templates); (b) share of the total |score|
-    held by the top-k nodes (mean over templates); (c..) the layers of the top-k nodes of each template, per basis."""
-    import matplotlib.pyplot as plt
-
-    bases = [b for b in BASES if b in set(scores.basis)]
-    with plotting.style():
-        fig, axes = plt.subplots(1, 2 + len(ks), figsize=(3.1 * (2 + len(ks)), 3.5), squeeze=False,
-                                 layout="constrained")
-        ax_hist, ax_cum, ax_layers = axes[0][0], axes[0][1], axes[0][2:]
-        positive = scores[scores.abs_score > 0]
-        lo = np.log10(positive.abs_score.min()) if len(positive) else -8
-        hi = np.log10(positive.abs_score.max()) if len(positive) else 1
-        bins = np.linspace(max(lo, hi - 8), hi, 60)
-        n_layers = int(scores.layer.max()) + 1 if len(scores) else 1
-        for basis in bases:
-            g = scores[scores.basis == basis]
-            color = plotting.COLORS[basis]
-            vals = np.log10(g.abs_score[g.abs_score > 0].to_numpy())
-            ax_hist.hist(vals, bins=bins, histtype="step", density=True, color=color, lw=1.4)
-            shares = []
-            for _, gt in g.groupby("template"):
-                s = np.sort(gt.abs_score.to_numpy())[::-1]
-                shares.append(np.cumsum(s) / s.sum())
-            n = min(len(s) for s in shares)
-            ax_cum.plot(np.arange(1, n + 1), np.mean([s[:n] for s in shares], axis=0), color=color)
-            for ax, k in zip(ax_layers, ks):
-                top = pd.concat([gt.nlargest(min(k, len(gt)), "abs_score") for _, gt in g.groupby("template")])
-                counts = np.bincount(top.layer.to_numpy(), minlength=n_layers) / len(top)
-                ax.step(np.arange(n_layers), counts, where="mid", color=color)
-        ax_hist.set_xlabel("log10 |mean attribution score|")
-        ax_hist.set_ylabel("density of nodes")
-        ax_hist.set_title("(a) score distribution")
-        ax_cum.set_xscale("log")
-        ax_cum.set_xlabel("top-k nodes")
-        ax_cum.set_ylabel("share of total |score|")
-        ax_cum.set_title("(b) concentration")
-        for i, (ax, k) in enumerate(zip(ax_layers, ks)):
-            ax.set_title(f"({chr(ord('c') + i)}) layers of the top {k:,}")
-            ax.set_xlabel("layer")
-            ax.set_ylabel("fraction of nodes")
-        _legend(fig, [(BASIS_LABELS[b], plotting.COLORS[b], "-") for b in bases], extra=False)
-        fig.suptitle(title or "SVA node attribution scores by basis (RelP, paired; every template's nodes pooled)")
-    _save(fig, name, directory, save)
-    return fig
-
-
-def fig_unpaired(curves: pd.DataFrame, *, name: str = "fig5_sva_unpaired", directory=None, save: bool = True):
-    """Figure 5: unpaired SVA (zero baseline, metric logit(y)) under zero and under mean ablation: template-averaged
-    curves (markers) and each template's faithfulness (thin lines). Each panel has its own y range, since a small
-    m(M) - m(∅) makes the ratios large."""
-    import matplotlib.pyplot as plt
-
-    sel = curves[curves.setting == "unpaired"]
-    avg = average_curves(sel)
-    ablations = [a for a in ("zero", "mean") if a in set(avg.ablation)]
-    used = []
-    with plotting.style():
-        fig, axes = plt.subplots(1, len(ablations), figsize=(4.3 * len(ablations), 4.0), squeeze=False,
-                                 layout="constrained")
-        for ax, ablation in zip(axes[0], ablations):
-            frame = avg[avg.ablation == ablation]
-            for (method, basis), g in frame.groupby(["method", "basis"]):
-                style = METHOD_STYLES.get(method, "-") if method != "relp" else "-"
-                color = plotting.COLORS[basis]
-                _curve(ax, g, color=color, linestyle=style)
-                per = sel[(sel.ablation == ablation) & (sel.method == method) & (sel.basis == basis)]
-                for _, gt in per.groupby("template"):
-                    gt = gt.sort_values("size")
-                    ax.plot(gt["size"], gt.faithfulness, color=color, lw=0.6, alpha=0.35)
-                entry = (f"{_label(method)}, {BASIS_LABELS[basis]}", color, style)
-                if entry not in used:
-                    used.append(entry)
-            _decorate(ax, ylim=_ylim(sel[sel.ablation == ablation], limit=(-10.0, 10.0)))
-            ax.set_title(f"{ablation} ablation")
-            ax.set_xlabel("circuit size (nodes)")
-            ax.set_ylabel("faithfulness / completeness")
-        _legend(fig, used + [("one template's faithfulness", "0.6", "-")], ncol=3)
-        fig.suptitle(f"Unpaired SVA: zero baseline, metric logit(y)\n({_models(sel)}; markers: mean over templates)")
-    _save(fig, name, directory, save)
-    return fig
+        return pd.DataFrame(columns=["method", "basis", "template"]).set_index(["method", "basis", "template"])
+    return pd.DataFrame(rows).set_index(["method", "basis", "template"])

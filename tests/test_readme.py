@@ -1,0 +1,119 @@
+"""Every command in the README's "## Use" section runs, and does what the text says it does (numbers included)."""
+import contextlib
+import io
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+pytestmark = pytest.mark.real_model
+
+
+def use_section() -> str:
+    text = README.read_text()
+    start = text.index("## Use\n")
+    return text[start:text.index("\n## ", start + 1)]
+
+
+def python_block() -> str:
+    blocks = re.findall(r"```python\n(.*?)```", use_section(), re.S)
+    assert len(blocks) == 1
+    return blocks[0]
+
+
+def cli_lines() -> list[str]:
+    return [c for c in re.findall(r"`(neuronlib [^`]+)`", use_section())]
+
+
+def numbers(pattern: str, text: str) -> list[float]:
+    match = re.search(pattern, text)
+    assert match, f"README no longer states {pattern!r}"
+    return [float(x) for x in match.groups()]
+
+
+def run_cli(line: str):
+    args = shlex.split(line)
+    assert args[0] == "neuronlib"
+    return subprocess.run([sys.executable, "-m", "neuronlib", *args[1:]], capture_output=True, text=True, timeout=600,
+                          env={**os.environ, "OMP_NUM_THREADS": "1"})
+
+
+@pytest.fixture(scope="module")
+def snippet():
+    import torch
+
+    torch.set_num_threads(1)
+    code = python_block()
+    namespace: dict = {}
+    shown = io.StringIO()
+    with contextlib.redirect_stdout(shown):
+        exec(compile(code, "README.md (## Use)", "exec"), namespace)
+    return code, namespace, shown.getvalue()
+
+
+def test_attribution_lines(snippet):
+    code, ns, _ = snippet
+    att = ns["att"]
+    (metric,) = numbers(r"logit\(\" are\"\) - logit\(\" is\"\) = ([\d.]+)", code)
+    assert abs(float(att.metric[0]) - metric) < 0.01
+    assert tuple(att["mlp_acts"].shape) == tuple(int(x) for x in numbers(r"# \((\d+), (\d+), (\d+), (\d+)\)", code))
+    layer, unit = numbers(r"first L(\d+)/N(\d+) at", code)
+    top = att.top(10).iloc[0]
+    assert (top.layer, top.unit) == (layer, unit) and top.token.strip() == "cabinet"
+    assert len(ns["circuit"]) == 100
+
+
+def test_evaluation_lines(snippet):
+    code, ns, _ = snippet
+    curve = ns["curve"]
+    faith = numbers(r"faithfulness ([\d.-]+) / ([\d.-]+) / ([\d.-]+)", code)
+    complete = numbers(r"completeness ([\d.-]+) / ([\d.-]+) / ([\d.-]+)", code)
+    assert list(curve["size"]) == [10, 100, 1000]
+    assert np_close(curve["faithfulness"], faith) and np_close(curve["completeness"], complete)
+    import neuronlib
+
+    (only_circuit,) = numbers(r"\.metric\.mean\(\)  # ([\d.-]+): only the circuit", code)
+    got = neuronlib.ablate(ns["model"], ns["test_pairs"], ns["circuit"], mode="mean", complement=True).metric.mean()
+    assert abs(float(got) - only_circuit) < 0.01
+    patched, before = numbers(r"# ([\d.-]+): the circuit's values from \"The key ...\" flip ([\d.-]+)", code)
+    assert abs(float(neuronlib.patch(ns["model"], ns["pairs"], nodes=ns["circuit"]).metric[0]) - patched) < 0.01
+    assert abs(float(ns["att"].metric[0]) - before) < 0.01
+
+
+def np_close(values, stated, tol=0.01):
+    return all(abs(float(v) - s) <= tol for v, s in zip(values, stated)) and len(list(values)) == len(stated)
+
+
+def test_steering_visibly_steers(snippet):
+    code, _, shown = snippet
+    stated = numbers(r"p\(\" Texas\"\) ([\d.]+) / ([\d.]+) / ([\d.]+)", code)
+    measured = [float(x) for x in re.findall(r"\s([01]\.\d+)\s*$", shown, re.M)]  # the p( Texas) column
+    assert len(measured) == 3 and np_close(measured, stated)
+    assert measured[0] < measured[1] / 3 and measured[2] > measured[1] + 0.1  # visibly: down at x0, up at x3
+    assert "Arizona" in shown.splitlines()[1]  # at x0 the top answer changes
+
+
+def test_cli_lines():
+    lines = cli_lines()
+    assert [line.split()[1] for line in lines] == ["trace", "steer", "doctor"]
+    text = use_section()
+    for line in lines:
+        out = run_cli(line)
+        assert out.returncode == 0, out.stderr
+        if line.startswith("neuronlib trace"):
+            (stated,) = numbers(r"\(logit_diff\s+\+([\d.]+)", text)
+            first = out.stdout.splitlines()[0]
+            assert f"logit_diff = +{stated:.2f}" in first
+            assert len([l for l in out.stdout.splitlines() if l.strip().startswith("L")]) == 20
+        elif line.startswith("neuronlib steer"):
+            rows = out.stdout.strip().splitlines()
+            assert [r.split()[0] for r in rows] == ["x0", "x1", "x3"]
+            assert "' Arizona'" in rows[0].split(",")[0]  # the top token at x0
+            assert "' Texas'" in rows[1].split(",")[0] and "' Texas'" in rows[2].split(",")[0]
+        else:
+            assert "sha256 verified" in out.stdout
