@@ -218,6 +218,22 @@ def test_flip_fraction_on_a_hand_made_sweep():
                           "top_is": ["capital", "capital", "city", "state", "capital", "state"]})
     fl = MH.flip_fraction(sweep).set_index("multiplier")
     assert fl.loc[0.0, "n"] == 2 and fl.loc[0.0, "flip_to_state"] == 0.5 and fl.loc[1.0, "flip_to_state"] == 0.0
+    from neuronlib.stats import wilson_interval
+
+    assert (fl.loc[0.0, "flip_to_state_lo"], fl.loc[0.0, "flip_to_state_hi"]) == pytest.approx(wilson_interval(1, 2))
+    assert fl.loc[1.0, "flip_to_state_lo"] == 0.0 and fl.loc[1.0, "flip_to_state_hi"] > 0.5  # 0 of 2: wide
+
+
+def test_accuracy_table_pools_and_carries_wilson_intervals():
+    evals = pd.DataFrame({"task": ["a"] * 4 + ["b"] * 3, "expected": ["capital"] * 4 + ["state"] * 3,
+                          "correct": [True, True, False, True, False, False, True],
+                          "top_is": ["capital", "capital", "city", "capital", "city", "other", "state"],
+                          "p_capital": [0.5] * 7, "p_state": [0.2] * 7, "p_city": [0.1] * 7,
+                          "rank_capital": [1] * 7, "rank_state": [2] * 7, "rank_city": [3] * 7})
+    acc = MH.accuracy_table(evals).set_index("task")
+    assert acc.loc["a", "correct"] == 3 and acc.loc["a", "accuracy"] == 0.75
+    assert acc.loc["a", "top_is_city"] == 0.25 and acc.loc["b", "top_is_other"] == pytest.approx(1 / 3)
+    assert acc.loc["a", "accuracy_lo"] < 0.75 < acc.loc["a", "accuracy_hi"]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -230,10 +246,14 @@ def test_notebook_has_a_tagged_parameters_cell_and_no_outputs():
     first = code[0]
     assert "parameters" in first["metadata"].get("tags", [])
     source = "".join(first["source"])
-    for name in ("MODEL", "SMOKE", "STATES", "CORPUS_TOKENS", "MULTIPLIERS"):
+    for name in ("MODEL", "SMOKE", "STATES", "CORPUS_TOKENS", "MULTIPLIERS", "FIGURES_DIR", "CACHE_DIR", "RESULTS_DIR",
+                 "REFRESH", "N_PERM"):
         assert f"\n{name} =" in "\n" + source, name
     assert "SMOKE = False" in source
     assert all(not c.get("outputs") and c.get("execution_count") is None for c in code), "clear the outputs"
     text = "".join("".join(c["source"]) for c in code)
-    for fig in ("fig7_texas_circuit", "fig8_capital_steering", "fig8b_state_swap_matrix"):
+    for fig in ("fig7_texas_circuit", "fig8_capital_steering", "fig8b_state_swap_matrix",
+                "fig8c_capital_steering_controls"):
         assert fig in text
+    assert "setup(" in "".join(code[1]["source"]) and "'" not in source  # papermill cannot parse quotes in comments
+    assert "MH.plot_" not in text and "write_table" in text  # figures come from paper/figures.py, tables from results

@@ -1,4 +1,4 @@
-"""City -> state -> capital (METHOD.md §6, the paper's figures 7-8): accuracy, circuits, neuron groups, steering.
+"""City -> state -> capital (docs/method.md §6, the paper's figures 7-8): accuracy, circuits, neuron groups, steering.
 
 The analysis behind ``notebooks/03_multihop_steering.ipynb``. Every function takes a loaded model and the capitals
 table (:func:`neuronlib.data.capitals.load_capitals`) and returns DataFrames; figure functions take those
@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from .. import tracing
 from ..data import capitals as cap_data
+from ..edges import CircuitGraph
 from ..interventions import patch
 from ..sites import Node
 
@@ -37,6 +38,7 @@ TASKS = {  # task -> (prompt builder over a row, the expected kind of answer)
     "two_hop": (lambda row, tok: cap_data.two_hop_prompt(row["city"], tok), "capital"),
     "city_to_state": (lambda row, tok: cap_data.city_to_state_prompt(row["city"]), "state"),
     "state_to_capital": (lambda row, tok: cap_data.state_to_capital_prompt(row["state"]), "capital"),
+    "state_to_capital_plain": (lambda row, tok: state_to_capital_plain_prompt(row["state"]), "capital"),
 }
 TAU = 0.005
 
@@ -45,10 +47,13 @@ TAU = 0.005
 # prompts and answers
 
 
-def task_prompts(df: pd.DataFrame, tokenizer, task: str) -> list[str]:
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; use one of {tuple(TASKS)}")
-    build = TASKS[task][0]
+def task_prompts(df: pd.DataFrame, tokenizer, task: str, *, table: dict | None = None) -> list[str]:
+    """The prompts of ``task`` for every row (``table``: task -> (builder(row, tokenizer), expected kind);
+    default the capitals' :data:`TASKS`)."""
+    table = TASKS if table is None else table
+    if task not in table:
+        raise ValueError(f"unknown task {task!r}; use one of {tuple(table)}")
+    build = table[task][0]
     return [build(row, tokenizer) for row in df.to_dict("records")]
 
 
@@ -56,10 +61,11 @@ def _name_ids(tokenizer, name: str) -> list[int]:
     return tokenizer(" " + name, add_special_tokens=False)["input_ids"]
 
 
-def answer_ids(df: pd.DataFrame, tokenizer) -> pd.DataFrame:
-    """First-token id (with a leading space) and full token ids of each row's capital, state and city."""
+def answer_ids(df: pd.DataFrame, tokenizer, kinds=KINDS) -> pd.DataFrame:
+    """First-token id (with a leading space) and full token ids of each row's names of ``kinds`` (columns of
+    ``df``; default capital, state, city)."""
     out = pd.DataFrame(index=df.index)
-    for kind in KINDS:
+    for kind in kinds:
         ids = [_name_ids(tokenizer, name) for name in df[kind]]
         out[f"{kind}_id"] = [i[0] for i in ids]
         out[f"{kind}_ids"] = ids
@@ -90,12 +96,12 @@ def greedy_continues(model, prompts: list[str], names: list[str]) -> list[bool]:
     return result
 
 
-def _categorise(model, prompts, names: dict[str, list[str]], ids: pd.DataFrame, top_ids) -> list[str]:
-    """The kind (capital/state/city) whose *whole* name greedy decoding produces, else "other"."""
+def _categorise(model, prompts, names: dict[str, list[str]], ids: pd.DataFrame, top_ids, kinds=KINDS) -> list[str]:
+    """The kind (e.g. capital/state/city) whose *whole* name greedy decoding produces, else "other"."""
     cats = []
     for i, prompt in enumerate(prompts):
         found = "other"
-        for kind in KINDS:
+        for kind in kinds:
             kind_ids = ids[f"{kind}_ids"].iloc[i]
             if kind_ids[0] != top_ids[i]:
                 continue
@@ -106,44 +112,57 @@ def _categorise(model, prompts, names: dict[str, list[str]], ids: pd.DataFrame, 
     return cats
 
 
-def evaluate_tasks(model, df: pd.DataFrame, tasks=tuple(TASKS), *, batch_size: int = 16) -> pd.DataFrame:
-    """One row per (task, capitals row): first-token p(capital), p(state), p(city), their ranks, the top token, and
-    ``top_is`` -- which of capital/state/city the greedy answer is (whole name checked), or "other".
-    ``correct``: ``top_is`` equals the task's expected kind."""
+def evaluate_tasks(model, df: pd.DataFrame, tasks=None, *, batch_size: int = 16, table: dict | None = None,
+                   kinds=KINDS) -> pd.DataFrame:
+    """One row per (task, row of ``df``): first-token p(kind) for each of ``kinds`` (default capital, state, city),
+    their ranks, the top token, and ``top_is`` -- which kind the greedy answer is (whole name checked), or "other".
+    ``correct``: ``top_is`` equals the task's expected kind. ``table``: task -> (prompt builder, expected kind),
+    default the capitals' :data:`TASKS`."""
+    table = TASKS if table is None else table
+    tasks = tuple(table) if tasks is None else tasks
     tok = model.tokenizer
-    ids = answer_ids(df, tok)
-    names = {k: list(df[k]) for k in KINDS}
+    ids = answer_ids(df, tok, kinds)
+    names = {k: list(df[k]) for k in kinds}
     frames = []
     for task in tasks:
-        prompts = task_prompts(df, tok, task)
+        prompts = task_prompts(df, tok, task, table=table)
         logits = last_logits(model, prompts, batch_size=batch_size)
         probs = logits.softmax(-1)
         top_p, top_id = probs.max(-1)
-        frame = df[["city", "state", "capital"]].copy()
+        frame = df[list(kinds)].copy()
         frame.insert(0, "task", task)
         frame["prompt"] = prompts
         frame["top_token"] = [tok.decode([t]) for t in top_id.tolist()]
         frame["top_prob"] = top_p.numpy()
-        for kind in KINDS:
+        for kind in kinds:
             kid = torch.tensor(ids[f"{kind}_id"].tolist())
             frame[f"p_{kind}"] = probs.gather(-1, kid[:, None])[:, 0].numpy()
             frame[f"rank_{kind}"] = (logits > logits.gather(-1, kid[:, None])).sum(-1).numpy() + 1
-        frame["top_is"] = _categorise(model, prompts, names, ids, top_id.tolist())
-        expected = TASKS[task][1]
+        frame["top_is"] = _categorise(model, prompts, names, ids, top_id.tolist(), kinds)
+        expected = table[task][1]
         frame["expected"] = expected
         frame["correct"] = frame["top_is"] == expected
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
 
 
+def _kinds_of(frame: pd.DataFrame) -> tuple[str, ...]:
+    return tuple(c[2:] for c in frame.columns if c.startswith("p_"))
+
+
 def accuracy_table(evals: pd.DataFrame) -> pd.DataFrame:
-    """Per task: the fraction of prompts whose greedy answer is the capital / state / city / other, the accuracy
-    (answer = the expected kind), and the mean first-token p(expected)."""
+    """Per task: the fraction of prompts whose greedy answer is each kind (e.g. capital / state / city) or other,
+    the accuracy (answer = the expected kind) with its Wilson 95% interval, and the mean first-token p(expected)."""
+    from ..stats import wilson_interval
+
     rows = []
     for task, g in evals.groupby("task", sort=False):
         expected = g["expected"].iloc[0]
-        row = {"task": task, "expected": expected, "n": len(g), "accuracy": g["correct"].mean()}
-        for kind in (*KINDS, "other"):
+        k = int(g["correct"].sum())
+        lo, hi = wilson_interval(k, len(g))
+        row = {"task": task, "expected": expected, "n": len(g), "correct": k, "accuracy": k / len(g),
+               "accuracy_lo": lo, "accuracy_hi": hi}
+        for kind in (*_kinds_of(g), "other"):
             row[f"top_is_{kind}"] = (g["top_is"] == kind).mean()
         row["mean_p_expected"] = g[f"p_{expected}"].mean()
         row["median_rank_expected"] = g[f"rank_{expected}"].median()
@@ -157,7 +176,7 @@ def accuracy_table(evals: pd.DataFrame) -> pd.DataFrame:
 
 def select_circuit(scores_BLTU: torch.Tensor, metric_B: torch.Tensor, lengths_B: torch.Tensor, *, tau: float = TAU,
                    tokens: list[list[str]] | None = None) -> pd.DataFrame:
-    """Nodes with ``|score| >= tau * |metric|`` per example, at every position (METHOD.md §2, case studies).
+    """Nodes with ``|score| >= tau * |metric|`` per example, at every position (docs/method.md §2, case studies).
 
     ``scores_BLTU`` is in the left-padded layout of :class:`neuronlib.Attribution` (position t of example b is its
     token ``t - (T - lengths[b])``). Returns example, layer, position (real), token, unit, score, largest first.
@@ -221,11 +240,12 @@ class PromptCircuits:
 
 def trace_circuits(model, prompts: list[str], *, tau: float = TAU, k: int = 5, method: str = "relp",
                    chunk: int = 8, keep_scores: bool = False, progress: bool = True,
-                   cache: bool = True) -> PromptCircuits:
+                   cache: bool = True, cache_dir=None) -> PromptCircuits:
     """RelP (zero baseline, metric = sum of the top-``k`` next-token logits) on every neuron at every position;
     the circuit of each prompt is its nodes with ``|score| >= tau * metric``. Runs ``chunk`` prompts at a time
     (the full [B, L, T, U] scores never sit in memory for all prompts) and caches the result on disk.
-    ``keep_scores`` also keeps every prompt's full scores (float16; for short prompts)."""
+    ``keep_scores`` also keeps every prompt's full scores (float16; for short prompts). ``cache_dir``: where the
+    cache lives (default :func:`neuronlib.cache.results_dir`)."""
     import neuronlib
     from ..cache import cache_key, cached
 
@@ -254,7 +274,7 @@ def trace_circuits(model, prompts: list[str], *, tau: float = TAU, k: int = 5, m
 
     key = cache_key(kind="prompt_circuits", format=2, model=model.name, weights=model_fingerprint(model), prompts=prompts,
                     tau=tau, k=k, method=method, keep_scores=keep_scores)
-    res = cached("prompt_circuits", key, compute, refresh=not cache)
+    res = cached("prompt_circuits", key, compute, refresh=not cache, directory=cache_dir)
     return PromptCircuits(list(prompts), res["nodes"], res["summed"], res["last"], res["metric"], res["tokens"], tau,
                           res["scores"])
 
@@ -451,19 +471,21 @@ def promoted_tokens(model, layers, units, signs, *, k: int = 10) -> list[list[in
 
 
 def circuit_graph(grouped: pd.DataFrame, tokens: list[str], *, title: str, prompt: str, n_layers: int,
-                  metric: str = "sum of top-5 logits") -> dict:
-    """A :mod:`neuronlib.viewer` graph (nodes only; edges are issue 7's) from :func:`group_circuit`'s frame."""
+                  metric: str = "sum of top-5 logits") -> CircuitGraph:
+    """A :class:`neuronlib.CircuitGraph` (neuron nodes only, no edges) from :func:`group_circuit`'s frame."""
     nodes = []
     for r in grouped.itertuples():
         nodes.append({
-            "id": f"{r.layer}/{r.unit}@{r.position}", "site": "mlp_acts", "layer": int(r.layer),
-            "position": int(r.position), "token": tokens[int(r.position)], "unit": int(r.unit), "sign": r.sign,
-            "score": float(r.score), "label": r.label, "group": r.group,
+            "id": Node("mlp_acts", int(r.layer), int(r.position), int(r.unit)).label(), "kind": "neuron",
+            "site": "mlp_acts", "layer": int(r.layer), "position": int(r.position), "token": tokens[int(r.position)],
+            "unit": int(r.unit), "sign": r.sign, "score": float(r.score), "value": float(r.activation),
+            "label": r.label, "group": r.group,
             "description": (f"{r.description}; AUROC(answer is a capital) {r.auroc_capital:.2f}, "
                             f"AUROC(this state) {r.auroc_state:.2f}; activation {r.activation:+.2f}"),
         })
-    return {"nodes": nodes, "edges": [], "meta": {"title": title, "prompt": prompt, "tokens": list(tokens),
-                                                  "n_layers": n_layers, "metric": metric}}
+    return CircuitGraph(pd.DataFrame(nodes), pd.DataFrame(columns=["source", "target", "weight"]),
+                        {"title": title, "prompt": prompt, "tokens": list(tokens), "n_layers": n_layers,
+                         "metric": metric})
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -510,7 +532,7 @@ def last_activations(model, prompts: list[str], neurons, *, batch_size: int = 16
 
 
 def steering_sweep(model, prompts: list[str], df: pd.DataFrame, nodes_per_prompt: list[list[Node]], multipliers,
-                   *, batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
+                   *, batch_size: int = 16, progress: bool = True, kinds=KINDS) -> pd.DataFrame:
     """Multiply each prompt's neurons at their circuit positions by each multiplier; one row per (multiplier,
     prompt) with first-token p(capital), p(state), p(city) and ``top_is`` (the top token is the capital's / the
     state's / the city's first token, or "other"). Prompts with no node to steer keep their unsteered output
@@ -518,8 +540,8 @@ def steering_sweep(model, prompts: list[str], df: pd.DataFrame, nodes_per_prompt
     import neuronlib
 
     tok = model.tokenizer
-    ids = answer_ids(df, tok)
-    kind_ids = {k: torch.tensor(ids[f"{k}_id"].tolist()) for k in KINDS}
+    ids = answer_ids(df, tok, kinds)
+    kind_ids = {k: torch.tensor(ids[f"{k}_id"].tolist()) for k in kinds}
     have = [i for i, n in enumerate(nodes_per_prompt) if n]
     base = last_logits(model, prompts, batch_size=batch_size)
     frames = []
@@ -531,14 +553,14 @@ def steering_sweep(model, prompts: list[str], df: pd.DataFrame, nodes_per_prompt
             logits[have] = res.logits.float()
         probs = logits.softmax(-1)
         top = probs.argmax(-1)
-        frame = df[["city", "state", "capital"]].reset_index(drop=True).copy()
+        frame = df[list(kinds)].reset_index(drop=True).copy()
         frame.insert(0, "example", range(len(prompts)))
         frame.insert(0, "multiplier", float(mult))
         frame["n_steered"] = [len(n) for n in nodes_per_prompt]
-        for k in KINDS:
+        for k in kinds:
             frame[f"p_{k}"] = probs.gather(-1, kind_ids[k][:, None])[:, 0].numpy()
         top_is = np.full(len(prompts), "other", dtype=object)
-        for k in reversed(KINDS):  # capital wins ties of first tokens
+        for k in reversed(kinds):  # the first kind wins ties of first tokens
             top_is[(top == kind_ids[k]).numpy()] = k
         frame["top_is"] = top_is
         frame["top_token"] = [tok.decode([t]) for t in top.tolist()]
@@ -548,18 +570,32 @@ def steering_sweep(model, prompts: list[str], df: pd.DataFrame, nodes_per_prompt
 
 def flip_fraction(sweep: pd.DataFrame, *, source: str = "capital", target: str = "state") -> pd.DataFrame:
     """Per multiplier: among prompts whose unsteered (x1) top answer is ``source``, the fraction whose top answer
-    is ``target`` (and the fraction no longer ``source``)."""
+    is ``target`` (and the fraction no longer ``source``), each with its Wilson 95% interval."""
+    from ..stats import wilson_interval
+
     base = sweep[sweep["multiplier"] == 1.0].set_index("example")["top_is"]
     eligible = base[base == source].index
     rows = []
     for mult, g in sweep.groupby("multiplier"):
         g = g.set_index("example").loc[eligible]
-        rows.append({"multiplier": mult, "n": len(eligible),
-                     f"flip_to_{target}": float((g["top_is"] == target).mean()) if len(eligible) else float("nan"),
-                     f"not_{source}": float((g["top_is"] != source).mean()) if len(eligible) else float("nan")})
+        row = {"multiplier": mult, "n": len(eligible)}
+        for name, hit in ((f"flip_to_{target}", g["top_is"] == target), (f"not_{source}", g["top_is"] != source)):
+            k = int(hit.sum())
+            row[name] = k / len(eligible) if len(eligible) else float("nan")
+            row[f"{name}_lo"], row[f"{name}_hi"] = wilson_interval(k, len(eligible))
+        rows.append(row)
     out = pd.DataFrame(rows)
     out.attrs["source"] = source
     return out
+
+
+STATE_TO_CAPITAL_PLAIN = "The capital of {state} is"
+
+
+def state_to_capital_plain_prompt(state: str) -> str:
+    """A second state -> capital template without "the city of" (so an answer-is-capital contrast is not only a
+    contrast of templates)."""
+    return STATE_TO_CAPITAL_PLAIN.format(state=state)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -650,109 +686,169 @@ def swap_summary(swaps: pd.DataFrame) -> pd.DataFrame:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# figures (take DataFrames)
-
-KIND_COLORS = {"capital": "#1b6ca8", "state": "#d1495b", "city": "#4c9a2a"}
-
-
-def plot_steering(sweeps: dict[str, pd.DataFrame], flips: dict[str, pd.DataFrame] | None = None, *,
-                  paper_range=(0.0, 2.0), title: str | None = None):
-    """One panel per prompt set: p(capital), p(state), p(city) vs multiplier (thin: per prompt; thick: mean),
-    the paper's 0-2 range shaded; flip fractions (capital -> state) on a twin axis when given."""
-    import matplotlib.pyplot as plt
-
-    from ..plotting import style
-
-    with style():
-        fig, axes = plt.subplots(1, len(sweeps), figsize=(5.2 * len(sweeps), 4.6), squeeze=False, layout="constrained")
-        for ax, (name, sweep) in zip(axes[0], sweeps.items()):
-            ax.axvspan(*paper_range, color="#ececec", zorder=0, label="paper's range (x0 to x2)")
-            ax.axvline(1.0, color="#999", lw=0.8, ls=":")
-            for kind in KINDS:
-                col = f"p_{kind}"
-                wide = sweep.pivot(index="multiplier", columns="example", values=col)
-                ax.plot(wide.index, wide.values, color=KIND_COLORS[kind], alpha=0.12, lw=0.7)
-                ax.plot(wide.index, wide.mean(1), color=KIND_COLORS[kind], lw=2.4, marker="o", ms=3,
-                        label=f"p({kind}) mean")
-            if flips is not None and name in flips and len(flips[name]) and flips[name]["n"].iloc[0] > 0:
-                fl = flips[name]
-                col = [c for c in fl.columns if c.startswith("flip_to_")][0]
-                ax2 = ax.twinx()
-                ax2.plot(fl["multiplier"], fl[col], color="#444", ls="--", lw=1.3,
-                         label=f"top answer {fl.attrs.get('source', '?')} → {col[8:]} (of {int(fl['n'].iloc[0])})")
-                ax2.set_ylim(-0.02, 1.02)
-                ax2.set_ylabel("fraction of prompts flipped", fontsize=8)
-                ax2.grid(False)
-                ax2.spines["right"].set_visible(True)
-                h2, l2 = ax2.get_legend_handles_labels()
-            else:
-                h2, l2 = [], []
-            n = sweep["example"].nunique()
-            ax.set_title(f"{name} (n = {n})")
-            ax.set_xlabel("multiplier on 'say a capital' neurons")
-            ax.set_ylabel("next-token probability (first token)")
-            ax.set_ylim(-0.02, 1.02)
-            h, l = ax.get_legend_handles_labels()
-            ax.legend(h + h2, l + l2, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=3, fontsize=7)
-        if title:
-            fig.suptitle(title, fontsize=10)
-    return fig
+# shared with the languages study (neuronlib.paper.languages): selection/evaluation split, many-class AUROC groups
+# with a permutation null, and the control neuron sets of steering and patching
 
 
-def plot_swap_matrix(swaps: pd.DataFrame, *, variants=None, value: str = "p_target_capital",
-                     sweep: pd.DataFrame | None = None, title: str | None = None):
-    """One heatmap per variant: source state (rows) x target state (columns) of p(target's capital) after the
-    swap; white dots mark pairs whose top answer became the target's capital; the success rate in each title.
-    With ``sweep`` (a :func:`swap_summary` frame with an ``n_nodes`` axis), a last panel plots success rate vs the
-    number of patched neurons."""
-    import matplotlib.pyplot as plt
+def split_by_key(keys, strata=None, *, seed: int = 0) -> np.ndarray:
+    """Boolean mask, True = selection, False = evaluation; all rows sharing a key (e.g. a city) fall on one side.
 
-    from ..plotting import style
+    Within each stratum (e.g. a country) the distinct keys are shuffled (seeded) and the first ceil(n/2) go to
+    selection, the rest to evaluation, so a stratum with two or more keys has keys on both sides and one with a
+    single key is selection only."""
+    keys = np.asarray(keys, dtype=object)
+    strata = np.zeros(len(keys), dtype=int) if strata is None else np.asarray(strata, dtype=object)
+    if len(strata) != len(keys):
+        raise ValueError(f"{len(keys)} keys but {len(strata)} strata")
+    owner: dict = {}
+    for k, st in zip(keys.tolist(), strata.tolist()):
+        if owner.setdefault(k, st) != st:
+            raise ValueError(f"key {k!r} appears in several strata ({owner[k]!r}, {st!r})")
+    rng = np.random.default_rng(seed)
+    selected: set = set()
+    for stratum in dict.fromkeys(strata.tolist()):
+        uniq = list(dict.fromkeys(keys[strata == stratum].tolist()))
+        order = rng.permutation(len(uniq))
+        n_sel = (len(uniq) + 1) // 2
+        selected.update(uniq[i] for i in order[:n_sel])
+    return np.array([k in selected for k in keys.tolist()], dtype=bool)
 
-    variants = list(dict.fromkeys(swaps["variant"])) if variants is None else list(variants)
-    summ = swap_summary(swaps).set_index("variant")
-    states = list(dict.fromkeys(swaps["source"]))
-    n = len(states)
-    cell = max(3.6, min(0.2 * n + 1.6, 7.5))
-    extra = 1 if sweep is not None else 0
-    with style():
-        fig, axes = plt.subplots(1, len(variants) + extra, figsize=(cell * len(variants) + 4.6 * extra + 1.4, cell + 1.4),
-                                 squeeze=False, layout="constrained",
-                                 gridspec_kw={"width_ratios": [1] * len(variants) + [1.1] * extra})
-        im = None
-        for ax, variant in zip(axes[0], variants):
-            g = swaps[swaps["variant"] == variant]
-            M = g.pivot(index="source", columns="target", values=value).reindex(index=states, columns=states)
-            S = g.pivot(index="source", columns="target", values="success").reindex(index=states, columns=states)
-            im = ax.imshow(M.to_numpy(dtype=float), cmap="magma", vmin=0, vmax=1)
-            ys, xs = np.nonzero(S.fillna(False).to_numpy(dtype=bool))
-            ax.scatter(xs, ys, s=10, c="white", edgecolors="black", linewidths=0.4)
-            ax.set_xticks(range(n))
-            ax.set_xticklabels(states, rotation=90, fontsize=6)
-            ax.set_yticks(range(n))
-            ax.set_yticklabels(states, fontsize=6)
-            ax.set_xlabel("target state (values from its prompt)", fontsize=8)
-            ax.grid(False)
-            nodes = summ.loc[variant, "mean_nodes"]
-            ax.set_title(f"{variant}\n~{nodes:.0f} neurons; success {summ.loc[variant, 'success_rate']:.0%} "
-                         f"of {int(summ.loc[variant, 'pairs'])} pairs", fontsize=8)
-        axes[0][0].set_ylabel("source state (its prompt is run)", fontsize=8)
-        if im is not None:
-            fig.colorbar(im, ax=list(axes[0][:len(variants)]), shrink=0.8, pad=0.01, label="p(target's capital)")
-        if sweep is not None:
-            ax = axes[0][-1]
-            for col, lab, c in (("success_rate", "top answer = target's capital", "#1b6ca8"),
-                                ("prefers_target", "p(target cap.) > p(source cap.)", "#d1495b")):
-                ax.plot(sweep["mean_nodes"], sweep[col], marker="o", color=c, label=lab)
-            ax.set_xscale("log")
-            ax.set_xticks(sweep["mean_nodes"].tolist())
-            ax.set_xticklabels([f"{v:.0f}" for v in sweep["mean_nodes"]], fontsize=7)
-            ax.minorticks_off()
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_xlabel("neurons patched at the state token (top |attribution|)", fontsize=8)
-            ax.set_ylabel("fraction of pairs", fontsize=8)
-            ax.set_title(f"how many neurons carry the state? ({int(sweep['pairs'].iloc[0])} pairs)", fontsize=8)
-            ax.legend(fontsize=7, loc="upper left")
-        if title:
-            fig.suptitle(title, fontsize=10)
-    return fig
+
+def class_aurocs(scores_PU, classes, *, min_positives: int = 2) -> dict:
+    """{class: [U] AUROC} of each class against the rest (e.g. each country's prompts against all others), for
+    the classes with at least ``min_positives`` prompts (and some prompts outside). Ranks computed once."""
+    from scipy.stats import rankdata
+
+    from ..stats import auroc_from_ranks
+
+    scores = np.asarray(scores_PU, dtype=np.float64)
+    classes = np.asarray(classes, dtype=object)
+    ranks = rankdata(scores, axis=0)
+    out = {}
+    for c in dict.fromkeys(classes.tolist()):
+        lab = classes == c
+        if lab.sum() >= min_positives and (~lab).any():
+            out[c] = auroc_from_ranks(ranks, lab)
+    return out
+
+
+def class_group_null(scores_PU, classes, *, high: float, min_positives: int = 2, n_perm: int = 100,
+                     seed: int = 0) -> dict:
+    """How many units reach AUROC >= ``high`` for at least one class (one-vs-rest, :func:`class_aurocs`), with the
+    real class labels and with ``n_perm`` shuffles of the labels across prompts (class sizes kept). Returns
+    {"observed", "null" [n_perm], "null_mean", "null_q95", "p_value", "n_classes"}."""
+    from scipy.stats import rankdata
+
+    from ..stats import auroc_from_ranks
+
+    scores = np.asarray(scores_PU, dtype=np.float64)
+    classes = np.asarray(classes, dtype=object)
+    ranks = rankdata(scores, axis=0)
+    kept = [c for c in dict.fromkeys(classes.tolist()) if (classes == c).sum() >= min_positives]
+
+    def count(lab):
+        passed = np.zeros(scores.shape[1], dtype=bool)
+        for c in kept:
+            m = lab == c
+            if (~m).any():
+                passed |= auroc_from_ranks(ranks, m) >= high
+        return int(passed.sum())
+
+    rng = np.random.default_rng(seed)
+    observed = count(classes)
+    null = np.array([count(rng.permutation(classes)) for _ in range(n_perm)], dtype=np.int64)
+    return {"observed": observed, "null": null, "null_mean": float(null.mean()) if n_perm else float("nan"),
+            "null_q95": float(np.quantile(null, 0.95)) if n_perm else float("nan"),
+            "p_value": float((1 + (null >= observed).sum()) / (1 + n_perm)), "n_classes": len(kept)}
+
+
+def random_neurons(n: int, shape, *, exclude=(), seed: int = 0) -> list[tuple[int, int]]:
+    """``n`` distinct (layer, unit) pairs drawn uniformly from an [L, U] grid, none in ``exclude``."""
+    L, U = shape
+    bad = {int(l) * U + int(u) for l, u in exclude}
+    if n > L * U - len(bad):
+        raise ValueError(f"cannot draw {n} neurons from {L * U - len(bad)}")
+    pool = np.setdiff1d(np.arange(L * U), np.fromiter(bad, dtype=np.int64, count=len(bad)))
+    out = np.random.default_rng(seed).choice(pool, size=n, replace=False)
+    return [(int(i) // U, int(i) % U) for i in out]
+
+
+def matched_neurons(strength_LU, chosen, *, exclude=(), seed: int = 0) -> list[tuple[int, int]]:
+    """For each (layer, unit) of ``chosen`` (in order), the not-yet-used neuron outside ``chosen`` and ``exclude``
+    whose ``strength`` (e.g. mean |attribution|) is nearest to it; ties broken at random (seeded)."""
+    s = np.asarray(strength_LU, dtype=np.float64)
+    L, U = s.shape
+    flat = s.reshape(-1)
+    used = np.zeros(L * U, dtype=bool)
+    for l, u in list(chosen) + list(exclude):
+        used[int(l) * U + int(u)] = True
+    rng = np.random.default_rng(seed)
+    jitter = rng.random(L * U) * 1e-12 * (np.abs(flat).max() + 1e-30)
+    out = []
+    for l, u in chosen:
+        d = np.abs(flat + jitter - flat[int(l) * U + int(u)])
+        d[used] = np.inf
+        j = int(d.argmin())
+        if not np.isfinite(d[j]):
+            raise ValueError("no neuron left to match")
+        used[j] = True
+        out.append((j // U, j % U))
+    return out
+
+
+def at_positions(neurons, positions) -> list[Node]:
+    """Nodes of ``neurons`` ((layer, unit) pairs on mlp_acts) at each of ``positions``."""
+    return [Node("mlp_acts", int(l), int(p), int(u)) for p in positions for l, u in neurons]
+
+
+def mean_interval(values, *, n_boot: int = 1000, seed: int = 0) -> tuple[float, float, float]:
+    """Mean of ``values`` and its percentile bootstrap 95% interval over the examples."""
+    from ..stats import bootstrap_ratio
+
+    v = np.asarray(values, dtype=np.float64)
+    if not len(v):
+        return (float("nan"),) * 3
+    b = bootstrap_ratio(v, np.ones_like(v), n_boot=n_boot, seed=seed)
+    return float(b["estimate"]), float(b["lo"]), float(b["hi"])
+
+
+def steering_controls(model, prompts: list[str], rows: pd.DataFrame, neuron_sets: dict, multipliers, *,
+                      batch_size: int = 16, progress: bool = True, kinds=KINDS) -> pd.DataFrame:
+    """:func:`steering_sweep` at each prompt's last position for every neuron set (name -> [(layer, unit)], e.g.
+    the say-an-answer neurons and their random and matched controls); one row per (set, multiplier, prompt) with
+    p(kind) for each of ``kinds``, ``top_is`` and ``changed`` (top token differs from the unsteered one)."""
+    tok = model.tokenizer
+    tokens = [tok(p, add_special_tokens=False)["input_ids"] for p in prompts]
+    frames = []
+    for name, neurons in neuron_sets.items():
+        nodes = [at_positions(neurons, [len(t) - 1]) for t in tokens]
+        sweep = steering_sweep(model, prompts, rows, nodes, multipliers, batch_size=batch_size,
+                               progress=progress, kinds=kinds)
+        base = sweep[sweep["multiplier"] == 1.0].set_index("example")["top_token"]
+        sweep["changed"] = sweep["top_token"].to_numpy() != base.reindex(sweep["example"]).to_numpy()
+        sweep.insert(0, "set", name)
+        sweep["n_neurons"] = len(neurons)
+        frames.append(sweep)
+    return pd.concat(frames, ignore_index=True)
+
+
+def steering_summary(sweeps: pd.DataFrame, kinds=KINDS) -> pd.DataFrame:
+    """Per (set, multiplier): mean p(kind) for each of ``kinds`` with bootstrap intervals over prompts, and the
+    fraction of prompts whose top answer changed / is the first kind (``top_is_answer``) / is each other kind
+    (``top_is_{kind}``, e.g. the country when say-a-language neurons are removed), with Wilson intervals."""
+    from ..stats import wilson_interval
+
+    rows = []
+    for (name, mult), g in sweeps.groupby(["set", "multiplier"], sort=False):
+        row = {"set": name, "multiplier": mult, "n": len(g), "n_neurons": int(g["n_neurons"].iloc[0])}
+        for k in kinds:
+            m, lo, hi = mean_interval(g[f"p_{k}"].to_numpy())
+            row.update({f"p_{k}": m, f"p_{k}_lo": lo, f"p_{k}_hi": hi})
+        hits = [("changed", g["changed"]), ("top_is_answer", g["top_is"] == kinds[0])]
+        hits += [(f"top_is_{k}", g["top_is"] == k) for k in kinds[1:]]  # e.g. the intermediate hop's answer
+        for col, hit in hits:
+            k = int(hit.sum())
+            lo, hi = wilson_interval(k, len(g))
+            row.update({col: k / len(g), f"{col}_lo": lo, f"{col}_hi": hi})
+        rows.append(row)
+    return pd.DataFrame(rows)

@@ -1,0 +1,325 @@
+"""City -> country -> language (issue 14): the paper's case-study pipeline on a two-hop task the default model does.
+
+The analysis behind ``notebooks/05_city_language.ipynb``; it reuses :mod:`neuronlib.paper.multihop` (prompt
+evaluation, RelP circuits, AUROC, steering) and adds what a referee would ask for:
+
+1. :func:`evaluate` -- accuracy of the two-hop prompt (plain and chat form) and of each hop alone, per split, with
+   Wilson intervals (:func:`accuracy_by_split`).
+2. :func:`split_by_city` -- selection and evaluation halves, split by city within each country: neurons are
+   chosen on selection prompts only, every rate is measured on evaluation prompts.
+3. :func:`group_counts` -- neuron groups from AUROC of attribution (which country, which language, say a
+   language vs say a country), each count beside a permutation null.
+4. :func:`patch_pairs` / :func:`patch_sweep` -- the intermediate hop: patch a country group at the city's tokens
+   from a city of another country and measure p(target language) vs p(source language), and the country answer on
+   the city -> country prompt, against random, |attribution|-matched and dense controls.
+5. :func:`steering_controls` -- scaling say-a-language neurons (and random and matched controls) at the last
+   position; p(language), p(country), p(city), fraction whose top answer changes.
+
+Every function returns a tidy DataFrame; the notebook writes them to ``results/`` and the figures in
+:mod:`neuronlib.paper.figures` draw from those tables.
+"""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from ..data import languages as lang_data
+from ..interventions import patch
+from ..sites import Node
+from . import multihop as MH
+
+logger = logging.getLogger(__name__)
+
+KINDS = ("language", "country", "city")
+TASKS = {  # task -> (prompt builder over a row, the expected kind of answer)
+    "two_hop": (lambda row, tok: lang_data.two_hop_prompt(row["city"]), "language"),
+    "two_hop_chat": (lambda row, tok: lang_data.two_hop_chat_prompt(row["city"], tok), "language"),
+    "city_to_country": (lambda row, tok: lang_data.city_to_country_prompt(row["city"]), "country"),
+    "city_to_country_matched": (lambda row, tok: lang_data.city_to_country_matched_prompt(row["city"]), "country"),
+    "country_to_language": (lambda row, tok: lang_data.country_to_language_prompt(row["country"]), "language"),
+}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# split and accuracy
+
+
+def split_by_city(df: pd.DataFrame, *, seed: int = 0) -> np.ndarray:
+    """``"selection"`` / ``"evaluation"`` per row: half the cities of each country (rounded up) select neurons,
+    the other half evaluate them (:func:`neuronlib.paper.multihop.split_by_key`)."""
+    sel = MH.split_by_key(df["city"], df["country"], seed=seed)
+    return np.where(sel, "selection", "evaluation")
+
+
+def task_prompts(df: pd.DataFrame, tokenizer, task: str) -> list[str]:
+    return MH.task_prompts(df, tokenizer, task, table=TASKS)
+
+
+def evaluate(model, df: pd.DataFrame, tasks=None, *, split=None, batch_size: int = 16) -> pd.DataFrame:
+    """:func:`neuronlib.paper.multihop.evaluate_tasks` on the languages table: one row per (task, city) with
+    first-token p(language), p(country), p(city), ``top_is`` (whole name checked) and ``correct``; ``split``
+    (one label per row of ``df``) is copied into a ``split`` column."""
+    out = MH.evaluate_tasks(model, df, tasks, table=TASKS, kinds=KINDS, batch_size=batch_size)
+    if split is not None:
+        split = np.asarray(split)
+        out["split"] = np.tile(split, len(out) // len(df))
+    return out
+
+
+def accuracy_by_split(evals: pd.DataFrame) -> pd.DataFrame:
+    """:func:`neuronlib.paper.multihop.accuracy_table` for all prompts and for each split (``split`` column:
+    "all", "selection", "evaluation"), with Wilson intervals."""
+    frames = [MH.accuracy_table(evals).assign(split="all")]
+    if "split" in evals:
+        for name, g in evals.groupby("split", sort=False):
+            frames.append(MH.accuracy_table(g).assign(split=name))
+    return pd.concat(frames, ignore_index=True)
+
+
+def prompt_tokens(tokenizer, prompt: str) -> list[str]:
+    """The prompt's tokens as decoded strings (as :class:`neuronlib.Attribution` lists them)."""
+    return [tokenizer.decode([t]) for t in tokenizer(prompt, add_special_tokens=False)["input_ids"]]
+
+
+def city_positions(tokens: list[str], city: str) -> list[int]:
+    """Positions of the city's tokens in a prompt's token list (its last occurrence)."""
+    return MH.name_positions(tokens, city)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# AUROC groups with permutation nulls
+
+
+class GroupRules:
+    """Thresholds of the groups (documented in the notebook)."""
+
+    auroc_class = 0.95  # which country / which language (one against the rest), position-summed attribution
+    auroc_high = 0.9  # say a language: AUROC(answer is a language) at the last position
+    auroc_low = 0.1  # say a country
+    min_positives = 2  # a class needs this many selection prompts to get an AUROC
+
+
+def at_city_attribution(circuits: MH.PromptCircuits, cities: list[str]) -> torch.Tensor:
+    """[P, L, U]: each neuron's attribution summed over the city's token positions (needs ``keep_scores``)."""
+    if circuits.scores is None:
+        raise ValueError("trace the circuits with keep_scores=True")
+    out = []
+    for s, tokens, city in zip(circuits.scores, circuits.tokens, cities):
+        pos = city_positions(tokens, city)
+        if not pos:
+            raise ValueError(f"city {city!r} not found in {tokens}")
+        out.append(s[:, pos].float().sum(1))
+    return torch.stack(out)
+
+
+def group_counts(two_hop: MH.PromptCircuits, hop1: MH.PromptCircuits, rows2: pd.DataFrame, *,
+                 rules=GroupRules, n_perm: int = 100, seed: int = 0) -> pd.DataFrame:
+    """Counts of neurons in each AUROC group on the (selection) prompts, beside permutation nulls:
+
+    * ``which country``: AUROC >= ``auroc_class`` for at least one country (its two-hop prompts against the other
+      countries'), position-summed attribution; null: country labels shuffled across prompts;
+    * ``which language``: the same with languages;
+    * ``say a language`` / ``say a country``: last-position attribution of the two-hop prompts (answer: a
+      language) against ``hop1``, city -> country prompts in the same frame (answer: a country; the
+      ``city_to_country_matched`` task), AUROC >= ``auroc_high`` / <= ``auroc_low``; null: the prompt-kind labels
+      shuffled.
+    """
+    from ..stats import permutation_null_counts
+
+    P, L, U = two_hop.summed.shape
+    summed = two_hop.summed.reshape(P, L * U).double().numpy()
+    rows = []
+    for group, col in (("which country", "country"), ("which language", "language")):
+        res = MH.class_group_null(summed, rows2[col].to_numpy(), high=rules.auroc_class,
+                                  min_positives=rules.min_positives, n_perm=n_perm, seed=seed)
+        rows.append({"group": group, "rule": f"AUROC >= {rules.auroc_class} for one {col}", "n_prompts": P,
+                     "n_classes": res["n_classes"], **{k: v for k, v in res.items() if k not in ("null", "n_classes")}})
+    last = torch.cat([hop1.last, two_hop.last])
+    labels = np.r_[np.zeros(len(hop1.prompts), dtype=int), np.ones(P, dtype=int)]
+    flat = last.reshape(len(labels), L * U).double().numpy()
+    for group, kw, rule in (("say a language", {"high": rules.auroc_high}, f"AUROC >= {rules.auroc_high}"),
+                            ("say a country", {"low": rules.auroc_low}, f"AUROC <= {rules.auroc_low}")):
+        res = permutation_null_counts(flat, labels, n_perm=n_perm, seed=seed, **kw)
+        rows.append({"group": group, "rule": rule + " (answer is a language), last position",
+                     "n_prompts": len(labels), "n_classes": 2,
+                     **{k: v for k, v in res.items() if k != "null"}})
+    out = pd.DataFrame(rows)
+    out["passes_null"] = out["observed"] > out["null_q95"]
+    return out
+
+
+def say_language_auroc(two_hop: MH.PromptCircuits, hop1: MH.PromptCircuits) -> np.ndarray:
+    """[L, U] AUROC (answer is a language) of last-position attribution: two-hop prompts vs city -> country."""
+    last = torch.cat([hop1.last, two_hop.last])
+    labels = np.r_[np.zeros(len(hop1.prompts), dtype=int), np.ones(len(two_hop.prompts), dtype=int)]
+    return MH.unit_aurocs(last, labels)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the intermediate hop: patching the country group
+
+
+def patch_pairs(rows: pd.DataFrame, tokenizer, *, n_pairs: int | None = None, seed: int = 0,
+                countries=None) -> pd.DataFrame:
+    """Ordered (source, target) city pairs from ``rows`` (evaluation cities) with different countries and cities
+    of the same token length (so the prompts align position by position); ``kind`` = "other language" or "same
+    language" (two countries sharing a language). ``countries``: only cities of these (e.g. those with a country
+    group). At most ``n_pairs`` (seeded sample, both kinds kept in proportion)."""
+    rows = rows.reset_index(drop=True)
+    if countries is not None:
+        rows = rows[rows["country"].isin(set(countries))].reset_index(drop=True)
+    n_tok = [len(tokenizer(" " + c, add_special_tokens=False)["input_ids"]) for c in rows["city"]]
+    out = []
+    for a in range(len(rows)):
+        for b in range(len(rows)):
+            if a == b or rows["country"][a] == rows["country"][b] or n_tok[a] != n_tok[b]:
+                continue
+            out.append({"source": rows["city"][a], "target": rows["city"][b],
+                        "source_country": rows["country"][a], "target_country": rows["country"][b],
+                        "source_language": rows["language"][a], "target_language": rows["language"][b],
+                        "kind": "same language" if rows["language"][a] == rows["language"][b] else "other language"})
+    pairs = pd.DataFrame(out, columns=["source", "target", "source_country", "target_country", "source_language",
+                                       "target_language", "kind"])
+    if n_pairs is not None and len(pairs) > n_pairs:
+        pairs = pairs.sample(n=n_pairs, random_state=seed).sort_index()
+    return pairs.reset_index(drop=True)
+
+
+def country_group(auc_country: dict, a: str, b: str, n: int) -> list[tuple[int, int]]:
+    """The ``n`` neurons with the largest AUROC(country a) + AUROC(country b) (each [L, U]): the neurons that
+    matter specifically for the source's or the target's country."""
+    s = auc_country[a] + auc_country[b]
+    U = s.shape[1]
+    idx = np.argsort(-s.reshape(-1), kind="stable")[:n]
+    return [(int(i) // U, int(i) % U) for i in idx]
+
+
+def patch_sweep(model, pairs: pd.DataFrame, variants: dict, *, batch_size: int = 16,
+                progress: bool = True) -> pd.DataFrame:
+    """Run each pair's source prompt with nodes set to their values on the target's prompt, for both tasks:
+    ``two_hop`` (answer: the language) and ``city_to_country`` (answer: the country).
+
+    ``variants``: name -> ``f(pair_row) -> (n_neurons, nodes_at(positions) -> list[Node])``; the nodes are placed
+    at the source city's token positions in each task's prompt. One row per (variant, task, pair): p(source
+    answer), p(target answer) (first tokens), ``success`` (top token = the target's answer's first token),
+    ``prefers_target`` and ``source_kept`` (top token still the source's answer)."""
+    tok = model.tokenizer
+    rows = []
+    for task, kind in (("two_hop", "language"), ("city_to_country", "country")):
+        build = TASKS[task][0]
+        src_prompts = [build({"city": c}, tok) for c in pairs["source"]]
+        tgt_prompts = [build({"city": c}, tok) for c in pairs["target"]]
+        toks = [prompt_tokens(tok, p) for p in src_prompts]
+        pos = [city_positions(ts, c) for ts, c in zip(toks, pairs["source"])]
+        src_id = [MH._name_ids(tok, x)[0] for x in pairs[f"source_{kind}"]]
+        tgt_id = [MH._name_ids(tok, x)[0] for x in pairs[f"target_{kind}"]]
+        for variant, make in tqdm(list(variants.items()), desc=f"patch ({task})", disable=not progress):
+            made = [make(r) for r in pairs.to_dict("records")]
+            nodes = [f(p) for (_, f), p in zip(made, pos)]
+            probs = patch(model, src_prompts, tgt_prompts, nodes, metric=None,
+                          batch_size=batch_size).logits.float().softmax(-1)
+            top = probs.argmax(-1).tolist()
+            for j, r in enumerate(pairs.itertuples()):
+                rows.append({"variant": variant, "task": task, "answer": kind, "pair": j, "kind": r.kind,
+                             "source": r.source, "target": r.target, "n_neurons": made[j][0],
+                             "n_positions": len(pos[j]),
+                             "p_source": float(probs[j, src_id[j]]), "p_target": float(probs[j, tgt_id[j]]),
+                             "top_token": tok.decode([top[j]]),
+                             "success": top[j] == tgt_id[j] and tgt_id[j] != src_id[j],
+                             "source_kept": top[j] == src_id[j],
+                             "prefers_target": bool(probs[j, tgt_id[j]] > probs[j, src_id[j]])})
+    return pd.DataFrame(rows)
+
+
+def neuron_variant(neurons_of_pair, label=None):
+    """A patch variant from ``f(pair_row) -> [(layer, unit)]`` (mlp_acts neurons at the city's positions)."""
+    def make(r):
+        neurons = neurons_of_pair(r)
+        return len(neurons), lambda positions: MH.at_positions(neurons, positions)
+    return make
+
+
+def dense_variant(model, site: str, layers=None):
+    """A dense reference: every unit of ``site`` (``"embed"``: the token embedding; ``"mlp_acts"``: every neuron of
+    ``layers``) at the city's positions."""
+    if site == "embed":
+        width = model.hf.config.hidden_size
+        return lambda r: (width, lambda positions: [Node("embed", -1, int(p), u) for p in positions
+                                                   for u in range(width)])
+    layers = list(range(model.n_layers)) if layers is None else list(layers)
+    return lambda r: (len(layers) * model.d_mlp, lambda positions: [
+        Node("mlp_acts", l, int(p), u) for p in positions for l in layers for u in range(model.d_mlp)])
+
+
+def patch_summary(patches: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, pair kind, variant): pairs, success rate (top answer = the target's) with its Wilson interval,
+    the rate at which the source's answer survives, p(target) > p(source), and mean p(target), p(source) with
+    bootstrap intervals over pairs."""
+    from ..stats import wilson_interval
+
+    rows = []
+    for (task, kind, variant), g in patches.groupby(["task", "kind", "variant"], sort=False):
+        n = len(g)
+        row = {"task": task, "answer": g["answer"].iloc[0], "kind": kind, "variant": variant, "pairs": n,
+               "n_neurons": float(g["n_neurons"].mean())}
+        for col in ("success", "source_kept", "prefers_target"):
+            k = int(g[col].sum())
+            lo, hi = wilson_interval(k, n)
+            row.update({col: k / n, f"{col}_lo": lo, f"{col}_hi": hi})
+        for col in ("p_target", "p_source"):
+            m, lo, hi = MH.mean_interval(g[col].to_numpy())
+            row.update({col: m, f"{col}_lo": lo, f"{col}_hi": hi})
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def composition_verdict(summary: pd.DataFrame, *, group_prefix: str = "country group",
+                        controls=("random", "matched")) -> pd.DataFrame:
+    """Per neuron count of the country group, on "other language" pairs: does patching it move the language
+    answer (two-hop) and the country answer (city -> country) to the target's, beyond the random and matched
+    controls of the same size (Wilson intervals that do not overlap)? One row per size with both success rates,
+    the controls' upper bounds and ``language_beyond_controls`` / ``country_beyond_controls``."""
+    s = summary[summary["kind"] == "other language"]
+    rows = []
+    for variant in s["variant"].unique():
+        if not variant.startswith(group_prefix):
+            continue
+        n = variant[len(group_prefix):].strip()
+        row = {"size": n}
+        for task, name in (("two_hop", "language"), ("city_to_country", "country")):
+            g = s[(s["task"] == task)].set_index("variant")
+            if variant not in g.index:
+                continue
+            row[f"{name}_success"] = g.loc[variant, "success"]
+            row[f"{name}_lo"] = g.loc[variant, "success_lo"]
+            row[f"{name}_hi"] = g.loc[variant, "success_hi"]
+            ctrl_hi = [g.loc[f"{c} {n}", "success_hi"] for c in controls if f"{c} {n}" in g.index]
+            row[f"{name}_controls_hi"] = max(ctrl_hi) if ctrl_hi else float("nan")
+            row[f"{name}_beyond_controls"] = bool(ctrl_hi) and row[f"{name}_lo"] > max(ctrl_hi)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# steering say-a-language neurons
+
+
+def last_position_nodes(prompts_tokens: list[list[str]], neurons) -> list[list[Node]]:
+    """Per prompt, ``neurons`` at its last position."""
+    return [MH.at_positions(neurons, [len(t) - 1]) for t in prompts_tokens]
+
+
+def steering_controls(model, prompts: list[str], rows: pd.DataFrame, neuron_sets: dict, multipliers, *,
+                      batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
+    """:func:`neuronlib.paper.multihop.steering_controls` with p(language), p(country), p(city)."""
+    return MH.steering_controls(model, prompts, rows, neuron_sets, multipliers, batch_size=batch_size,
+                                progress=progress, kinds=KINDS)
+
+
+def steering_summary(sweeps: pd.DataFrame) -> pd.DataFrame:
+    """:func:`neuronlib.paper.multihop.steering_summary` (the answer is the language)."""
+    return MH.steering_summary(sweeps, kinds=KINDS)
