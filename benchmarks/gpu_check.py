@@ -87,7 +87,8 @@ def main() -> int:
               f"{len(top32 & top16)}/{k}")
     if args.out:
         with open(args.out, "w") as fh:
-            json.dump({"device": torch.cuda.get_device_name(0) if dev == "cuda" else dev, "torch": torch.__version__, "checks": rows}, fh, indent=1)
+            device = torch.cuda.get_device_name(0) if dev == "cuda" else dev
+            json.dump({"device": device, "torch": torch.__version__, "checks": rows}, fh, indent=1)
     print("all passed" if ok else "SOME CHECKS FAILED")
     return 0 if ok else 1
 

@@ -16,6 +16,7 @@ from .tracing import RelPRules
 __version__ = "0.1.0"
 
 __all__ = [
-    "Attribution", "CircuitGraph", "DEFAULT_MODEL", "Intervened", "Model", "Neuron", "Node", "RelPRules", "SITES", "ablate", "attribute", "attribute_edges",
+    "Attribution", "CircuitGraph", "DEFAULT_MODEL", "Intervened", "Model", "Neuron", "Node", "RelPRules", "SITES",
+    "ablate", "attribute", "attribute_edges",
     "evaluate_circuit", "evaluate_edge_pruning", "known_models", "load_model", "patch", "steer",
 ]

@@ -216,7 +216,10 @@ def _merge_error_nodes(scores: dict, sites) -> dict:
     """Per-key scores [b, L, T, U] -> per-site; an SAE site's error node (summed over its vector) is the last unit."""
     out = {}
     for s in sites:
-        out[s] = scores[s] if s not in SAE_SITES else torch.cat([scores[s], scores[s + ERROR].sum(-1, keepdim=True).to(scores[s].dtype)], -1)
+        if s in SAE_SITES:
+            out[s] = torch.cat([scores[s], scores[s + ERROR].sum(-1, keepdim=True).to(scores[s].dtype)], -1)
+        else:
+            out[s] = scores[s]
     return out
 
 

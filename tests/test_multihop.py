@@ -10,8 +10,8 @@ from conftest import hooked_forward
 
 import neuronlib
 from neuronlib import describe as D
-from neuronlib.paper import multihop as MH
 from neuronlib import tracing
+from neuronlib.paper import multihop as MH
 from neuronlib.sites import Node
 from neuronlib.stats import auroc_per_unit
 

@@ -5,17 +5,18 @@ import random
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from pathlib import Path
+
 import pytest
 import torch
 from conftest import circuit_by_circuit
 
 import neuronlib
-from neuronlib.paper import sae_baselines as sbl
 from neuronlib.models import TINY_WORDS
-from pathlib import Path
+from neuronlib.paper import sae_baselines as sbl
+from neuronlib.saes import load_cfg
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-from neuronlib.saes import load_cfg
 
 CONFIG = sbl.SAETrainConfig(expansion=2, k=4, n_tokens=512, n_eval_tokens=128, epochs=4, batch_size=128, seq_len=16, lr=1e-2,
                             forward_batch=8)

@@ -8,7 +8,6 @@ import pytest
 import torch
 
 import neuronlib
-from neuronlib.models import TINY_WORDS
 from neuronlib.paper import sae_baselines as sbl
 from neuronlib.saes import TopKSAE
 
@@ -78,6 +77,9 @@ def _default_saes_present(model_name: str) -> bool:
 
 
 @pytest.mark.real_model
+@pytest.mark.xfail(strict=True, reason="known failure, issue 15 open: the DEFAULT_CONFIG SAEs trained on 2026-11-29 "
+                   "miss the gate (mlp_out explained variance min 0.31, 21/30 layers below 0.8; resid 4/30 below 0.9); "
+                   "results/sae_quality_gate.csv has the table. strict: this mark must go once a config passes")
 def test_saved_baseline_saes_pass_the_quality_gate():
     """The real SAEs (smollm2-135m, DEFAULT_CONFIG) in the cache: every mlp_out SAE explains >= 0.8 and every resid
     SAE >= 0.9 of the variance of the SVA test prompts' activations, position 0 included."""

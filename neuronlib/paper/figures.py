@@ -632,6 +632,7 @@ def main(argv=None) -> int:
 # capitals and languages (notebooks 03 and 05; tables from neuronlib.paper.multihop and neuronlib.paper.languages)
 
 import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
 
 KIND_COLORS = {"capital": "#1b6ca8", "state": "#d1495b", "city": "#4c9a2a", "language": "#1b6ca8",
                "country": "#d1495b"}

@@ -247,6 +247,7 @@ def trace_circuits(model, prompts: list[str], *, tau: float = TAU, k: int = 5, m
     ``keep_scores`` also keeps every prompt's full scores (float16; for short prompts). ``cache_dir``: where the
     cache lives (default :func:`neuronlib.cache.results_dir`)."""
     import neuronlib
+
     from ..cache import cache_key, cached
 
     def compute():

@@ -26,7 +26,7 @@ RESULT_CODE = (
     "neuronlib.evaluation", "neuronlib.metrics", "neuronlib.inputs", "neuronlib.sites", "neuronlib.edges",
     "neuronlib.saes", "neuronlib.stats", "neuronlib.describe", "neuronlib.architectures", "neuronlib.models",
     "neuronlib.data.sva", "neuronlib.data.capitals", "neuronlib.paper.sva", "neuronlib.paper.sae_baselines",
-    "neuronlib.paper.multihop",
+    "neuronlib.paper.multihop", "neuronlib.paper.languages", "neuronlib.paper.appendix", "neuronlib.data.languages",
 )
 
 

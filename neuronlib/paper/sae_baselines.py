@@ -45,10 +45,9 @@ they are good enough on the prompts that matter.
 """
 from __future__ import annotations
 
-import logging
-
 import concurrent.futures
 import dataclasses
+import logging
 import math
 import os
 import shutil
