@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+REPO = Path(__file__).resolve().parents[1]
+README = REPO / "README.md"
 pytestmark = pytest.mark.real_model
 
 
@@ -117,3 +118,28 @@ def test_cli_lines():
             assert "' Texas'" in rows[1].split(",")[0] and "' Texas'" in rows[2].split(",")[0]
         else:
             assert "sha256 verified" in out.stdout
+
+
+def test_case_study_block_is_rendered_from_results():
+    """The README's case-study numbers are exactly what neuronlib.paper.readme renders from results/."""
+    from neuronlib.paper.readme import case_study_block, case_study_rows
+
+    readme = (REPO / "README.md").read_text()
+    assert case_study_rows(REPO / "results"), "results/ has no case-study tables"
+    assert case_study_block(REPO / "results") in readme, (
+        "README's case-study block differs from results/: run `python -m neuronlib.paper.readme --write README.md`")
+
+
+def test_case_study_block_follows_the_tables(tmp_path):
+    """Changing a table changes the rendered block (the block is not a typed copy)."""
+    import shutil
+
+    from neuronlib.paper.readme import case_study_block
+
+    shutil.copytree(REPO / "results", tmp_path / "results")
+    before = case_study_block(tmp_path / "results")
+    path = tmp_path / "results" / "addition_accuracy.csv"
+    text = path.read_text().replace(",100,83,0.83,", ",100,84,0.84,")
+    assert text != path.read_text()
+    path.write_text(text)
+    assert case_study_block(tmp_path / "results") != before

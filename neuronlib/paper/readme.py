@@ -1,0 +1,118 @@
+"""The README's case-study results, rendered from the tables in ``results/`` (never typed by hand).
+
+``python -m neuronlib.paper.readme`` prints the Markdown block that sits between ``<!-- case-studies:start -->`` and
+``<!-- case-studies:end -->`` in README.md; ``--write README.md`` replaces it in place. ``tests/test_readme.py``
+checks the committed README against the tables.
+"""
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pandas as pd
+
+START, END = "<!-- case-studies:start -->", "<!-- case-studies:end -->"
+
+
+def _pct(x: float) -> str:
+    return f"{100 * x:.0f}%"
+
+
+def _rate(row, value="accuracy", lo="accuracy_lo", hi="accuracy_hi", n=None, k=None) -> str:
+    counts = f"{int(row[k])}/{int(row[n])} = " if n and k else ""
+    return f"{counts}{_pct(row[value])} [{_pct(row[lo])}, {_pct(row[hi])}]"
+
+
+def _read(results: Path, name: str) -> pd.DataFrame | None:
+    path = results / f"{name}.csv"
+    return pd.read_csv(path) if path.exists() else None
+
+
+def case_study_rows(results: str | Path = "results") -> list[tuple[str, str, str]]:
+    """(study, result, notebook) rows for every case-study table present in ``results``."""
+    results = Path(results)
+    rows = []
+    acc = _read(results, "capitals_accuracy")
+    if acc is not None:
+        a = acc.set_index("task")
+        rows.append(("city → state → capital, two-hop prompt: capital top-1",
+                     _rate(a.loc["two_hop"], n="n", k="correct") + "; single hops: city → state "
+                     + _rate(a.loc["city_to_state"]) + ", state → capital " + _rate(a.loc["state_to_capital"]), "03"))
+    steer = _read(results, "capitals_steering_controls_summary")
+    if steer is not None:
+        s = steer[(steer.multiplier == 0.0) & (steer.template == "state_to_capital")].set_index("set")
+        if "say a capital" in s.index:
+            ctrl = ", ".join(f"{name} {_rate(r, 'changed', 'changed_lo', 'changed_hi')}" for name, r in s.iterrows()
+                             if name != "say a capital")
+            rows.append(("zeroing the 5 say-a-capital neurons: top answer changes (state → capital prompts)",
+                         _rate(s.loc["say a capital"], "changed", "changed_lo", "changed_hi") + f"; controls: {ctrl}",
+                         "03"))
+    lang = _read(results, "languages_accuracy")
+    if lang is not None:
+        a = lang[lang.split == "all"].set_index("task") if "split" in lang.columns else lang.set_index("task")
+        rows.append(("city → country → language, two-hop prompt: language top-1",
+                     _rate(a.loc["two_hop"], n="n", k="correct") + "; city → country " + _rate(a.loc["city_to_country"])
+                     + ", country → language " + _rate(a.loc["country_to_language"]), "05"))
+    verdict = _read(results, "languages_composition_verdict")
+    if verdict is not None:
+        parts = [f"{int(r['size'])} neurons: {_rate(r, 'language_success', 'language_lo', 'language_hi')}"
+                 for _, r in verdict.iterrows()]
+        rows.append(("patching the country group (other-language city): language follows the patch",
+                     "; ".join(parts) + " (random / matched controls are listed in results/languages_patch_summary.csv)",
+                     "05"))
+    add = _read(results, "addition_accuracy")
+    if add is not None:
+        a = add.set_index(["task", "subset"])
+        rows.append(("addition a + b (single digits), whole sum right",
+                     _rate(a.loc[("whole sum", "all pairs")], "accuracy", "lo", "hi", n="n", k="correct"), "06"))
+    fam = _read(results, "addition_auroc_families")
+    if fam is not None and "mod10" in set(fam.family):
+        r = fam.set_index("family").loc["mod10"]
+        rows.append(("sum-mod-10 neurons (AUROC ≥ 0.8) replicated on held-out pairs vs label-shuffle null",
+                     f"{int(r.n_replicated)} vs {r.replicated_null_mean:.0f} expected by chance", "06"))
+    ioi = _read(results, "ioi_accuracy")
+    if ioi is not None and "all" in set(ioi.template.astype(str)):
+        r = ioi.set_index(ioi.template.astype(str)).loc["all"]
+        per = ", ".join(f"{_pct(t.accuracy)}" for t in ioi.itertuples() if str(t.template).isdigit())
+        rows.append(("IOI: indirect object top-1", _rate(r, "accuracy", "lo", "hi", n="n", k="correct")
+                     + f" (per template: {per})", "06"))
+    gate = _read(results, "sae_quality_gate")
+    if gate is not None:
+        for _, r in gate.iterrows():
+            rows.append((f"SAE quality gate, {r.site} (explained variance ≥ {r.threshold:g} on the SVA prompts)",
+                         f"{'passes' if bool(r.passes) else 'fails'}: min {r.ev_min:.2f}, median {r.ev_median:.2f}, "
+                         f"{int(r.layers_failing)}/{int(r.layers)} layers below", "01"))
+    return rows
+
+
+def case_study_block(results: str | Path = "results") -> str:
+    lines = [START, "", "| study | result (95% interval) | notebook |", "| --- | --- | --- |"]
+    cell = lambda text: str(text).replace("|", "\\|")  # noqa: E731  (a literal | would end the cell)
+    lines += [f"| {cell(a)} | {cell(b)} | {c} |" for a, b, c in case_study_rows(results)]
+    return "\n".join(lines + ["", END])
+
+
+def replace_block(text: str, block: str) -> str:
+    pattern = re.compile(re.escape(START) + ".*?" + re.escape(END), re.S)
+    if not pattern.search(text):
+        raise ValueError(f"README has no {START} ... {END} block")
+    return pattern.sub(lambda _m: block, text)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--write", metavar="README", help="replace the block in this file")
+    args = parser.parse_args(argv)
+    block = case_study_block(args.results)
+    if args.write:
+        path = Path(args.write)
+        path.write_text(replace_block(path.read_text(), block))
+    else:
+        print(block)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
