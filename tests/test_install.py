@@ -65,4 +65,4 @@ def test_make_targets():
     assert re.search(r"^test: .*\blint\b", makefile, re.M), "make test runs the linter first"
     assert '-m "not real_model and not notebook and not slow"' in makefile
     assert "ruff check" in makefile
-    assert PYPROJECT["tool"]["ruff"]["line-length"] == 120
+    assert PYPROJECT["tool"]["ruff"]["line-length"] <= 140  # one limit for code and notebooks

@@ -70,3 +70,21 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path):
               if o.get("output_type") == "error"]
     assert not errors
     assert row["figures"], "a smoke run should still draw its figures (into the temporary directory)"
+
+
+SHARED_PARAMETERS = ("MODEL", "SMOKE", "FIGURES_DIR", "CACHE_DIR", "RESULTS_DIR", "REFRESH")
+
+
+@pytest.mark.parametrize("path", BOOKS, ids=[p.stem for p in BOOKS])
+def test_parameters_cell_parses_cleanly_with_the_shared_names(path, caplog):
+    """papermill reads every line of the parameters cell (no "Unable to parse line"), and every notebook takes the
+    same names, which it hands to neuronlib.paper.notebook.setup."""
+    from papermill.translators import PythonTranslator
+
+    nb = json.loads(path.read_text())
+    code = [c for c in nb["cells"] if c["cell_type"] == "code"]
+    with caplog.at_level("WARNING", logger="papermill"):
+        names = {p.name for p in PythonTranslator.inspect({"source": "".join(code[0]["source"])})}
+    assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()], caplog.text
+    assert set(SHARED_PARAMETERS) <= names, f"missing parameters: {set(SHARED_PARAMETERS) - names}"
+    assert any("setup(" in "".join(c["source"]) for c in code[1:3]), "the cell after the parameters calls setup()"

@@ -31,6 +31,7 @@ class Session:
     cache: Path | None
     refresh: bool
     threads: int
+    scratch: Path | None = None  # SMOKE: the temporary folder that holds everything the run writes
     t_start: float = field(default_factory=time.perf_counter)
     _model: object = None
 
@@ -113,4 +114,4 @@ def setup(*, MODEL: str, SMOKE: bool, FIGURES_DIR=None, CACHE_DIR=None, RESULTS_
     except ImportError:
         pass
     return Session(model_name=MODEL, smoke=bool(SMOKE), figures=figures, results=results, cache=cache,
-                   refresh=bool(REFRESH), threads=int(THREADS))
+                   refresh=bool(REFRESH), threads=int(THREADS), scratch=scratch if SMOKE else None)
