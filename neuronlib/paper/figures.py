@@ -17,11 +17,11 @@ import pandas as _pd
 # ===================================================================================================================
 
 SVA_ALL = 10**12  # the requested size of the full circuit (sva.ALL)
-_METHOD_LABELS = {
+METHOD_LABELS = {
     "atp": "AtP", "relp": "RelP", "relp-no-gate": "RelP, no gate rule", "relp-no-half": "RelP, no half rule",
     "ig": "IG-10 (per site)", "ig-inputs": "IG-10 (inputs)",
 }
-_BASIS_LABELS = {
+BASIS_LABELS = {
     "mlp_acts": "MLP activations (neurons)", "mlp_out": "MLP outputs", "attn_out": "attention outputs",
     "resid": "residual stream", "sae_mlp_out": "SAE latents on MLP outputs",
     "sae_resid": "SAE latents on residual stream", "sae_attn_out": "SAE latents on attention outputs",
@@ -126,8 +126,8 @@ def fig_faithfulness(curves, *, basis: str = "mlp_acts", methods=("relp", "ig-in
             axes[0, col].set_title(f"{name}{flag}\n{n} test pairs")
         axes[0, 0].set_ylabel("faithfulness / completeness\nlog axis")
         axes[1, 0].set_ylabel("faithfulness / completeness\nlinear axis, 0–400")
-        _sva_legend(fig, [(_METHOD_LABELS.get(m, m), _color(m), "-") for m in methods if m in set(sel.method)])
-        fig.suptitle(title or f"SVA circuits on {_BASIS_LABELS.get(basis, basis)}\n({_sva_models(sel)}; "
+        _sva_legend(fig, [(METHOD_LABELS.get(m, m), _color(m), "-") for m in methods if m in set(sel.method)])
+        fig.suptitle(title or f"SVA circuits on {BASIS_LABELS.get(basis, basis)}\n({_sva_models(sel)}; "
                      f"{setting} runs, {ablation} ablation; bands: 95% bootstrap over test pairs)", fontsize=9)
     return fig
 
@@ -145,7 +145,7 @@ def fig_methods_by_basis(curves, *, bases=("mlp_acts", "mlp_out", "attn_out", "r
 
     sel = _sva_select(curves, setting=setting, ablation=ablation, eval_metric="logit_diff", template=template)
     bases = [b for b in bases if b in set(sel.basis)]
-    panels = [(_BASIS_LABELS.get(b, b), sel[sel.basis == b], methods) for b in bases]
+    panels = [(BASIS_LABELS.get(b, b), sel[sel.basis == b], methods) for b in bases]
     abl = sel[(sel.basis == "mlp_acts") & sel.method.isin(ablation_methods or ())]
     if abl.method.nunique() > 1:
         panels.append(("RelP rules (neurons)", abl, ablation_methods))
@@ -165,7 +165,7 @@ def fig_methods_by_basis(curves, *, bases=("mlp_acts", "mlp_out", "attn_out", "r
             ax.set_title(ptitle)
             ax.set_xlabel("circuit size (nodes)")
         axes[0][0].set_ylabel("faithfulness / completeness")
-        _sva_legend(fig, [(_METHOD_LABELS.get(m, m), c, _METHOD_STYLES.get(m, "-")) for m, c in used],
+        _sva_legend(fig, [(METHOD_LABELS.get(m, m), c, _METHOD_STYLES.get(m, "-")) for m, c in used],
                     ncol=len(used) + 2)
         fig.suptitle(title or f"SVA, {template} over templates\n({_sva_models(sel)}; {setting} runs, {ablation} "
                      "ablation; bands: 95% bootstrap)", fontsize=9)
@@ -196,10 +196,10 @@ def fig_basis_comparison(curves, *, methods=("ig-inputs", "relp"),
                         continue
                     g = sel[(sel.method == method) & (sel.basis == basis)]
                     _sva_curve(ax, g, color=_color(basis), linestyle="--" if basis.startswith("sae_") else "-",
-                               linear=linear, label=_BASIS_LABELS.get(basis, basis))
+                               linear=linear, label=BASIS_LABELS.get(basis, basis))
                 _sva_decorate(ax, linear=linear, ylim=ylim)
                 ax.set_xlabel("circuit size (nodes)")
-                ax.set_title(_METHOD_LABELS.get(method, method) + (" (linear axis, 0–400)" if linear else ""))
+                ax.set_title(METHOD_LABELS.get(method, method) + (" (linear axis, 0–400)" if linear else ""))
             axes[0][col].legend(fontsize=6.5, loc="center left")
         for row in range(2):
             axes[row][0].set_ylabel("faithfulness (filled, ideal 1)\ncompleteness (open, ideal 0)")
@@ -229,7 +229,7 @@ def fig_unpaired(curves, *, template: str = "pooled", title: str | None = None):
             for (method, basis), g in frame.groupby(["method", "basis"]):
                 style = _METHOD_STYLES.get(method, "-") if method != "relp" else "-"
                 _sva_curve(ax, g, color=_color(basis), linestyle=style)
-                label = f"{_METHOD_LABELS.get(method, method)}, {_BASIS_LABELS.get(basis, basis)}"
+                label = f"{METHOD_LABELS.get(method, method)}, {BASIS_LABELS.get(basis, basis)}"
                 entry = (label, _color(basis), style)
                 if entry not in used:
                     used.append(entry)
@@ -254,7 +254,7 @@ def fig_score_distribution(histogram, concentration, layers, *, method: str = "r
     h = histogram[histogram.method == method]
     c = concentration[concentration.method == method]
     lay = layers[layers.method == method]
-    bases = [b for b in _BASIS_LABELS if b in set(h.basis) | set(c.basis)]
+    bases = [b for b in BASIS_LABELS if b in set(h.basis) | set(c.basis)]
     ks = sorted(set(lay.k))
     with plotting.style():
         fig, axes = plt.subplots(1, 2 + len(ks), figsize=(3.1 * (2 + len(ks)), 3.5), squeeze=False,
@@ -284,9 +284,9 @@ def fig_score_distribution(histogram, concentration, layers, *, method: str = "r
             ax.set_title(f"({chr(ord('c') + i)}) layers of the top {k:,}")
             ax.set_xlabel("layer")
             ax.set_ylabel("fraction of nodes")
-        _sva_legend(fig, [(_BASIS_LABELS[b], _color(b), "--" if b.startswith("sae_") else "-") for b in bases],
+        _sva_legend(fig, [(BASIS_LABELS[b], _color(b), "--" if b.startswith("sae_") else "-") for b in bases],
                     markers=False)
-        fig.suptitle(title or f"SVA node attribution scores by basis ({_METHOD_LABELS.get(method, method)}, paired; "
+        fig.suptitle(title or f"SVA node attribution scores by basis ({METHOD_LABELS.get(method, method)}, paired; "
                      "every template's nodes pooled)")
     return fig
 
@@ -592,7 +592,7 @@ def readme_cells(row) -> list[str]:
     flags = [name for name, col in (("below floor", "below_floor"), ("F>1", "faithfulness_above_1"),
                                     ("C<0", "completeness_below_0"), ("falls back", "falls_back@F>=0.8"))
              if bool(row.get(col, False))]
-    cells = [str(row.model), _METHOD_LABELS.get(row.method, row.method), str(row.basis), str(row.template)]
+    cells = [str(row.model), METHOD_LABELS.get(row.method, row.method), str(row.basis), str(row.template)]
     for t in (0.8, 0.9):
         cells.append(f"{_fmt_k(row[f'k@F>={t}'])} [{_fmt_k(row[f'k@F>={t}_lo'])}, {_fmt_k(row[f'k@F>={t}_hi'])}]")
         c = float(row[f"completeness@F>={t}"])

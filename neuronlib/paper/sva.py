@@ -52,6 +52,7 @@ from .. import cache, stats
 from ..attribution import Attribution
 from ..data.sva import TEMPLATES, load_sva
 from ..evaluation import evaluate_circuit
+from .figures import BASIS_LABELS, METHOD_LABELS  # noqa: F401  (one set of labels; re-exported)
 
 logger = logging.getLogger(__name__)
 
@@ -80,15 +81,6 @@ EVAL_VERSION = 2
 ALL = 10**12  # "every node of the basis": the requested size of the full circuit (capped to the basis's node count)
 POOLED = "pooled"
 
-METHOD_LABELS = {
-    "atp": "AtP", "relp": "RelP", "relp-no-gate": "RelP, no gate rule", "relp-no-half": "RelP, no half rule",
-    "ig": "IG-10 (per site)", "ig-inputs": "IG-10 (inputs)",
-}
-BASIS_LABELS = {
-    "mlp_acts": "MLP activations (neurons)", "mlp_out": "MLP outputs", "attn_out": "attention outputs",
-    "resid": "residual stream", "sae_mlp_out": "SAE latents on MLP outputs",
-    "sae_resid": "SAE latents on residual stream", "sae_attn_out": "SAE latents on attention outputs",
-}
 KEYS = ["model", "method", "basis", "setting", "ablation", "eval_metric"]
 COLUMNS = ["model", "template", "method", "basis", "setting", "ablation", "eval_metric", "k", "size", "total_nodes",
            "faithfulness", "completeness", "m_C", "m_Cbar", "m_M", "m_empty", "threshold", "n_train", "n_test"]
