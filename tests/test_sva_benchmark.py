@@ -322,3 +322,21 @@ def test_notebook_parameters_cell():
     source = "\n".join(c.source for c in nb.cells)
     for name in ("fig1_sva_faithfulness", "fig3_sva_ig_vs_relp", "fig4_sva_score_distribution", "fig5_sva_unpaired"):
         assert name in source
+
+
+def test_seed_summary_takes_median_min_max_and_counts_unreached():
+    rows = []
+    for seed, (k8, k9, eff) in enumerate([(50.0, 200.0, 3.0), (70.0, np.nan, 2.0), (60.0, 400.0, 4.0)]):
+        rows.append({"model": "m", "method": "relp", "basis": "mlp_acts", "setting": "paired", "ablation": "mean",
+                     "eval_metric": "logit_diff", "template": "t0", "k@F>=0.8": k8, "k@F>=0.9": k9,
+                     "completeness@F>=0.8": 0.1 * seed, "completeness@F>=0.9": np.nan if np.isnan(k9) else 0.5,
+                     "effect": eff, "data_seed": seed})
+    s = sb.seed_summary(pd.DataFrame(rows)).iloc[0]
+    assert s["seeds"] == 3 and s["data_seeds"] == "0,1,2"
+    assert (s["k@F>=0.8_median"], s["k@F>=0.8_min"], s["k@F>=0.8_max"]) == (60.0, 50.0, 70.0)
+    # a seed that never reaches 0.9 counts as +inf: the median is the larger of the two reached values
+    assert s["seeds_reached@F>=0.9"] == 2 and s["k@F>=0.9_median"] == 400.0 and np.isinf(s["k@F>=0.9_max"])
+    assert s["completeness@F>=0.9_median"] == 0.5 and s["effect_median"] == 3.0
+    view = sb.seed_view(sb.seed_summary(pd.DataFrame(rows)))
+    assert view.iloc[0]["k @ F≥0.8: median [min, max]"] == "60 [50, 70]"
+    assert view.iloc[0]["k @ F≥0.9: median [min, max]"] == "400 [200, ∞]"

@@ -238,10 +238,11 @@ class Run:
 
 
 def default_plan(*, n_ig: int | None = None, bases=BASES, atp_bases=BASES, unpaired_bases=("mlp_acts", "mlp_out"),
-                 unpaired_methods=("relp",), linear=("mlp_acts",), ablation_bases=("mlp_acts",)) -> list[Run]:
+                 unpaired_methods=("relp",), unpaired_ablations=("zero", "mean"), linear=("mlp_acts",),
+                 ablation_bases=("mlp_acts",)) -> list[Run]:
     """The benchmark of notebook 02: RelP, IG-inputs and AtP on every basis (paired), the RelP ablations (no gate
     rule, no half rule) on the same grid, and unpaired runs (evaluated on the pairs, plus the single-answer extra
-    under zero and mean ablation). The linear sizes are added on the ``linear`` bases."""
+    under each of ``unpaired_ablations``). The linear sizes are added on the ``linear`` bases."""
     lin = tuple(b for b in linear if b in bases)
     plan = [Run("relp", tuple(bases), linear=lin), Run(IG_METHOD, tuple(bases), n_train=n_ig, linear=lin)]
     if atp_bases:
@@ -250,7 +251,7 @@ def default_plan(*, n_ig: int | None = None, bases=BASES, atp_bases=BASES, unpai
         plan += [Run("relp-no-gate", tuple(ablation_bases), linear=lin),
                  Run("relp-no-half", tuple(ablation_bases), linear=lin)]
     for method in unpaired_methods:
-        plan.append(Run(method, tuple(unpaired_bases), setting="unpaired", ablations=("zero", "mean"),
+        plan.append(Run(method, tuple(unpaired_bases), setting="unpaired", ablations=tuple(unpaired_ablations),
                         n_train=n_ig if method.startswith("ig") else None))
     return plan
 
@@ -685,6 +686,74 @@ def concentration_summary(concentration: pd.DataFrame, ks=(10, 100, 1000)) -> pd
         row = {"method": method, "basis": basis}
         for k in ks:
             row[f"top {k}"] = float(np.median([np.interp(k, gt.k, gt.share) for _, gt in g.groupby("template")]))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ------------------------------------------------------------------------------------------------------------- data seeds
+
+
+SEED_COLUMNS = ("k@F>=0.8", "k@F>=0.9", "completeness@F>=0.8", "completeness@F>=0.9", "effect")
+
+
+def seed_headlines(model, seeds, *, directory, templates=TEMPLATES, n_train: int = 300, n_test: int = 40,
+                   run: Run | None = None, log_sizes=LOG_SIZES, linear_sizes=LINEAR_SIZES, cache_dir=None,
+                   refresh: bool = False, n_boot: int = N_BOOT, seed: int = SEED,
+                   floor: float = EFFECT_FLOOR) -> pd.DataFrame:
+    """The headline table of ``run`` (default: RelP on the neurons, paired) once per data seed: each seed is a
+    different draw and noun-group split of the generator (:func:`neuronlib.data.sva.write_sva_files`), written to
+    ``directory/seed{s}`` and loaded as community-format files. Returns the rows of :func:`headline_table` with a
+    ``data_seed`` column; :func:`seed_summary` turns them into median [min, max] per template."""
+    from ..data.sva import write_sva_files
+
+    run = run or Run("relp", ("mlp_acts",), linear=("mlp_acts",))
+    frames = []
+    for s in seeds:
+        folder = Path(directory) / f"seed{s}"
+        if not all((folder / f"{t}_{split}.jsonl").exists() for t in templates for split in ("train", "test")):
+            write_sva_files(folder, n_train=n_train, n_test=n_test, seed=int(s), tokenizer=model.tokenizer)
+        data = load_templates(model, templates, n_train=n_train, n_test=n_test, data_dir=folder)
+        result = run_benchmark(model, data, plan=[run], log_sizes=log_sizes, linear_sizes=linear_sizes,
+                               cache_dir=cache_dir, refresh=refresh)
+        frames.append(headline_table(result, n_boot=n_boot, seed=seed, floor=floor).assign(data_seed=int(s)))
+    return pd.concat(frames, ignore_index=True)
+
+
+def seed_summary(per_seed: pd.DataFrame, columns=SEED_COLUMNS) -> pd.DataFrame:
+    """Median [min, max] over data seeds of each headline column, per (method, basis, setting, eval_metric,
+    template). A seed where the threshold is not reached counts as +inf for the k columns (so the median can be
+    "not reached"); ``seeds_reached@F>=t`` says in how many it was."""
+    keys = ["model", "method", "basis", "setting", "ablation", "eval_metric", "template"]
+    rows = []
+    for key, g in per_seed.groupby(keys, sort=False):
+        row = dict(zip(keys, key), seeds=int(g.data_seed.nunique()),
+                   data_seeds=",".join(str(x) for x in sorted(g.data_seed.unique())))
+        for col in columns:
+            v = g[col].to_numpy(dtype=float)
+            if col.startswith("k@"):
+                row[f"seeds_reached@{col[2:]}"] = int(np.isfinite(v).sum())
+                v = np.where(np.isfinite(v), v, np.inf)
+            else:
+                v = v[np.isfinite(v)]
+            row[f"{col}_median"] = float(np.median(v)) if len(v) else np.nan
+            row[f"{col}_min"] = float(np.min(v)) if len(v) else np.nan
+            row[f"{col}_max"] = float(np.max(v)) if len(v) else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def seed_view(summary: pd.DataFrame, thresholds=THRESHOLDS) -> pd.DataFrame:
+    """:func:`seed_summary` for reading: per template, k at each threshold as "median [min, max]" over the seeds."""
+    rows = []
+    for r in summary.to_dict("records"):
+        row = {"method": METHOD_LABELS.get(r["method"], r["method"]), "basis": r["basis"], "template": r["template"],
+               "seeds": r["seeds"]}
+        for t in thresholds:
+            row[f"k @ F≥{t}: median [min, max]"] = fmt_size(r[f"k@F>={t}_median"], r[f"k@F>={t}_min"],
+                                                              r[f"k@F>={t}_max"])
+            row[f"seeds reaching {t}"] = r[f"seeds_reached@F>={t}"]
+        row["m(M) − m(∅): median [min, max]"] = (f"{fmt_num(r['effect_median'])} [{fmt_num(r['effect_min'])}, "
+                                                 f"{fmt_num(r['effect_max'])}]")
         rows.append(row)
     return pd.DataFrame(rows)
 
