@@ -251,12 +251,13 @@ def write_entry(path: Path, kind: str, value) -> None:
         raise
 
 
-def cached(kind: str, key: str, compute: Callable[[], Any], *, refresh: bool = False, directory: Path | None = None):
-    """Return the stored result for (kind, key), computing and storing it on a miss.
+def cached_entry(kind: str, key: str, compute: Callable[[], Any], *, refresh: bool = False,
+                 directory: Path | None = None) -> tuple[Any, bool]:
+    """(value, hit): the stored result for (kind, key), or the computed one (then stored) with ``hit=False``.
 
     An unreadable entry (truncated, garbage bytes, an old pickled entry, another code version of ``kind``) is
-    recomputed with a one-line warning. A value that cannot be stored safely (see the module docstring) is returned
-    uncached with a warning."""
+    recomputed with a one-line warning (``hit=False``). A value that cannot be stored safely (see the module
+    docstring) is returned uncached with a warning."""
     path = entry_path(kind, key, directory)
     if path.exists() and not refresh:
         try:
@@ -267,7 +268,7 @@ def cached(kind: str, key: str, compute: Callable[[], Any], *, refresh: bool = F
         else:
             _hits[kind] += 1
             logger.debug(f"cache hit: {kind} {key}")
-            return value
+            return value, True
     _misses[kind] += 1
     logger.debug(f"cache miss: {kind} {key}")
     value = compute()
@@ -275,4 +276,9 @@ def cached(kind: str, key: str, compute: Callable[[], Any], *, refresh: bool = F
         write_entry(path, kind, value)
     except TypeError as err:
         logger.warning(f"cache: {kind} result not stored ({err})")
-    return value
+    return value, False
+
+
+def cached(kind: str, key: str, compute: Callable[[], Any], *, refresh: bool = False, directory: Path | None = None):
+    """The stored result for (kind, key), computing and storing it on a miss (:func:`cached_entry` without the flag)."""
+    return cached_entry(kind, key, compute, refresh=refresh, directory=directory)[0]

@@ -60,10 +60,11 @@ def test_damaged_results_entry_is_recomputed(tmp_path, damage, caplog):
     data = path.read_bytes()
     path.write_bytes({"garbage": os.urandom(512), "truncate": data[: len(data) // 2], "empty": b""}[damage])
     with caplog.at_level(logging.WARNING, logger="neuronlib"):
-        got = cache.cached("sva_eval", "k", lambda: {"x": torch.zeros(3)}, directory=tmp_path)
-    assert torch.equal(got["x"], torch.zeros(3))
+        got, hit = cache.cached_entry("sva_eval", "k", lambda: {"x": torch.zeros(3)}, directory=tmp_path)
+    assert torch.equal(got["x"], torch.zeros(3)) and hit is False  # a damaged entry is a miss, not a "cached" step
     assert any("recomputing" in r.getMessage() for r in caplog.records)
-    assert torch.equal(cache.cached("sva_eval", "k", lambda: None, directory=tmp_path)["x"], torch.zeros(3))
+    again, hit = cache.cached_entry("sva_eval", "k", lambda: None, directory=tmp_path)
+    assert torch.equal(again["x"], torch.zeros(3)) and hit is True
 
 
 class _Boom:

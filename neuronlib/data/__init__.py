@@ -16,3 +16,16 @@ def packaged(name: str = "") -> Path:
     if not path.exists():
         raise FileNotFoundError(f"no packaged data file {name!r} (looked in {path.parent})")
     return path
+
+
+def read_table(name: str, columns, path=None):
+    """A packaged JSON-lines table (``path`` overrides it) as a DataFrame with exactly ``columns``, in that order;
+    a file without one of them is an error that names the file."""
+    import pandas as pd
+
+    path = Path(path) if path is not None else packaged(name)
+    df = pd.read_json(path, lines=True, dtype=False)
+    missing = [c for c in columns if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing columns {missing}")
+    return df[list(columns)].reset_index(drop=True)

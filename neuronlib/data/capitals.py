@@ -13,7 +13,7 @@ from typing import NamedTuple, Sequence
 
 import pandas as pd
 
-from . import packaged
+from . import read_table
 
 logger = logging.getLogger(__name__)
 
@@ -25,12 +25,7 @@ ANSWER_PREFILL = "Answer:"
 
 def load_capitals(path: str | Path | None = None) -> pd.DataFrame:
     """The capitals table with columns city, state, capital (one row per state)."""
-    path = Path(path) if path is not None else packaged("capitals.jsonl")
-    df = pd.read_json(path, lines=True, dtype=False)
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}")
-    return df[list(COLUMNS)].reset_index(drop=True)
+    return read_table("capitals.jsonl", COLUMNS, path)
 
 
 def two_hop_prompt(city: str, tokenizer) -> str:

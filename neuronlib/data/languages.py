@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from . import packaged
+from . import packaged, read_table
 from .capitals import ANSWER_PREFILL, FirstTokenIds, first_token_ids  # noqa: F401  (re-exported)
 
 COLUMNS = ("city", "country", "language")
@@ -32,14 +32,11 @@ CITY_TO_COUNTRY_MATCHED = "The main country in which {city} is located is"
 
 def load_languages(path: str | Path | None = None) -> pd.DataFrame:
     """The languages table with columns city, country, language (one row per city)."""
-    path = Path(path) if path is not None else packaged("languages.jsonl")
-    df = pd.read_json(path, lines=True, dtype=False)
-    missing = [c for c in COLUMNS if c not in df.columns]
-    if missing:
-        raise ValueError(f"{path}: missing columns {missing}")
+    df = read_table("languages.jsonl", COLUMNS, path)
     if df["city"].duplicated().any():
-        raise ValueError(f"{path}: duplicate cities {sorted(df.loc[df['city'].duplicated(), 'city'])}")
-    return df[list(COLUMNS)].reset_index(drop=True)
+        dups = sorted(df.loc[df["city"].duplicated(), "city"])
+        raise ValueError(f"{path or packaged('languages.jsonl')}: duplicate cities {dups}")
+    return df
 
 
 def two_hop_prompt(city: str) -> str:

@@ -6,8 +6,8 @@ figure; :func:`draw_all` maps table names to figure functions. Sections below ar
 """
 from __future__ import annotations
 
-import numpy as _np
-import pandas as _pd
+import numpy as np
+import pandas as pd
 
 # ===================================================================================================================
 # SVA, basis comparison and edges (notebooks 01, 02, 04): figures 1, 2, 2a, 3, 4, 5, 6 and A.
@@ -73,7 +73,7 @@ def _sva_decorate(ax, *, linear=False, ylim=None):
 
 
 def _sva_ylim(frame, limit=(-1.0, 2.0)):
-    vals = _pd.concat([frame.faithfulness, frame.completeness]).dropna() if len(frame) else _pd.Series(dtype=float)
+    vals = pd.concat([frame.faithfulness, frame.completeness]).dropna() if len(frame) else pd.Series(dtype=float)
     if not len(vals):
         return (-0.25, 1.25)
     return (max(limit[0], min(-0.1, float(vals.min()) - 0.05)), min(limit[1], max(1.1, float(vals.max()) + 0.05)))
@@ -153,7 +153,7 @@ def fig_methods_by_basis(curves, *, bases=("mlp_acts", "mlp_out", "attn_out", "r
     with plotting.style():
         fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.2 * max(1, len(panels)), 3.9), squeeze=False,
                                  sharey=True, layout="constrained")
-        ylim = _sva_ylim(_pd.concat([p[1] for p in panels])) if panels else None
+        ylim = _sva_ylim(pd.concat([p[1] for p in panels])) if panels else None
         for ax, (ptitle, frame, ms) in zip(axes[0], panels):
             for method in ms:
                 g = frame[frame.method == method]
@@ -266,9 +266,9 @@ def fig_score_distribution(histogram, concentration, layers, *, method: str = "r
             ax_hist.step((g.bin_lo + g.bin_hi) / 2, g.density, where="mid", color=color, ls=ls, lw=1.3)
             gc = c[c.basis == basis]
             if len(gc):
-                grid = _np.unique(gc.k)
-                per = _np.array([_np.interp(grid, gt.k, gt.share) for _, gt in gc.groupby("template")])
-                ax_cum.plot(grid, _np.median(per, 0), color=color, ls=ls)
+                grid = np.unique(gc.k)
+                per = np.array([np.interp(grid, gt.k, gt.share) for _, gt in gc.groupby("template")])
+                ax_cum.plot(grid, np.median(per, 0), color=color, ls=ls)
                 ax_cum.fill_between(grid, per.min(0), per.max(0), color=color, alpha=0.1, lw=0)
             for ax, k in zip(ax_layers, ks):
                 gl = lay[(lay.basis == basis) & (lay.k == k)]
@@ -422,7 +422,7 @@ def fig_addition_heatmaps(heat, *, title: str | None = None):
         for ax, name in zip(axes.flat, neurons):
             g = heat[heat["neuron"] == name]
             M = g.pivot(index="a", columns="b", values="attribution")
-            v = float(_np.nanmax(_np.abs(M.to_numpy()))) or 1.0
+            v = float(np.nanmax(np.abs(M.to_numpy()))) or 1.0
             im = ax.imshow(M.to_numpy(), cmap="RdBu_r", vmin=-v, vmax=v)
             ax.axis("on")
             ax.grid(False)
@@ -584,7 +584,7 @@ def readme_rows(frame, *, template_rows: bool = True):
 
 def _fmt_k(v) -> str:
     v = float(v)
-    return "—" if _np.isnan(v) else ("∞" if _np.isinf(v) else f"{v:,.0f}")
+    return "—" if np.isnan(v) else ("∞" if np.isinf(v) else f"{v:,.0f}")
 
 
 def readme_cells(row) -> list[str]:
@@ -596,7 +596,7 @@ def readme_cells(row) -> list[str]:
     for t in (0.8, 0.9):
         cells.append(f"{_fmt_k(row[f'k@F>={t}'])} [{_fmt_k(row[f'k@F>={t}_lo'])}, {_fmt_k(row[f'k@F>={t}_hi'])}]")
         c = float(row[f"completeness@F>={t}"])
-        cells.append("—" if _np.isnan(c) else f"{c:.2f}")
+        cells.append("—" if np.isnan(c) else f"{c:.2f}")
     cells.append(f"{float(row.effect):.2f} [{float(row.effect_lo):.2f}, {float(row.effect_hi):.2f}]")
     cells.append(", ".join(flags))
     return cells
@@ -627,12 +627,9 @@ def main(argv=None) -> int:
     return 0
 
 
-
 # ===============================================================================================================
 # capitals and languages (notebooks 03 and 05; tables from neuronlib.paper.multihop and neuronlib.paper.languages)
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
 
 KIND_COLORS = {"capital": "#1b6ca8", "state": "#d1495b", "city": "#4c9a2a", "language": "#1b6ca8",
                "country": "#d1495b"}

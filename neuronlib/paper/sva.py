@@ -349,9 +349,8 @@ def cached_attribution(model, template: str, td: TemplateData, run: Run, sites, 
     if sae is not None:
         parts["saes"] = sae
     key = cache.cache_key(**parts)
-    hit = cache.entry_path("sva_attribution", key, directory).exists() and not refresh
     t0 = time.perf_counter()
-    stored = cache.cached("sva_attribution", key, _timed(lambda: _attribute_mean(
+    stored, hit = cache.cached_entry("sva_attribution", key, _timed(lambda: _attribute_mean(
         model, train, run, tuple(sites), ig_steps=ig_steps, batch_size=batch_size, chunk=chunk, progress=progress)),
         refresh=refresh, directory=directory)
     step = {"model": model.name, "template": template, "step": "attribution", "method": run.method,
@@ -422,9 +421,8 @@ def run_benchmark(
                     eparts = dict(parts, eval_version=EVAL_VERSION, basis=basis, ablation=ablation,
                                   eval_metric=eval_metric, sizes=actual, test=cache.data_hash(test))
                     ekey = cache.cache_key(**eparts)
-                    ehit = cache.entry_path("sva_eval", ekey, directory).exists() and not refresh
                     t0 = time.perf_counter()
-                    evaluated = cache.cached("sva_eval", ekey, _timed(lambda: _evaluate(
+                    evaluated, ehit = cache.cached_entry("sva_eval", ekey, _timed(lambda: _evaluate(
                         model, mean, test, basis, actual, ablation, eval_metric, eval_batch_size)),
                         refresh=refresh, directory=directory)
                     frame, ex = evaluated["value"]["frame"], evaluated["value"]["examples"]
