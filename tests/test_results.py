@@ -54,6 +54,23 @@ def _synthetic(tmp_path, n=20, seed=0):
     return out
 
 
+def test_readme_table_adds_the_data_seed_summary(tmp_path):
+    out = _synthetic(tmp_path)
+    head = results.read_table("sva_headline", out)
+    main = head[(head.method == "relp") & (head.basis == "mlp_acts")]
+    shifted = main.assign(**{"k@F>=0.8": main["k@F>=0.8"] * 2, "k@F>=0.9": np.inf})
+    per_seed = pd.concat([main.assign(data_seed=0), shifted.assign(data_seed=1)], ignore_index=True)
+    results.write_table(sb.seed_summary(per_seed), "sva_seed_summary", out, model="smollm2-135m")
+    rows = parse_table(figures.readme_table(out))
+    seed_rows = [r for r in rows if len(r) == 6]
+    assert [r[1] for r in seed_rows] == [*sb.TEMPLATES, "pooled"]
+    pooled = main[main.template == "pooled"].iloc[0]
+    k = pooled["k@F>=0.8"]
+    # median of two seeds is their mean; the 0.9 column is open above (one seed never reaches it)
+    assert seed_rows[-1][2] == f"{1.5 * k:,.0f} [{k:,.0f}, {2 * k:,.0f}]" and seed_rows[-1][3].endswith(", ∞]")
+    assert seed_rows[-1][5] == "0,1"
+
+
 def test_tables_carry_provenance_and_round_trip(tmp_path):
     out = _synthetic(tmp_path)
     meta = results.read_provenance("sva_headline", out)
@@ -94,8 +111,13 @@ def test_make_figures_redraws_from_tables_without_a_model(tmp_path):
 
 
 def parse_table(markdown: str) -> list[list[str]]:
-    rows = [line for line in markdown.splitlines() if line.startswith("|")]
-    return [[c.strip() for c in line.strip("|").split("|")] for line in rows[2:]]
+    """The body rows of every Markdown table in ``markdown`` (each table's header and rule left out)."""
+    rows, run = [], 0
+    for line in markdown.splitlines():
+        run = run + 1 if line.startswith("|") else 0
+        if run > 2:
+            rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
 
 
 def test_readme_table_renders_every_number_from_the_tables(tmp_path):

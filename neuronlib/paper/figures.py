@@ -565,6 +565,20 @@ def readme_table(results_dir, *, template_rows: bool = True) -> str:
         lines.append(f"*`{table}`: run of {meta.get('date', '?')} at commit {meta.get('commit', '?')}, model "
                      f"{meta.get('model', '?')}.*")
         lines.append("")
+    if (results_dir / "sva_seed_summary.csv").exists():
+        seeds = read_table("sva_seed_summary", results_dir)
+        n = int(seeds.seeds.max())
+        lines += [f"Across {n} data seeds (other draws and noun-group splits of the generator; RelP on the neurons, "
+                  "paired): median [min, max] over the seeds, ∞ where a seed does not reach the threshold.", "",
+                  "| model | template | k @ F≥0.8 | k @ F≥0.9 | m(M) − m(∅) | seeds |", "|---|---|---:|---:|---:|---|"]
+        order = {t: i for i, t in enumerate((*_SVA_TEMPLATES, "pooled"))}
+        for _, r in seeds.sort_values("template", key=lambda c: c.map(order).fillna(9)).iterrows():
+            ks = [f"{_fmt_k(r[f'k@F>={t}_median'])} [{_fmt_k(r[f'k@F>={t}_min'])}, {_fmt_k(r[f'k@F>={t}_max'])}]"
+                  for t in (0.8, 0.9)]
+            lines.append(f"| {r.model} | {r.template} | {ks[0]} | {ks[1]} | {float(r.effect_median):.2f} "
+                         f"[{float(r.effect_min):.2f}, {float(r.effect_max):.2f}] | {r.data_seeds} |")
+        meta = read_provenance("sva_seed_summary", results_dir)
+        lines += ["", f"*`sva_seed_summary`: run of {meta.get('date', '?')} at commit {meta.get('commit', '?')}.*"]
     return "\n".join(lines).rstrip() + "\n"
 
 
