@@ -253,6 +253,9 @@ def test_tables_and_figures_from_frames(bench, tmp_path):
     assert {"k@F>=0.8", "k@F>=0.8_lo", "k@F>=0.8_hi", "completeness@F>=0.8", "k@F>=0.9", "effect"} <= set(head.columns)
     scores = tables["sva_scores_concentration"]
     assert set(scores.basis) == {"mlp_acts", "resid"} and scores.share.between(0, 1 + 1e-9).all()
+    steps = read_table("sva_steps", tmp_path / "results")  # what each step cost, stable across cached re-runs
+    assert set(steps.step) == {"attribution", "evaluation"} and (steps.compute_seconds > 0).all()
+    assert "cached" not in steps.columns and len(steps) == len(result.log)
     drawn = figures.draw_all(tmp_path / "results", tmp_path / "figures")
     for name in ("fig1_sva_faithfulness", "fig3_sva_ig_vs_relp", "fig4_sva_score_distribution", "fig5_sva_unpaired"):
         for ext in ("png", "pdf"):

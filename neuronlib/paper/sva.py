@@ -839,15 +839,16 @@ def write_tables(result: BenchmarkResult, directory, *, prefix: str = "sva", suf
                  floor: float = EFFECT_FLOOR) -> dict[str, pd.DataFrame]:
     """Write the study's tidy tables to ``directory`` with provenance sidecars (:func:`~neuronlib.paper.results.
     write_table`): ``{prefix}_curves{suffix}`` (figures 1, 2, 3, 5, A), ``{prefix}_headline{suffix}``, the score
-    tables ``{prefix}_scores_{histogram,concentration,layers,error_share}{suffix}`` (figures 4, 2a), ``{prefix}_cost``
-    and ``{prefix}_accuracy``. Returns {name: frame}."""
+    tables ``{prefix}_scores_{histogram,concentration,layers,error_share}{suffix}`` (figures 4, 2a), ``{prefix}_cost``,
+    ``{prefix}_accuracy`` and ``{prefix}_steps`` (what each step cost). Returns {name: frame}."""
     from .results import write_table
 
     model = ", ".join(sorted(set(result.curves.model)))
     params = {"n_boot": n_boot, "seed": seed, "effect_floor": floor, **(parameters or {})}
     tables = {f"{prefix}_curves{suffix}": curve_table(result, n_boot=n_boot, seed=seed, floor=floor),
               f"{prefix}_headline{suffix}": headline_table(result, n_boot=n_boot, seed=seed, floor=floor),
-              f"{prefix}_cost{suffix}": cost_table(result), f"{prefix}_accuracy{suffix}": result.accuracy}
+              f"{prefix}_cost{suffix}": cost_table(result), f"{prefix}_accuracy{suffix}": result.accuracy,
+              f"{prefix}_steps{suffix}": result.log.drop(columns=["seconds", "cached"], errors="ignore")}
     for kind, frame in score_tables(result.attributions, methods=score_methods).items():
         tables[f"{prefix}_scores_{kind}{suffix}"] = frame
     descriptions = {
@@ -855,6 +856,8 @@ def write_tables(result: BenchmarkResult, directory, *, prefix: str = "sva", suf
         "headline": "k at faithfulness 0.8 / 0.9 (log-linear interpolation) with bootstrap intervals, completeness "
                     "there, m(M) - m(empty), flags; template 'pooled' = pairs of templates above the effect floor",
         "cost": "compute seconds per training pair per attribution method", "accuracy": "the model's own accuracy",
+        "steps": "every attribution and evaluation step with the compute seconds it took when it was computed "
+                 "(the same on a re-run that reads it from the cache)",
     }
     for name, frame in tables.items():
         kind = name[len(prefix) + 1:len(name) - len(suffix) if suffix else None]
