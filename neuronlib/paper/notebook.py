@@ -64,7 +64,14 @@ class Session:
         return f"{(time.perf_counter() - self.t_start) / 60:.1f} min"
 
     def __str__(self) -> str:
-        return (f"MODEL={self.model_name} SMOKE={self.smoke} threads={self.threads}\n"
+        import datetime
+
+        from .. import __version__
+        from .results import git_commit
+
+        when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        return (f"run of {when}, neuronlib {__version__} at commit {git_commit() or 'unknown'}\n"
+                f"MODEL={self.model_name} SMOKE={self.smoke} threads={self.threads}\n"
                 f"figures -> {self.figures}\nresults -> {self.results}\ncache   -> {self.cache or 'default'}")
 
 
