@@ -143,3 +143,23 @@ def test_case_study_block_follows_the_tables(tmp_path):
     assert text != path.read_text()
     path.write_text(text)
     assert case_study_block(tmp_path / "results") != before
+
+
+def test_edge_rows_are_rendered_from_the_edge_tables(tmp_path):
+    import pandas as pd
+
+    from neuronlib.paper.readme import case_study_rows
+
+    pd.DataFrame([{"weight": w, "template": "pooled", "edges@F>=0.8": e, "edges@F>=0.8_lo": e / 2,
+                   "edges@F>=0.8_hi": float("inf"), "total_edges": 123456} for w, e in (("relevance", 4321.0),
+                                                                                      ("raw", 98765.0))]
+                 ).to_csv(tmp_path / "edge_reach.csv", index=False)
+    pd.DataFrame([{"template": "nounpp", "n_nodes": 42, "faithfulness": 0.5, "faithfulness_lo": 0.25,
+                   "faithfulness_hi": 0.75, "completeness": 0.1, "completeness_lo": 0.0, "completeness_hi": 0.2}]
+                 ).to_csv(tmp_path / "edge_single_prompt_check.csv", index=False)
+    rows = {a: b for a, b, c in case_study_rows(tmp_path) if c == "04"}
+    relevance = next(b for a, b in rows.items() if "relevance" in a)
+    raw = next(b for a, b in rows.items() if "raw" in a)
+    assert relevance.startswith("4,321 [2,160, ∞] of 123,456 edges") and raw.startswith("98,765 [")
+    single = next(b for a, b in rows.items() if "nounpp" in a)
+    assert single == "42 neurons: faithfulness 0.50 [0.25, 0.75], completeness 0.10 [0.00, 0.20]"

@@ -24,6 +24,11 @@ def _rate(row, value="accuracy", lo="accuracy_lo", hi="accuracy_hi", n=None, k=N
     return f"{counts}{_pct(row[value])} [{_pct(row[lo])}, {_pct(row[hi])}]"
 
 
+def _count(x: float) -> str:
+    x = float(x)
+    return "—" if x != x else ("∞" if x == float("inf") else f"{x:,.0f}")
+
+
 def _read(results: Path, name: str) -> pd.DataFrame | None:
     path = results / f"{name}.csv"
     return pd.read_csv(path) if path.exists() else None
@@ -77,6 +82,24 @@ def case_study_rows(results: str | Path = "results") -> list[tuple[str, str, str
         per = ", ".join(f"{_pct(t.accuracy)}" for t in ioi.itertuples() if str(t.template).isdigit())
         rows.append(("IOI: indirect object top-1", _rate(r, "accuracy", "lo", "hi", n="n", k="correct")
                      + f" (per template: {per})", "06"))
+    reach = _read(results, "edge_reach")
+    if reach is not None:
+        pooled = reach[reach.template == "pooled"].set_index("weight")
+        for weight, label in (("relevance", "relevance score (what the paper's released experiments prune by)"),
+                              ("raw", "raw score v_s·∂v_t/∂v_s (the paper's text)")):
+            if weight in pooled.index:
+                r = pooled.loc[weight]
+                rows.append((f"SVA edges for faithfulness 0.8, pooled over templates, {label}",
+                             f"{_count(r['edges@F>=0.8'])} [{_count(r['edges@F>=0.8_lo'])}, "
+                             f"{_count(r['edges@F>=0.8_hi'])}] of {_count(r['total_edges'])} edges "
+                             "(the paper: about 10⁵ on Llama-3.1-8B)", "04"))
+    single = _read(results, "edge_single_prompt_check")
+    if single is not None and len(single):
+        r = single.iloc[0]
+        rows.append((f"one prompt's drawn edge circuit ({r.template}) on every held-out prompt of its template",
+                     f"{int(r.n_nodes)} neurons: faithfulness {r.faithfulness:.2f} [{r.faithfulness_lo:.2f}, "
+                     f"{r.faithfulness_hi:.2f}], completeness {r.completeness:.2f} [{r.completeness_lo:.2f}, "
+                     f"{r.completeness_hi:.2f}]", "04"))
     gate = _read(results, "sae_quality_gate")
     if gate is not None:
         for _, r in gate.iterrows():
