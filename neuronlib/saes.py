@@ -180,16 +180,31 @@ def _sparse_decode(W_dec: torch.Tensor, idx: torch.Tensor, vals: torch.Tensor) -
     return F.embedding_bag(idx, W_dec, per_sample_weights=vals, mode="sum")
 
 
-def _sae_losses(sae: TopKSAE, x: torch.Tensor, dead_mask: torch.Tensor | None, k_aux: int):
-    """Normalised MSE (= fraction of variance unexplained), AuxK loss, and the code, for a batch ``x [N, d_in]``."""
+def _outlier_weights(x: torch.Tensor, cap: float) -> torch.Tensor:
+    """Per-row loss weights ``min(1, (cap * median ||x|| / ||x_i||)^2)``: a row whose norm is more than ``cap`` times
+    the batch median counts as if it had that norm, so that a few huge rows cannot take the whole loss."""
+    norms = x.norm(dim=-1)
+    return ((cap * norms.median()) / norms.clamp_min(1e-12)).clamp(max=1.0).pow(2)
+
+
+def _sae_losses(sae: TopKSAE, x: torch.Tensor, dead_mask: torch.Tensor | None, k_aux: int,
+                outlier_cap: float | None = None):
+    """Normalised MSE (= fraction of variance unexplained), AuxK loss, and the code, for a batch ``x [N, d_in]``.
+
+    ``outlier_cap``: weight rows by :func:`_outlier_weights` in both losses. The returned ``sse`` / ``sst`` (for
+    the reported explained variance) are unweighted either way."""
     acts, idx, aux_acts, aux_idx = _TopKEncode.apply(x, sae.b_dec, sae.W_enc, sae.b_enc, sae.k, dead_mask, k_aux)
     x_hat = _sparse_decode(sae.W_dec, idx, acts) + sae.b_dec
-    sse = (x_hat - x).pow(2).sum()
-    sst = (x - x.mean(0, keepdim=True)).pow(2).sum().clamp_min(1e-12)
-    fvu = sse / sst
+    se_rows = (x_hat - x).pow(2).sum(-1)
+    st_rows = (x - x.mean(0, keepdim=True)).pow(2).sum(-1)
+    sse, sst = se_rows.sum(), st_rows.sum().clamp_min(1e-12)
+    w = None if outlier_cap is None else _outlier_weights(x, outlier_cap)
+    denom = sst if w is None else (w * st_rows).sum().clamp_min(1e-12)
+    fvu = (se_rows.sum() if w is None else (w * se_rows).sum()) / denom
     if aux_idx.shape[1] > 0:
         resid = (x - x_hat).detach()
-        aux_loss = (_sparse_decode(sae.W_dec, aux_idx, aux_acts) - resid).pow(2).sum() / sst
+        aux_rows = (_sparse_decode(sae.W_dec, aux_idx, aux_acts) - resid).pow(2).sum(-1)
+        aux_loss = (aux_rows.sum() if w is None else (w * aux_rows).sum()) / denom
     else:
         aux_loss = fvu.new_zeros(())
     return fvu, aux_loss, acts.detach(), idx, sse.detach(), sst.detach()
@@ -257,6 +272,7 @@ def train_topk_sae(
     lr_decay_frac: float = 0.2,
     lr_warmup_frac: float = 0.0,
     grad_clip: float | None = 1.0,
+    outlier_cap: float | None = None,
     stats_window: int = 50,
     log_every: int = 50,
     device: torch.device | str | None = None,
@@ -278,6 +294,10 @@ def train_topk_sae(
             into the biases at the end, so the returned SAE acts on raw activations; decoder rows stay unit-norm
             and latents are in raw units.  Drop outlier positions (e.g. BOS) from the data yourself.
         batch_size: re-chunk the incoming rows into batches of exactly this many rows (default: as given).
+        outlier_cap: down-weight rows whose norm exceeds ``outlier_cap`` x the batch median (weight
+            ``(cap * median / norm)^2``), e.g. the attention-sink position 0 of models without a BOS token, whose
+            norm is tens of times the others': unweighted, those few rows dominate the loss and the other rows get a
+            handful of latents. None: plain normalised MSE (Gao et al.).
         seed: seeds the decoder initialisation (the only randomness; the global RNG is not touched).
 
     Training runs in float32 on ``device`` (default: the first batch's device).  On a 2-core CPU the encoder's
@@ -345,7 +365,7 @@ def train_topk_sae(
         n_dead = int(dead_mask.sum().item()) if dead_mask is not None else 0
         use_aux = n_dead > 0
         fvu, aux_loss, acts, idx, sse, sst = _sae_losses(
-            sae, x, dead_mask if use_aux else None, min(k_aux, n_dead) if use_aux else 0)
+            sae, x, dead_mask if use_aux else None, min(k_aux, n_dead) if use_aux else 0, outlier_cap)
         loss = fvu + aux_coef * aux_loss if use_aux else fvu
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -398,6 +418,7 @@ def train_topk_sae(
         "input_scale": scale,
         "lr": lr,
         "k_aux": k_aux if dead_latent_aux else 0,
+        "outlier_cap": outlier_cap,
         "dead_after_tokens": dead_after,
         "history": history,
     }

@@ -105,6 +105,31 @@ def test_changed_config_or_data_retrains(trained, tmp_path):
     assert not table.reused.any()
 
 
+def test_prompts_are_extra_rows_from_position_zero(trained, tmp_path):
+    """Prompts are run one per sequence (grouped by token length, duplicates once) and added to the training rows;
+    they enter the data hash, so SAEs trained without them are not re-used."""
+    model, root, table = trained
+    prompts = ["the keys to the cabinet", "the key to the cabinet", "the dog", "the dog"]
+    blocks = sbl.prompt_blocks(model.tokenizer, prompts)
+    lengths = [len(model.tokenizer(p)["input_ids"]) for p in dict.fromkeys(prompts)]
+    assert sorted(b.shape[1] for b in blocks) == sorted(set(lengths))
+    assert sum(b.numel() for b in blocks) == sum(lengths)
+    assert torch.equal(blocks[0][0], torch.tensor(model.tokenizer(prompts[0])["input_ids"]))
+
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(root, copy)
+    with_prompts = sbl.train_sae_baselines(model, sites=("resid",), config=CONFIG, root=copy, texts=tiny_texts(),
+                                           prompts=prompts, workers=1, progress=False, log=lambda *a: None)
+    assert not with_prompts.reused.any()
+    corpus_rows = CONFIG.n_train_windows * CONFIG.rows_per_window
+    assert (with_prompts.n_unique_tokens == corpus_rows + sum(lengths)).all()
+    assert (table[table.site == "resid"].n_unique_tokens == corpus_rows).all()
+    cfg = load_cfg(sbl.sae_path(model, "resid", 0, copy))
+    assert cfg["corpus"]["n_prompts"] == 3 and cfg["corpus"]["n_prompt_tokens"] == sum(lengths)
+
+
 def test_attach_makes_sae_sites_usable(trained):
     _, root, _ = trained
     model = neuronlib.load_model("tiny-llama")  # own copy: attaching changes the Model
@@ -128,7 +153,9 @@ def test_notebook_01_has_tagged_parameters_cell():
     assert "parameters" in code[0]["metadata"].get("tags", [])
     src = "".join(code[0]["source"])
     assert 'MODEL = "smollm2-135m"' in src and "SMOKE = False" in src
-    assert not any(c.get("outputs") for c in code)
+    # the SAE settings it trains with are the package defaults that tests/test_sae_quality.py checks
+    assert f"SAE_TOKENS = {sbl.DEFAULT_CONFIG.n_tokens:_}" in src and f"SAE_EPOCHS = {sbl.DEFAULT_CONFIG.epochs}" in src
+    assert f"SAE_OUTLIER_CAP = {sbl.DEFAULT_CONFIG.outlier_cap}" in src and "SAE_PROMPTS = True" in src
 
 
 def test_sae_circuits_batched_sweep_equals_one_ablation_per_circuit(trained):

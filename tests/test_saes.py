@@ -89,6 +89,39 @@ def test_n_steps_cycles_reiterables_and_stops_iterators():
     assert st["n_steps"] == 3 and st["n_tokens"] == 300  # [B, T, d] flattened, re-chunked, remainder dropped
 
 
+def test_outlier_weights_cap_only_rows_far_above_the_median():
+    from neuronlib.saes import _outlier_weights
+
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 0.0], [0.0, 60.0], [30.0, 0.0]])  # median norm 3
+    w = _outlier_weights(x, cap=4.0)
+    assert torch.allclose(w, torch.tensor([1.0, 1.0, 1.0, (12 / 60) ** 2, (12 / 30) ** 2]))
+
+
+def test_outlier_cap_keeps_huge_rows_from_taking_the_dictionary():
+    """A constant huge row in every 16 (an attention sink's position 0): with plain MSE it dominates the loss and the
+    ordinary rows are reconstructed worse than with the capped loss; the huge rows stay well reconstructed."""
+    D, X = _synthetic(n=150 * 512)
+    sink = torch.zeros(32)
+    sink[0] = 300.0
+    X[::16] = sink + 0.01 * X[::16]
+    normal = torch.ones(len(X), dtype=torch.bool)
+    normal[::16] = False
+    held_out = X[-8192:]
+
+    def ev_rows(sae, rows):
+        return evaluate_sae(sae, [rows])["explained_variance"]
+
+    out = {}
+    for cap in (None, 3.0):
+        sae, stats = train_topk_sae(list(X[:-8192].split(512)), d_in=32, d_sae=128, k=3, lr=1e-2, seed=0,
+                                    progress=False, outlier_cap=cap)
+        assert stats["outlier_cap"] == cap
+        out[cap] = (ev_rows(sae, held_out[normal[-8192:]]), ev_rows(sae, held_out))
+    (plain_normal, _), (capped_normal, capped_all) = out[None], out[3.0]
+    assert capped_normal > plain_normal + 0.05, out
+    assert capped_all > 0.95, out  # the sink rows still reconstructed: they hold most of the variance
+
+
 # sparse training kernel == dense autograd -----------------------------------------------------------------
 
 

@@ -343,3 +343,31 @@ def test_seed_summary_takes_median_min_max_and_counts_unreached():
     view = sb.seed_view(sb.seed_summary(pd.DataFrame(rows)))
     assert view.iloc[0]["k @ F≥0.8: median [min, max]"] == "60 [50, 70]"
     assert view.iloc[0]["k @ F≥0.9: median [min, max]"] == "400 [200, ∞]"
+
+
+def test_latent_counts_leave_out_the_error_nodes_of_each_circuit():
+    """latents@F>=t = k@F>=t minus the error nodes (last unit of an SAE site) among the k top-ranked nodes; the pooled
+    line averages the templates it pools; other bases get NaN."""
+
+    class Scores(dict):  # the two things add_latent_counts reads from an Attribution: .scores and [basis][0]
+        @property
+        def scores(self):
+            return self
+
+    # [L=1, T=1, U=4]: units 0..2 latents, unit 3 the error node. Ranking a: err, l0, l1, l2; ranking b: l0, l1, err, l2
+    a = Scores(sae_resid=torch.tensor([[[[0.5, 0.4, 0.3, 0.9]]]]))
+    b = Scores(sae_resid=torch.tensor([[[[0.9, 0.8, 0.1, 0.7]]]]))
+    atts = {("x", "relp", "paired"): a, ("y", "relp", "paired"): b}
+    base = {"model": "m", "method": "relp", "setting": "paired", "ablation": "mean", "eval_metric": "logit_diff",
+            "below_floor": False}
+    rows = [{**base, "basis": "sae_resid", "template": "x", "k@F>=0.8": 2.0, "k@F>=0.8_lo": 1.0, "k@F>=0.8_hi": np.inf},
+            {**base, "basis": "sae_resid", "template": "y", "k@F>=0.8": 3.0, "k@F>=0.8_lo": 3.0, "k@F>=0.8_hi": 4.0},
+            {**base, "basis": "sae_resid", "template": sb.POOLED, "k@F>=0.8": 3.0, "k@F>=0.8_lo": 2.0,
+             "k@F>=0.8_hi": np.nan},
+            {**base, "basis": "mlp_acts", "template": "x", "k@F>=0.8": 5.0, "k@F>=0.8_lo": 4.0, "k@F>=0.8_hi": 6.0}]
+    out = sb.add_latent_counts(pd.DataFrame(rows), atts, thresholds=(0.8,)).set_index(["basis", "template"])
+    x, y, pooled = out.loc[("sae_resid", "x")], out.loc[("sae_resid", "y")], out.loc[("sae_resid", sb.POOLED)]
+    assert (x["latents@F>=0.8"], x["latents@F>=0.8_lo"], x["latents@F>=0.8_hi"]) == (1.0, 0.0, np.inf)
+    assert (y["latents@F>=0.8"], y["latents@F>=0.8_lo"], y["latents@F>=0.8_hi"]) == (2.0, 2.0, 3.0)
+    assert pooled["latents@F>=0.8"] == 2.0 and pooled["latents@F>=0.8_lo"] == 1.5  # (2 + 2) / 2, (1 + 2) / 2
+    assert np.isnan(pooled["latents@F>=0.8_hi"]) and np.isnan(out.loc[("mlp_acts", "x"), "latents@F>=0.8"])

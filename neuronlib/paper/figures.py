@@ -573,7 +573,7 @@ def readme_table(results_dir, *, template_rows: bool = True) -> str:
                   "| model | template | k @ F≥0.8 | k @ F≥0.9 | m(M) − m(∅) | seeds |", "|---|---|---:|---:|---:|---|"]
         order = {t: i for i, t in enumerate((*_SVA_TEMPLATES, "pooled"))}
         for _, r in seeds.sort_values("template", key=lambda c: c.map(order).fillna(9)).iterrows():
-            ks = [f"{_fmt_k(r[f'k@F>={t}_median'])} [{_fmt_k(r[f'k@F>={t}_min'])}, {_fmt_k(r[f'k@F>={t}_max'])}]"
+            ks = [fmt_size(r[f'k@F>={t}_median'], r[f'k@F>={t}_min'], r[f'k@F>={t}_max'])
                   for t in (0.8, 0.9)]
             lines.append(f"| {r.model} | {r.template} | {ks[0]} | {ks[1]} | {float(r.effect_median):.2f} "
                          f"[{float(r.effect_min):.2f}, {float(r.effect_max):.2f}] | {r.data_seeds} |")
@@ -596,9 +596,12 @@ def readme_rows(frame, *, template_rows: bool = True):
         yield from (r for _, r in g.sort_values("template", key=lambda s: s.map(order).fillna(9)).iterrows())
 
 
-def _fmt_k(v) -> str:
-    v = float(v)
-    return "—" if np.isnan(v) else ("∞" if np.isinf(v) else f"{v:,.0f}")
+def fmt_size(v, lo=None, hi=None) -> str:
+    """A size with its interval, e.g. "62 [41, 95]" (— when not reached or unknown; ∞ for an open upper bound)."""
+    def one(x):
+        x = float("nan") if x is None else float(x)
+        return "—" if np.isnan(x) else ("∞" if np.isinf(x) else f"{x:,.0f}")
+    return one(v) if lo is None else f"{one(v)} [{one(lo)}, {one(hi)}]"
 
 
 def readme_cells(row) -> list[str]:
@@ -608,7 +611,7 @@ def readme_cells(row) -> list[str]:
              if bool(row.get(col, False))]
     cells = [str(row.model), METHOD_LABELS.get(row.method, row.method), str(row.basis), str(row.template)]
     for t in (0.8, 0.9):
-        cells.append(f"{_fmt_k(row[f'k@F>={t}'])} [{_fmt_k(row[f'k@F>={t}_lo'])}, {_fmt_k(row[f'k@F>={t}_hi'])}]")
+        cells.append(fmt_size(row[f'k@F>={t}'], row[f'k@F>={t}_lo'], row[f'k@F>={t}_hi']))
         c = float(row[f"completeness@F>={t}"])
         cells.append("—" if np.isnan(c) else f"{c:.2f}")
     cells.append(f"{float(row.effect):.2f} [{float(row.effect_lo):.2f}, {float(row.effect_hi):.2f}]")

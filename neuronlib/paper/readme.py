@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from .figures import fmt_size
+
 START, END = "<!-- case-studies:start -->", "<!-- case-studies:end -->"
 
 
@@ -22,11 +24,6 @@ def _pct(x: float) -> str:
 def _rate(row, value="accuracy", lo="accuracy_lo", hi="accuracy_hi", n=None, k=None) -> str:
     counts = f"{int(row[k])}/{int(row[n])} = " if n and k else ""
     return f"{counts}{_pct(row[value])} [{_pct(row[lo])}, {_pct(row[hi])}]"
-
-
-def _count(x: float) -> str:
-    x = float(x)
-    return "—" if x != x else ("∞" if x == float("inf") else f"{x:,.0f}")
 
 
 def _read(results: Path, name: str) -> pd.DataFrame | None:
@@ -90,8 +87,8 @@ def case_study_rows(results: str | Path = "results") -> list[tuple[str, str, str
             if weight in pooled.index:
                 r = pooled.loc[weight]
                 rows.append((f"SVA edges for faithfulness 0.8, pooled over templates, {label}",
-                             f"{_count(r['edges@F>=0.8'])} [{_count(r['edges@F>=0.8_lo'])}, "
-                             f"{_count(r['edges@F>=0.8_hi'])}] of {_count(r['total_edges'])} edges "
+                             f"{fmt_size(r['edges@F>=0.8'], r['edges@F>=0.8_lo'], r['edges@F>=0.8_hi'])} of "
+                             f"{fmt_size(r['total_edges'])} edges "
                              "(the paper: about 10⁵ on Llama-3.1-8B)", "04"))
     single = _read(results, "edge_single_prompt_check")
     if single is not None and len(single):

@@ -52,7 +52,7 @@ from .. import cache, stats
 from ..attribution import Attribution
 from ..data.sva import TEMPLATES, load_sva
 from ..evaluation import evaluate_circuit
-from .figures import BASIS_LABELS, METHOD_LABELS  # noqa: F401  (one set of labels; re-exported)
+from .figures import BASIS_LABELS, METHOD_LABELS, fmt_size  # noqa: F401  (one set of labels and formats)
 
 logger = logging.getLogger(__name__)
 
@@ -582,6 +582,46 @@ def headline_table(result: BenchmarkResult, *, thresholds=THRESHOLDS, n_boot: in
     return pd.DataFrame(rows)
 
 
+def add_latent_counts(headline: pd.DataFrame, attributions: dict, *, thresholds=THRESHOLDS) -> pd.DataFrame:
+    """For SAE bases, how many of a circuit's nodes are latents rather than error nodes: ``latents@F>=t`` (with
+    ``_lo`` / ``_hi``) is the size at faithfulness t minus the error nodes among that many top-ranked nodes (each
+    template's own ranking; the pooled line averages the templates it pools). NaN for the other bases."""
+    out = headline.copy()
+    for t in thresholds:
+        for suffix in ("", "_lo", "_hi"):
+            out[f"latents@F>={t}{suffix}"] = np.nan
+    cum_errors: dict[tuple, np.ndarray] = {}  # (template, method, setting, basis) -> errors among the top k, k = 1..
+    for (template, method, setting), att in attributions.items():
+        for basis in att.scores:
+            if basis.startswith("sae_"):
+                v = att[basis][0].abs()
+                order = np.argsort(-v.flatten().double().numpy(), kind="stable")
+                cum_errors[(template, method, setting, basis)] = np.cumsum(order % v.shape[-1] == v.shape[-1] - 1)
+
+    def latents(cum, k):
+        if not np.isfinite(k):
+            return k
+        n = int(min(max(round(k), 1), len(cum)))
+        return float(n - cum[n - 1])
+
+    for i, r in out.iterrows():
+        if not str(r.basis).startswith("sae_"):
+            continue
+        if r.template == POOLED:
+            keep = out[(out.method == r.method) & (out.setting == r.setting) & (out.basis == r.basis)
+                       & (out.eval_metric == r.eval_metric) & (out.ablation == r.ablation)
+                       & (out.template != POOLED) & ~out.below_floor.astype(bool)].template
+            curves = [cum_errors.get((t, r.method, r.setting, r.basis)) for t in keep]
+        else:
+            curves = [cum_errors.get((r.template, r.method, r.setting, r.basis))]
+        if not curves or any(c is None for c in curves):
+            continue
+        for t in thresholds:
+            for suffix in ("", "_lo", "_hi"):
+                out.at[i, f"latents@F>={t}{suffix}"] = float(np.mean([latents(c, r[f"k@F>={t}{suffix}"]) for c in curves]))
+    return out
+
+
 def pooled_summary(headline: pd.DataFrame, *, method: str = "relp", basis: str = "mlp_acts",
                    setting: str = "paired", thresholds=THRESHOLDS) -> str:
     """One Markdown sentence from the pooled line of ``headline`` (numbers rendered from the table)."""
@@ -602,17 +642,6 @@ def pooled_summary(headline: pd.DataFrame, *, method: str = "relp", basis: str =
 
 def fmt_num(v, digits: int = 2) -> str:
     return "—" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
-
-
-def fmt_size(v, lo=None, hi=None) -> str:
-    """A size with its interval, e.g. "62 [41, 95]" (— when not reached; ∞ for an open upper bound)."""
-    def one(x):
-        if x is None or (isinstance(x, float) and math.isnan(x)):
-            return "—"
-        return "∞" if math.isinf(x) else f"{x:,.0f}"
-    if lo is None:
-        return one(v)
-    return f"{one(v)} [{one(lo)}, {one(hi)}]"
 
 
 def cost_table(result: BenchmarkResult) -> pd.DataFrame:
@@ -846,7 +875,8 @@ def write_tables(result: BenchmarkResult, directory, *, prefix: str = "sva", suf
     model = ", ".join(sorted(set(result.curves.model)))
     params = {"n_boot": n_boot, "seed": seed, "effect_floor": floor, **(parameters or {})}
     tables = {f"{prefix}_curves{suffix}": curve_table(result, n_boot=n_boot, seed=seed, floor=floor),
-              f"{prefix}_headline{suffix}": headline_table(result, n_boot=n_boot, seed=seed, floor=floor),
+              f"{prefix}_headline{suffix}": add_latent_counts(
+                  headline_table(result, n_boot=n_boot, seed=seed, floor=floor), result.attributions),
               f"{prefix}_cost{suffix}": cost_table(result), f"{prefix}_accuracy{suffix}": result.accuracy,
               f"{prefix}_steps{suffix}": result.log.drop(columns=["seconds", "cached"], errors="ignore")}
     for kind, frame in score_tables(result.attributions, methods=score_methods).items():
@@ -854,7 +884,8 @@ def write_tables(result: BenchmarkResult, directory, *, prefix: str = "sva", suf
     descriptions = {
         "curves": "faithfulness / completeness per (curve, template, size) and pooled, 95% bootstrap over test pairs",
         "headline": "k at faithfulness 0.8 / 0.9 (log-linear interpolation) with bootstrap intervals, completeness "
-                    "there, m(M) - m(empty), flags; template 'pooled' = pairs of templates above the effect floor",
+                    "there, m(M) - m(empty), flags; template 'pooled' = pairs of templates above the effect floor; "
+                    "SAE bases: latents@F>=t = that size without the error nodes among its nodes",
         "cost": "compute seconds per training pair per attribution method", "accuracy": "the model's own accuracy",
         "steps": "every attribution and evaluation step with the compute seconds it took when it was computed "
                  "(the same on a re-run that reads it from the cache)",
@@ -888,6 +919,10 @@ def headline_view(headline: pd.DataFrame, *, methods=None, bases=None, setting: 
         for t in thresholds:
             row[f"k@F≥{t:g}"] = fmt_size(r[f"k@F>={t:g}"], r[f"k@F>={t:g}_lo"], r[f"k@F>={t:g}_hi"])
             row[f"C@F≥{t:g}"] = fmt_num(r[f"completeness@F>={t:g}"])
+        if any(str(b).startswith("sae_") for b in sel.basis):  # SAE bases: the same circuits without error nodes
+            for t in thresholds:
+                col = f"latents@F>={t:g}"
+                row[f"latents@F≥{t:g}"] = fmt_size(r[col], r[f"{col}_lo"], r[f"{col}_hi"]) if col in r else "—"
         row["m(M)−m(∅)"] = f"{r['effect']:.2f} [{r['effect_lo']:.2f}, {r['effect_hi']:.2f}]"
         row["flags"] = ", ".join(name for name, col in FLAG_NAMES if r.get(col, False))
         rows.append(row)
