@@ -102,7 +102,28 @@ def case_study_rows(results: str | Path = "results") -> list[tuple[str, str, str
         for _, r in gate.iterrows():
             rows.append((f"SAE quality gate, {r.site} (explained variance ≥ {r.threshold:g} on the SVA prompts)",
                          f"{'passes' if bool(r.passes) else 'fails'}: min {r.ev_min:.2f}, median {r.ev_median:.2f}, "
-                         f"{int(r.layers_failing)}/{int(r.layers)} layers below", "01"))
+                         f"{int(r.layers_failing)}/{int(r.layers)} layers below; without position 0: min "
+                         f"{r.ev_no_pos0_min:.2f}", "01"))
+    basis = _read(results, "basis_headline")
+    if basis is not None:
+        pooled = basis[(basis.template == "pooled") & (basis.setting == "paired") & (basis.eval_metric == "logit_diff")]
+        for method, label in (("ig-inputs", "IG-10 on the inputs"), ("relp", "RelP")):
+            p = pooled[pooled.method == method].set_index("basis")
+            if not {"mlp_acts", "sae_mlp_out"} <= set(p.index):
+                continue
+
+            def size(b, t=0.8):
+                r = p.loc[b]
+                out = fmt_size(r[f"k@F>={t}"], r[f"k@F>={t}_lo"], r[f"k@F>={t}_hi"])
+                if b.startswith("sae_"):
+                    out += f" ({fmt_size(r[f'latents@F>={t}'])} of them latents)"
+                return out
+
+            parts = [f"{name} {size(b)}" for b, name in (("mlp_acts", "neurons"), ("sae_mlp_out", "SAE on MLP outputs"),
+                                                        ("sae_resid", "SAE on the residual stream"),
+                                                        ("mlp_out", "MLP outputs")) if b in p.index]
+            rows.append((f"SVA nodes for faithfulness 0.8, pooled over templates, {label}: neurons vs SAE latents "
+                         "(+ error nodes)", "; ".join(parts), "01"))
     return rows
 
 
