@@ -35,7 +35,7 @@ the dead fraction on held-out corpus tokens.
 ``sae_resid`` sites. :func:`sae_table` reads the per-layer statistics from the saved files.
 
 Budget and defaults (:data:`DEFAULT_CONFIG`): 8x width (4,608 latents), k = 32, 24,000 corpus tokens plus every
-distinct prompt of the SVA training split (``prompts``; about 10,000 tokens) seen three times (Adam, batches of 256
+distinct prompt of the SVA training split (``prompts``; 6,800 tokens on SmolLM2) seen three times (Adam, batches of 256
 rows, peak lr 2e-3, 5 % warm-up, linear decay over the last 30 %), ``outlier_cap`` 3. Without the prompts and the
 cap (12,000 corpus tokens, 2 epochs) 21 of 30 ``mlp_out`` SAEs missed the gate, and ``mlp_out`` layer 11 explained
 0.99 of the prompts' variance with position 0 but 0.01 without it (0.05 with the prompts, no cap); with both, every SAE passes (notebook 01 and
