@@ -38,8 +38,8 @@ Budget and defaults (:data:`DEFAULT_CONFIG`): 8x width (4,608 latents), k = 32, 
 distinct prompt of the SVA training split (``prompts``; 6,800 tokens on SmolLM2) seen three times (Adam, batches of 256
 rows, peak lr 2e-3, 5 % warm-up, linear decay over the last 30 %), ``outlier_cap`` 3. Without the prompts and the
 cap (12,000 corpus tokens, 2 epochs) 21 of 30 ``mlp_out`` SAEs missed the gate, and ``mlp_out`` layer 11 explained
-0.99 of the prompts' variance with position 0 but 0.01 without it (0.05 with the prompts, no cap); with both, every SAE passes (notebook 01 and
-``results/sae_quality*.csv`` have the numbers). Each training run's cost is logged (:func:`training_runs`). On a
+0.99 of the prompts' variance with position 0 but 0.01 without it (0.05 with the prompts, no cap); with both, every
+SAE passes (notebook 01 and ``results/sae_quality*.csv`` have the numbers). Each training run's cost is logged (:func:`training_runs`). On a
 quiet 2-core machine the forwards run at about 300 tokens/s and one single-threaded SAE step of 256 rows at 8.6/s.
 These SAEs are small next to the paper's (Llama Scope, 8x, billions of tokens) and fitted to this task's prompts;
 :func:`sae_quality` says how well they reconstruct the prompts that matter.
@@ -67,7 +67,8 @@ from ..saes import CFG_FILENAME, WEIGHTS_FILENAME, TopKSAE, evaluate_sae, load_c
 
 __all__ = [
     "SAETrainConfig", "DEFAULT_CONFIG", "SMOKE_CONFIG", "SAE_SITES_TRAINED", "TABLE_COLUMNS", "corpus_token_windows",
-    "sae_root", "sae_path", "train_sae_baselines", "training_runs", "prompt_blocks", "sae_table", "load_sae_baselines", "attach_sae_baselines", "sae_fingerprint",
+    "sae_root", "sae_path", "train_sae_baselines",
+    "training_runs", "prompt_blocks", "sae_table", "load_sae_baselines", "attach_sae_baselines", "sae_fingerprint",
     "QUALITY_THRESHOLDS", "QUALITY_COLUMNS", "sva_prompts", "sae_quality", "quality_gate",
 ]
 

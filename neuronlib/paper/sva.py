@@ -36,7 +36,6 @@ Usage::
 from __future__ import annotations
 
 import logging
-import math
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
