@@ -552,13 +552,16 @@ def readme_table(results_dir, *, template_rows: bool = True) -> str:
     from .results import read_provenance, read_table
 
     results_dir = Path(results_dir)
-    lines = ["| model | method | basis | template | k @ F≥0.8 [95% CI] | completeness there | k @ F≥0.9 [95% CI] | "
-             "completeness there | m(M) − m(∅) | flags |", "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
-    for table in ("sva_headline", "basis_headline"):
+    header = ["| model | method | basis | template | k @ F≥0.8 [95% CI] | completeness there | k @ F≥0.9 [95% CI] | "
+              "completeness there | m(M) − m(∅) | flags |", "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = []
+    # notebook 02's table has the neuron bases; notebook 01's adds the SAE bases (its neuron rows are the same runs)
+    for table, rows in (("sva_headline", README_ROWS), ("basis_headline", README_SAE_ROWS)):
         if not (results_dir / f"{table}.csv").exists():
             continue
         frame = read_table(table, results_dir)
-        for row in readme_rows(frame, template_rows=template_rows):
+        lines += header
+        for row in readme_rows(frame, template_rows=template_rows, rows=rows):
             lines.append("| " + " | ".join(readme_cells(row)) + " |")
         meta = read_provenance(table, results_dir)
         lines.append("")
@@ -584,11 +587,12 @@ def readme_table(results_dir, *, template_rows: bool = True) -> str:
 
 README_ROWS = (("relp", "mlp_acts"), ("ig-inputs", "mlp_acts"), ("relp", "mlp_out"), ("ig-inputs", "mlp_out"),
                ("relp", "sae_mlp_out"), ("relp", "sae_resid"))
+README_SAE_ROWS = tuple((m, b) for m in ("relp", "ig-inputs") for b in ("sae_mlp_out", "sae_resid"))
 
 
-def readme_rows(frame, *, template_rows: bool = True):
+def readme_rows(frame, *, template_rows: bool = True, rows=None):
     sel = frame[(frame.setting == "paired") & (frame.eval_metric == "logit_diff") & (frame.ablation == "mean")]
-    for method, basis in README_ROWS:
+    for method, basis in README_ROWS if rows is None else rows:
         g = sel[(sel.method == method) & (sel.basis == basis)]
         if not template_rows:
             g = g[g.template == "pooled"]
