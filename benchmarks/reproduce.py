@@ -6,8 +6,8 @@
 Runs ``python -m neuronlib reproduce --only <notebook>`` once per notebook (the same code path as ``make reproduce``)
 with ``NEURONLIB_CACHE`` pointed at ``--cache``: an empty directory gives the first run on a fresh machine (the GGUF
 conversion, SAE training, corpus sweep and every attribution are computed), the same directory again gives the
-second run (everything cached is re-used). Figures go to ``runs/bench-<label>/figures`` so the committed figures are
-not touched; compare them with ``figures/`` afterwards.
+second run (everything cached is re-used). Figures and tables go to ``runs/bench-<label>/figures`` and ``/results``
+so the committed ones are not touched; compare them with ``figures/`` and ``results/`` afterwards.
 
 Memory is sampled every 0.5 s over the whole process tree (papermill, the kernel, the SAE worker processes): "peak
 tree RSS" is the largest sum of resident sets seen (shared pages are counted once per process, so it is an upper
@@ -77,6 +77,7 @@ class TreeSampler(threading.Thread):
 def run_one(notebook: str, *, label: str, cache: Path, smoke: bool) -> dict:
     out = REPO / "runs" / f"bench-{label}"
     env = dict(os.environ, NEURONLIB_CACHE=str(cache), NEURONLIB_FIGURES=str(out / "figures"),
+               NEURONLIB_RESULTS=str(out / "results"),
                HF_HUB_OFFLINE="1", MPLBACKEND="Agg", OMP_WAIT_POLICY="PASSIVE")
     cmd = [sys.executable, "-m", "neuronlib", "reproduce", "--only", notebook, *(["--smoke"] if smoke else [])]
     load_before = os.getloadavg()[0]

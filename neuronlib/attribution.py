@@ -19,6 +19,7 @@ from .sites import ERROR, SAE_SITES, Node, check_sites, site_layers, value_keys
 
 METHODS = ("atp", "relp", "relp-no-gate", "relp-no-half", "ig", "ig-inputs")
 BASELINES = ("counterfactual", "zero", "mean")
+IG_MEMORY = 2**30  # bytes of tapped values one IG forward aims at (see ``attribute``'s ig_max_rows)
 RELP_VARIANTS = {
     "relp": tracing.RelPRules(),
     "relp-no-gate": tracing.RelPRules(gate="stopgrad"),
@@ -141,6 +142,7 @@ def attribute(
     baseline: str = "counterfactual",
     sites=("mlp_acts",),
     ig_steps: int = 10,
+    ig_max_rows: int | None = None,
     batch_size: int = 16,
     k: int = 5,
     progress: bool | None = None,
@@ -150,7 +152,10 @@ def attribute(
     method: "atp" (gradient x activation), "relp" (AtP on the replacement model; "relp-no-gate" and "relp-no-half" are
     the paper's ablations), "ig" (per-site integrated gradients: each layer of each site interpolated on its own, the
     rest recomputed; layers x steps passes) or "ig-inputs" (interpolate the input embeddings, average every node's
-    gradient; steps passes). IG's steps run as one batch (midpoint rule).
+    gradient; steps passes). IG uses the midpoint rule; its steps run batched, at most ``ig_max_rows`` rows (pairs x
+    steps) per forward, whole steps per group (None: as many as keep the tapped values near ``IG_MEMORY`` bytes).
+    Groups give the same scores as one batch, with less memory: every tapped layer holds a rows x tokens x units
+    tensor several times over (an SAE site: 4,608 latents per layer).
     baseline: "counterfactual" (the patch prompts), "zero", or "mean" (per-position mean over ``data``).
     metric: "logit_diff", "logit", "topk_logits" (sum of the top ``k`` next-token logits) or a callable.
     """
@@ -162,6 +167,8 @@ def attribute(
         raise ValueError(f"ig_steps must be a positive int, got {ig_steps!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if ig_max_rows is not None and (not isinstance(ig_max_rows, int) or ig_max_rows < 1):
+        raise ValueError(f"ig_max_rows must be a positive int or None, got {ig_max_rows!r}")
     sites = check_sites(sites)
     prepared = prepare(model, data, need_patch=baseline == "counterfactual")
     metric_fn = make_metric(metric, prepared, k=k)
@@ -181,13 +188,15 @@ def attribute(
             base_vals = None
         else:
             base_vals = {k: [v.expand(len(rows), *v.shape) for v in means[k]] for k in means}
+        max_rows = ig_max_rows if ig_max_rows is not None else _ig_rows(model, sites, T)
         if method in ("atp", *RELP_VARIANTS):
             scores, m = _atp(model, clean, rows, sites, metric_fn, base_vals, RELP_VARIANTS.get(method))
         elif method == "ig":
-            scores, m = _ig_per_site(model, clean, rows, sites, metric_fn, base_vals, ig_steps, progress)
+            scores, m = _ig_per_site(model, clean, rows, sites, metric_fn, base_vals, ig_steps, max_rows,
+                                     progress)
         else:
             base_embed = None if baseline == "zero" else _embed_values(model, prepared, rows, baseline, means)
-            scores, m = _ig_inputs(model, clean, rows, sites, metric_fn, base_vals, base_embed, ig_steps)
+            scores, m = _ig_inputs(model, clean, rows, sites, metric_fn, base_vals, base_embed, ig_steps, max_rows)
         m_clean[rows] = m
         pad_mask = clean["attention_mask"].bool().cpu()[:, None, :, None]  # [b, 1, T, 1]
         for s in sites:
@@ -265,33 +274,57 @@ def _repeat(inputs, n):
     return {k: v.repeat(n, *([1] * (v.dim() - 1))) for k, v in inputs.items()}
 
 
-def _ig_per_site(model, inputs, rows, sites, metric_fn, base_vals, n_steps, progress):
+def _ig_rows(model, sites, T: int, budget: int | None = None) -> int:
+    """Rows per IG forward that keep its tapped values near ``budget`` bytes (default ``IG_MEMORY``): each tapped
+    unit is held about six times (value, delta, sum, gradient, and what the forward keeps for backward)."""
+    units = 0
+    for s in sites:
+        width = model.site_width(s) + (model.site_width(SAE_SITES[s]) if s in SAE_SITES else 0)  # + error vector
+        units += len(site_layers(model, s)) * width
+    per_row = 6 * 4 * T * max(units, 1)
+    return max(1, (IG_MEMORY if budget is None else budget) // per_row)
+
+
+def _step_groups(n_steps: int, b: int, max_rows: int | None) -> list[torch.Tensor]:
+    """IG's step indices split so that one forward holds at most ``max_rows`` rows (at least one step each)."""
+    per = n_steps if max_rows is None else max(1, min(n_steps, max_rows // b))
+    return list(torch.arange(n_steps).split(per))
+
+
+def _ig_per_site(model, inputs, rows, sites, metric_fn, base_vals, n_steps, max_rows, progress):
     """Marks et al.'s IG: each (site, layer) interpolated on its own from baseline to clean, downstream recomputed.
     An SAE site's latents and error node are interpolated together."""
     clean_vals, m = _read_sites(model, inputs, sites, metric_fn, rows)
     b = len(rows)
-    rep_inputs, rep_rows = _repeat(inputs, n_steps), rows.repeat(n_steps)
+    alphas = _alphas(n_steps, m.device, torch.float64)
     scores = {}
     jobs = [(s, layer) for s in sites for layer in range(len(clean_vals[s]))]
     for site, layer in tqdm(jobs, desc="IG per site", leave=False, disable=_quiet(progress, len(jobs) * 2)):
         lid = -1 if site == "embed" else layer
-        paths, deltas, diffs = {}, {}, {}
-        for key in value_keys((site,)):
-            v = clean_vals[key][layer]
-            base = torch.zeros_like(v) if base_vals is None else base_vals[key][layer]
-            alpha = _alphas(n_steps, v.device, v.dtype).repeat_interleave(b)[:, None, None]
-            paths[key] = base.repeat(n_steps, 1, 1) + alpha * (v - base).repeat(n_steps, 1, 1)
-            deltas[key] = torch.zeros_like(paths[key], requires_grad=True)
-            diffs[key] = v - base
+        keys = value_keys((site,))
+        grad_sums = {}
+        for steps in _step_groups(n_steps, b, max_rows):
+            g = len(steps)
+            paths, deltas = {}, {}
+            for key in keys:
+                v = clean_vals[key][layer]
+                base = torch.zeros_like(v) if base_vals is None else base_vals[key][layer]
+                alpha = alphas[steps].to(v.dtype).repeat_interleave(b)[:, None, None]
+                paths[key] = base.repeat(g, 1, 1) + alpha * (v - base).repeat(g, 1, 1)
+                deltas[key] = torch.zeros_like(paths[key], requires_grad=True)
 
-        def interpolate(key, l, value):
-            return paths[key] + deltas[key] if l == lid and key in paths else None
+            def interpolate(key, l, value, paths=paths, deltas=deltas):
+                return paths[key] + deltas[key] if l == lid and key in paths else None
 
-        out = tracing.run(model, rep_inputs, metric=lambda lg: metric_fn(lg, rep_rows), edit=interpolate, sites=(site,))
-        grads = torch.autograd.grad(out.sum(), list(deltas.values()))
-        for key, grad in zip(deltas, grads):
-            mean_grad = grad.view(n_steps, b, *grad.shape[1:]).mean(0)
-            scores.setdefault(key, []).append(diffs[key] * mean_grad)
+            rep_rows = rows.repeat(g)
+            out = tracing.run(model, _repeat(inputs, g), metric=lambda lg, r=rep_rows: metric_fn(lg, r),
+                              edit=interpolate, sites=(site,))
+            grads = torch.autograd.grad(out.sum(), list(deltas.values()))
+            for key, grad in zip(deltas, grads):
+                summed = grad.view(g, b, *grad.shape[1:]).sum(0)
+                grad_sums[key] = summed if key not in grad_sums else grad_sums[key] + summed
+        for key in keys:
+            scores.setdefault(key, []).append(_diff(clean_vals, base_vals, key, layer) * (grad_sums[key] / n_steps))
     return _merge_error_nodes({k: torch.stack(v, 1) for k, v in scores.items()}, sites), m
 
 
@@ -304,33 +337,35 @@ def _embed_values(model, prepared, rows, baseline, means):
     return means["embed"][0].expand(len(rows), *means["embed"][0].shape)
 
 
-def _ig_inputs(model, inputs, rows, sites, metric_fn, base_vals, base_embed, n_steps):
+def _ig_inputs(model, inputs, rows, sites, metric_fn, base_vals, base_embed, n_steps, max_rows):
     """IG on the input embeddings; every node's gradient averaged along that one path."""
     read = tuple(dict.fromkeys(("embed", *sites)))
     clean_vals, m = _read_sites(model, inputs, read, metric_fn, rows)
     e = clean_vals["embed"][0]
     e0 = torch.zeros_like(e) if base_embed is None else base_embed
     b = len(rows)
-    alpha = _alphas(n_steps, e.device, e.dtype).repeat_interleave(b)[:, None, None]
-    path = e0.repeat(n_steps, 1, 1) + alpha * (e - e0).repeat(n_steps, 1, 1)
+    alphas = _alphas(n_steps, e.device, torch.float64)
     keys = value_keys(sites)
-    tap_site, _, deltas = _tap_all(keys)
+    grad_sums = {}
+    for steps in _step_groups(n_steps, b, max_rows):
+        g = len(steps)
+        alpha = alphas[steps].to(e.dtype).repeat_interleave(b)[:, None, None]
+        path = e0.repeat(g, 1, 1) + alpha * (e - e0).repeat(g, 1, 1)
+        tap_site, _, deltas = _tap_all(keys)
 
-    def tap(key, layer, value):
-        if key == "embed":
-            value = path
-            tapped = tap_site(key, layer, value)
-            return value if tapped is None else tapped
-        return tap_site(key, layer, value)
+        def tap(key, layer, value, path=path, tap_site=tap_site):
+            if key == "embed":
+                value = path
+                tapped = tap_site(key, layer, value)
+                return value if tapped is None else tapped
+            return tap_site(key, layer, value)
 
-    rep_rows = rows.repeat(n_steps)
-    out = tracing.run(model, _repeat(inputs, n_steps), metric=lambda lg: metric_fn(lg, rep_rows), edit=tap, sites=read)
-    grads = _grads(out, deltas, keys)
-    scores = {}
-    for k in keys:
-        per_layer = []
-        for layer, g in enumerate(grads[k]):
-            mean_grad = g.view(n_steps, b, *g.shape[1:]).mean(0)
-            per_layer.append(_diff(clean_vals, base_vals, k, layer) * mean_grad)
-        scores[k] = torch.stack(per_layer, 1)
+        rep_rows = rows.repeat(g)
+        out = tracing.run(model, _repeat(inputs, g), metric=lambda lg, r=rep_rows: metric_fn(lg, r), edit=tap,
+                          sites=read)
+        for k, per_layer in _grads(out, deltas, keys).items():
+            summed = [gr.view(g, b, *gr.shape[1:]).sum(0) for gr in per_layer]
+            grad_sums[k] = summed if k not in grad_sums else [a + c for a, c in zip(grad_sums[k], summed)]
+    scores = {k: torch.stack([_diff(clean_vals, base_vals, k, layer) * (gs / n_steps)
+                              for layer, gs in enumerate(grad_sums[k])], 1) for k in keys}
     return _merge_error_nodes(scores, sites), m

@@ -5,6 +5,7 @@ from conftest import SVA_PAIRS, hooked_forward
 
 import neuronlib
 from neuronlib import tracing
+from neuronlib.attribution import _ig_rows
 from neuronlib.sites import BASE_SITES
 
 ALL = BASE_SITES
@@ -144,3 +145,27 @@ def test_batched_ig_equals_step_by_step(tiny_llama):
             grad_sum = grad_sum + torch.autograd.grad(_logit_diff(model, logits).sum(), deltas[site][layer])[0]
         expected = (v_clean[site][layer] - v_patch[site][layer]) * grad_sum / steps
         assert (att[site][:, layer] - expected).abs().max() <= 1e-5
+
+
+@pytest.mark.parametrize("method", ["ig", "ig-inputs"])
+def test_ig_in_step_groups_equals_all_steps_at_once(tiny_llama, method):
+    """ig_max_rows only bounds memory: steps split into groups (here 1, 2 and an uneven 3 per forward) give the
+    scores and metrics of one batch of every step."""
+    sites, b = ("mlp_acts", "resid"), len(SVA_PAIRS)
+    whole = neuronlib.attribute(tiny_llama, SVA_PAIRS, method=method, ig_steps=7, ig_max_rows=10**6, sites=sites)
+    for rows in (b, 2 * b, 3 * b + 1):
+        grouped = neuronlib.attribute(tiny_llama, SVA_PAIRS, method=method, ig_steps=7, ig_max_rows=rows, sites=sites)
+        for s in sites:
+            assert (grouped[s] - whole[s]).abs().max() <= 1e-6 * whole[s].abs().max(), (rows, s)
+        assert torch.equal(grouped.metric, whole.metric)
+    with pytest.raises(ValueError, match="ig_max_rows"):
+        neuronlib.attribute(tiny_llama, SVA_PAIRS, method=method, ig_max_rows=0)
+
+
+def test_ig_rows_follow_the_memory_budget(tiny_llama):
+    model, T = tiny_llama, 6
+    units = model.n_layers * model.site_width("mlp_acts")
+    per_row = 6 * 4 * T * units
+    assert _ig_rows(model, ("mlp_acts",), T, budget=5 * per_row) == 5
+    assert _ig_rows(model, ("mlp_acts",), T, budget=per_row // 2) == 1  # never zero
+    assert _ig_rows(model, ("mlp_acts", "resid"), T, budget=5 * per_row) < 5  # more tapped units, fewer rows

@@ -331,7 +331,7 @@ def _sae_part(model, sites) -> str | None:
 
 
 def cached_attribution(model, template: str, td: TemplateData, run: Run, sites, *, ig_steps: int = 10,
-                       batch_size: int = 16, chunk: int = 64, directory=None, refresh: bool = False,
+                       batch_size: int = 16, chunk: int = 16, directory=None, refresh: bool = False,
                        progress: bool = False):
     """The mean attribution of ``run`` on ``td``'s training pairs, from the cache or computed (and stored).
 
@@ -377,7 +377,7 @@ def run_benchmark(
     ig_steps: int = 10,
     batch_size: int = 16,
     eval_batch_size: int = 128,
-    chunk: int = 64,
+    chunk: int = 16,
     cache_dir: str | Path | None = None,
     refresh: bool = False,
     progress: bool = False,
