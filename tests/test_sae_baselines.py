@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import shutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -140,6 +141,24 @@ def test_attach_makes_sae_sites_usable(trained):
     att = neuronlib.attribute(model, pairs, method="relp", sites=("sae_mlp_out", "sae_resid"))
     assert att["sae_resid"].shape[-1] == 2 * model.d_model + 1
     assert torch.isfinite(att["sae_resid"]).all()
+
+
+def test_attaching_again_keeps_the_loaded_saes_unless_the_files_changed(trained, tmp_path):
+    _, root, _ = trained
+    model = neuronlib.load_model("tiny-llama")
+    sbl.attach_sae_baselines(model, ("resid",), root=root)
+    first = model.saes["sae_resid"]
+    sbl.attach_sae_baselines(model, ("resid",), root=root, config=CONFIG)
+    assert model.saes["sae_resid"] is first  # same training keys: nothing loaded again
+    other = tmp_path / "saes"
+    shutil.copytree(root, other)
+    cfg_file = sbl.sae_path(model.name, "resid", 1, other) / "cfg.json"
+    cfg = json.loads(cfg_file.read_text())
+    cfg["train_key"] = "retrained"
+    cfg_file.write_text(json.dumps(cfg))
+    sbl.attach_sae_baselines(model, ("resid",), root=other)
+    assert model.saes["sae_resid"] is not first  # a layer's SAE changed on disk: all reloaded
+    assert model.saes["sae_resid"][1].cfg["train_key"] == "retrained"
 
 
 def test_missing_saes_name_the_layer(tmp_path):

@@ -32,8 +32,26 @@ class Session:
     refresh: bool
     threads: int
     scratch: Path | None = None  # SMOKE: the temporary folder that holds everything the run writes
+    name: str = "notebook"
     t_start: float = field(default_factory=time.perf_counter)
     _model: object = None
+
+    def cached(self, step: str, fn, *args, **kwargs):
+        """``fn(*args, **kwargs)``, from the results cache when this step already ran on the same inputs.
+
+        The key holds the notebook and step names, ``fn``'s name, a fingerprint of every argument (a model by name,
+        device and dtype; frames, arrays and tensors by content) and the stamp of the result-affecting code, so a
+        code change or other inputs recompute. ``REFRESH=True`` recomputes. For steps whose result is a table or a
+        tree of plain values (what :mod:`neuronlib.cache` stores); anything else is returned uncached."""
+        from .. import cache
+        from .results import code_stamp
+
+        key = cache.cache_key(kind="notebook_step", notebook=self.name, step=step, fn=fingerprint(fn),
+                              code=code_stamp(),
+                              args=[fingerprint(a) for a in args],
+                              kwargs={k: fingerprint(v) for k, v in sorted(kwargs.items())})
+        return cache.cached("notebook_step", key, lambda: fn(*args, **kwargs), refresh=self.refresh,
+                            directory=self.cache)
 
     @property
     def model(self):
@@ -73,6 +91,64 @@ class Session:
         return (f"run of {when}, neuronlib {__version__} at commit {git_commit() or 'unknown'}\n"
                 f"MODEL={self.model_name} SMOKE={self.smoke} threads={self.threads}\n"
                 f"figures -> {self.figures}\nresults -> {self.results}\ncache   -> {self.cache or 'default'}")
+
+
+def fingerprint(value):
+    """A JSON-able stand-in for ``value`` that changes when its content does (for cache keys)."""
+    import dataclasses
+    import hashlib
+
+    import numpy as np
+    import pandas as pd
+    import torch
+
+    def digest(data: bytes) -> str:
+        return hashlib.sha256(data).hexdigest()[:16]
+
+    if hasattr(value, "hf") and hasattr(value, "tokenizer"):  # a neuronlib Model
+        return {"model": value.name, "device": str(value.device), "dtype": str(value.dtype),
+                "saes": sorted(getattr(value, "saes", {}) or {})}
+    if isinstance(value, pd.DataFrame):
+        return {"frame": digest(pd.util.hash_pandas_object(value, index=True).values.tobytes()),
+                "columns": [str(c) for c in value.columns], "dtypes": [str(d) for d in value.dtypes]}
+    if isinstance(value, pd.Series):
+        return {"series": digest(pd.util.hash_pandas_object(value, index=True).values.tobytes()), "name": str(value.name)}
+    if isinstance(value, torch.Tensor):
+        t = value.detach().cpu().contiguous()
+        return {"tensor": digest(t.view(torch.uint8).numpy().tobytes() if t.numel() else b""), "shape": list(t.shape),
+                "dtype": str(t.dtype)}
+    if isinstance(value, np.ndarray):
+        return {"array": digest(np.ascontiguousarray(value).tobytes()), "shape": list(value.shape),
+                "dtype": str(value.dtype)}
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"type": type(value).__qualname__,
+                **{f.name: fingerprint(getattr(value, f.name)) for f in dataclasses.fields(value)}}
+    if hasattr(value, "to_pandas") and hasattr(value, "column_names"):  # a datasets.Dataset
+        return fingerprint(value.to_pandas())
+    if callable(value) and hasattr(value, "__code__"):  # a function: by name, and by its code unless it is ours
+        module = value.__module__ or ""
+        name = f"{module}.{value.__qualname__}"
+        if module.startswith("neuronlib"):
+            return {"function": name}
+        return {"function": name, "code": digest(_code_bytes(value.__code__))}
+    if isinstance(value, dict):
+        return {str(k): fingerprint(v) for k, v in sorted(value.items(), key=lambda kv: str(kv[0]))}
+    if isinstance(value, (list, tuple)):
+        return [fingerprint(v) for v in value]
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    raise TypeError(f"cannot fingerprint a {type(value).__name__} for a cache key; pass plain values, frames, "
+                    "arrays or tensors")
+
+
+def _code_bytes(code) -> bytes:
+    """A function's bytecode, names and constants, nested functions included (repr of a code object has an address)."""
+    parts = [code.co_code, repr(code.co_names).encode()]
+    for const in code.co_consts:
+        parts.append(_code_bytes(const) if hasattr(const, "co_code") else repr(const).encode())
+    return b"\x00".join(parts)
 
 
 def _checkout_or_cwd() -> Path:
@@ -121,4 +197,4 @@ def setup(*, MODEL: str, SMOKE: bool, FIGURES_DIR=None, CACHE_DIR=None, RESULTS_
     except ImportError:
         pass
     return Session(model_name=MODEL, smoke=bool(SMOKE), figures=figures, results=results, cache=cache,
-                   refresh=bool(REFRESH), threads=int(THREADS), scratch=scratch if SMOKE else None)
+                   refresh=bool(REFRESH), threads=int(THREADS), scratch=scratch if SMOKE else None, name=name)

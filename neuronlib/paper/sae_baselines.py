@@ -500,11 +500,32 @@ def load_sae_baselines(model, site: str, *, root=None, config: SAETrainConfig | 
 
 def attach_sae_baselines(model, sites: Sequence[str] = SAE_SITES_TRAINED, *, root=None,
                          config: SAETrainConfig | None = None):
-    """Load and attach the saved SAEs as sites ``sae_{site}``; returns the model (modified in place)."""
+    """Load and attach the saved SAEs as sites ``sae_{site}``; returns the model (modified in place).
+
+    SAEs already attached with the saved files' training keys (and ``config``) are kept, not loaded again: a second
+    copy of 60 SAEs would cost ~1.3 GB while the first is still attached."""
     for s in sites:
         base = s[4:] if s.startswith("sae_") else s
-        model.attach_saes("sae_" + base, load_sae_baselines(model, base, root=root, config=config))
+        if not _attached_already(model, base, root, config):
+            model.attach_saes("sae_" + base, load_sae_baselines(model, base, root=root, config=config))
     return model
+
+
+def _attached_already(model, base: str, root, config: SAETrainConfig | None) -> bool:
+    attached = model.saes.get("sae_" + base)
+    if not attached or len(attached) != model.n_layers:
+        return False
+    for layer, sae in enumerate(attached):
+        path = sae_path(model.name, base, layer, root)
+        if not (path / CFG_FILENAME).exists():
+            return False
+        saved = load_cfg(path)
+        key = getattr(sae, "cfg", {}).get("train_key")
+        if key is None or saved.get("train_key") != key:
+            return False
+        if config is not None and saved.get("train_config") != config.as_dict():
+            return False
+    return True
 
 
 # -------------------------------------------------------------------------------------------------------- quality gate
