@@ -17,6 +17,9 @@ def test_fingerprints_follow_content():
     frame = pd.DataFrame({"a": [1, 2], "b": ["x", "y"]})
     assert fingerprint(frame) == fingerprint(frame.copy())
     assert fingerprint(frame) != fingerprint(frame.assign(a=[1, 3]))
+    lists = pd.DataFrame({"words": [["hot", "cold"], ["big"]]})  # cells pandas cannot hash
+    assert fingerprint(lists) == fingerprint(lists.copy())
+    assert fingerprint(lists) != fingerprint(pd.DataFrame({"words": [["hot", "cold"], ["small"]]}))
     assert fingerprint(torch.ones(3)) != fingerprint(torch.ones(4))
     assert fingerprint(torch.ones(3)) != fingerprint(torch.ones(3, dtype=torch.float64))
     assert fingerprint(np.arange(3)) != fingerprint(np.arange(1, 4))

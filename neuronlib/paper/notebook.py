@@ -97,6 +97,7 @@ def fingerprint(value):
     """A JSON-able stand-in for ``value`` that changes when its content does (for cache keys)."""
     import dataclasses
     import hashlib
+    import json
 
     import numpy as np
     import pandas as pd
@@ -109,8 +110,12 @@ def fingerprint(value):
         return {"model": value.name, "device": str(value.device), "dtype": str(value.dtype),
                 "saes": sorted(getattr(value, "saes", {}) or {})}
     if isinstance(value, pd.DataFrame):
-        return {"frame": digest(pd.util.hash_pandas_object(value, index=True).values.tobytes()),
-                "columns": [str(c) for c in value.columns], "dtypes": [str(d) for d in value.dtypes]}
+        try:
+            content = pd.util.hash_pandas_object(value, index=True).values.tobytes()
+        except TypeError:  # unhashable cells (lists): hash the table's JSON instead
+            content = json.dumps(value.to_dict("split"), sort_keys=True, default=str).encode()
+        return {"frame": digest(content), "columns": [str(c) for c in value.columns],
+                "dtypes": [str(d) for d in value.dtypes]}
     if isinstance(value, pd.Series):
         return {"series": digest(pd.util.hash_pandas_object(value, index=True).values.tobytes()), "name": str(value.name)}
     if isinstance(value, torch.Tensor):
