@@ -216,8 +216,8 @@ def test_notebook_parameters_cell(caplog):
     assert not [r for r in caplog.records if "Unable to parse" in r.getMessage()]
     names = {p.name for p in params}
     assert {"MODEL", "SMOKE", "FIGURES_DIR", "CACHE_DIR", "RESULTS_DIR", "REFRESH", "MULTI_MODEL", "N_PERM"} <= names
-    assert "setup(" in "".join(code[1]["source"])
-    assert not any(c.get("outputs") for c in code), "commit the notebook with outputs cleared"
+    own = [c for c in code[1:] if "injected-parameters" not in c["metadata"].get("tags", [])]
+    assert "setup(" in "".join(own[0]["source"])  # (committed outputs, if any, are a full run's: test_notebooks.py)
 
 
 def test_appendix_figures_draw_from_tables():
