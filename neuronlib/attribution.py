@@ -178,6 +178,7 @@ def attribute(
     m_clean = torch.zeros(B)
     m_base = torch.zeros(B) if baseline == "counterfactual" else None
     means = mean_values(model, prepared, sites, batch_size=batch_size) if baseline == "mean" else None
+    max_rows = ig_max_rows if ig_max_rows is not None else _ig_rows(model, sites, T)
     chunks = torch.arange(B).split(batch_size)
     for rows in tqdm(chunks, desc=f"{method} attribution", disable=_quiet(progress, len(chunks))):
         clean = prepared.rows("clean", rows)
@@ -188,7 +189,6 @@ def attribute(
             base_vals = None
         else:
             base_vals = {k: [v.expand(len(rows), *v.shape) for v in means[k]] for k in means}
-        max_rows = ig_max_rows if ig_max_rows is not None else _ig_rows(model, sites, T)
         if method in ("atp", *RELP_VARIANTS):
             scores, m = _atp(model, clean, rows, sites, metric_fn, base_vals, RELP_VARIANTS.get(method))
         elif method == "ig":
@@ -285,9 +285,9 @@ def _ig_rows(model, sites, T: int, budget: int | None = None) -> int:
     return max(1, (IG_MEMORY if budget is None else budget) // per_row)
 
 
-def _step_groups(n_steps: int, b: int, max_rows: int | None) -> list[torch.Tensor]:
+def _step_groups(n_steps: int, b: int, max_rows: int) -> list[torch.Tensor]:
     """IG's step indices split so that one forward holds at most ``max_rows`` rows (at least one step each)."""
-    per = n_steps if max_rows is None else max(1, min(n_steps, max_rows // b))
+    per = max(1, min(n_steps, max_rows // b))
     return list(torch.arange(n_steps).split(per))
 
 

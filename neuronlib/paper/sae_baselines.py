@@ -516,14 +516,10 @@ def _attached_already(model, base: str, root, config: SAETrainConfig | None) -> 
     if not attached or len(attached) != model.n_layers:
         return False
     for layer, sae in enumerate(attached):
-        path = sae_path(model.name, base, layer, root)
-        if not (path / CFG_FILENAME).exists():
+        cfg = getattr(sae, "cfg", {})
+        if config is not None and cfg.get("train_config") != config.as_dict():
             return False
-        saved = load_cfg(path)
-        key = getattr(sae, "cfg", {}).get("train_key")
-        if key is None or saved.get("train_key") != key:
-            return False
-        if config is not None and saved.get("train_config") != config.as_dict():
+        if not cfg.get("train_key") or not _saved_matches(sae_path(model.name, base, layer, root), cfg["train_key"]):
             return False
     return True
 
