@@ -160,10 +160,11 @@ def _doctor(args) -> int:
 
 
 def _reproduce(args) -> int:
-    from .paper.reproduce import reproduce
+    from .paper.reproduce import parse_parameter, reproduce
 
     _check_model_name(args.model)
-    reproduce(smoke=args.smoke, model=args.model, only=args.only, sva_data=args.sva_data)
+    parameters = dict(parse_parameter(p) for p in args.param)
+    reproduce(smoke=args.smoke, model=args.model, only=args.only, sva_data=args.sva_data, parameters=parameters)
     return 0
 
 
@@ -186,6 +187,9 @@ def main(argv=None) -> int:
     rep.add_argument("--only", nargs="*", help="run only notebooks whose name contains one of these")
     rep.add_argument("--sva-data", metavar="DIR", help="a directory of community-format {template}_{train,test}"
                      ".json(l) SVA files for notebook 02 (results go to results/sva_data_<DIR name>/)")
+    rep.add_argument("-p", "--param", action="append", default=[], metavar="NAME=VALUE",
+                     help="a notebook parameter (a Python literal), given to every notebook that declares it; "
+                     "repeatable, e.g. -p N_TRAIN=32 -p \"TEMPLATES=['nounpp']\"")
     tr = sub.add_parser("trace", help="print the top neurons for a prompt and answer")
     tr.add_argument("prompt")
     tr.add_argument("--answer", required=True)

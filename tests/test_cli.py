@@ -174,3 +174,49 @@ def test_reproduce_keeps_the_executed_copy_on_error_and_cleans_up(tmp_path, monk
     assert "NEURONLIB_SMOKE_DIR" not in os.environ
     assert sorted(p.name for p in (out / "executed").iterdir()) == ["01_ok.ipynb", "02_fail.failed.ipynb",
                                                                     "02_fail.ipynb"]
+
+
+def test_reproduce_parameters_go_only_to_the_notebooks_that_declare_them(tmp_path, monkeypatch):
+    import nbformat
+
+    from neuronlib.paper import reproduce
+
+    root = tmp_path / "checkout"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("")
+    _notebook(root / "notebooks" / "01_a.ipynb")
+    _notebook(root / "notebooks" / "02_b.ipynb")
+    nb = nbformat.read(str(root / "notebooks" / "02_b.ipynb"), as_version=4)
+    nb.cells[0].source += "\nN_TRAIN = 300  # pairs\nA, B = 1, 2"
+    nbformat.write(nb, str(root / "notebooks" / "02_b.ipynb"))
+    assert reproduce.declared_parameters(root / "notebooks" / "02_b.ipynb") == {"MODEL", "SMOKE", "N_TRAIN"}
+    seen = {}
+
+    def run_notebook(book, **kw):
+        seen[book.name] = kw["parameters"]
+        return {"notebook": book.name, "seconds": 0.0, "figures": [], "executed": ""}
+
+    monkeypatch.setattr(reproduce, "run_notebook", run_notebook)
+    monkeypatch.chdir(root)
+    reproduce.reproduce(smoke=True, model="tiny-llama", out_dir=tmp_path / "runs", parameters={"N_TRAIN": 32})
+    assert seen == {"01_a.ipynb": {}, "02_b.ipynb": {"N_TRAIN": 32}}
+    seen.clear()
+    with pytest.raises(ValueError, match=r"\['N_TEST'\] declared by none"):
+        reproduce.reproduce(smoke=True, model="tiny-llama", out_dir=tmp_path / "runs", parameters={"N_TEST": 4})
+    assert seen == {}
+
+
+@pytest.mark.parametrize("text, parsed", [("N_TRAIN=32", ("N_TRAIN", 32)), ("T=['nounpp']", ("T", ["nounpp"])),
+                                          ("M=smollm2-135m", ("M", "smollm2-135m")), ("X=None", ("X", None))])
+def test_parse_parameter(text, parsed):
+    from neuronlib.paper.reproduce import parse_parameter
+
+    assert parse_parameter(text) == parsed
+
+
+@pytest.mark.parametrize("text", ["N_TRAIN", "1X=3", "=3"])
+def test_parse_parameter_rejects_bad_input(text):
+    from neuronlib.paper.reproduce import parse_parameter
+
+    with pytest.raises(ValueError, match="NAME=VALUE"):
+        parse_parameter(text)

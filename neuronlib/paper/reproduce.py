@@ -47,6 +47,33 @@ def check_model(model: str) -> None:
                          "hub id")
 
 
+def declared_parameters(path: Path) -> set[str]:
+    """Names assigned at the top level of a notebook's papermill ``parameters`` cell."""
+    import ast
+    import json
+
+    for cell in json.loads(Path(path).read_text())["cells"]:
+        if cell["cell_type"] == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            tree = ast.parse("".join(cell["source"]))
+            return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
+                    if isinstance(t, ast.Name)}
+    return set()
+
+
+def parse_parameter(text: str) -> tuple[str, object]:
+    """``NAME=VALUE`` -> (NAME, value); VALUE is read as a Python literal (``32``, ``['nounpp']``, ``None``), else kept
+    as a string."""
+    import ast
+
+    name, sep, value = text.partition("=")
+    if not sep or not name.isidentifier():
+        raise ValueError(f"--param {text!r}: use NAME=VALUE, e.g. N_TRAIN=32")
+    try:
+        return name, ast.literal_eval(value)
+    except (ValueError, SyntaxError):
+        return name, value
+
+
 def notebooks(directory: Path | None = None) -> list[Path]:
     directory = Path(directory) if directory is not None else checkout() / "notebooks"
     return sorted(p for p in directory.glob("[0-9][0-9]_*.ipynb"))
@@ -96,12 +123,16 @@ def run_notebook(path: Path, *, smoke: bool, model: str, out_dir: Path, figures:
 
 
 def reproduce(*, smoke: bool = False, model: str = DEFAULT_MODEL, only: list[str] | None = None,
-              out_dir: Path | None = None, log=None, sva_data: str | Path | None = None) -> pd.DataFrame:
+              out_dir: Path | None = None, log=None, sva_data: str | Path | None = None,
+              parameters: dict | None = None) -> pd.DataFrame:
     """Execute the notebooks; returns one row per notebook (seconds, figures written, executed copy).
 
-    ``sva_data``: a directory of community-format SVA files; notebook 02 then runs on them (parameter SVA_DATA)."""
+    ``sva_data``: a directory of community-format SVA files; notebook 02 then runs on them (parameter SVA_DATA).
+    ``parameters``: papermill parameters, each passed to the notebooks whose parameters cell declares it (an
+    unknown name is an error before anything runs)."""
     if sva_data is not None and not Path(sva_data).is_dir():
         raise ValueError(f"--sva-data {sva_data}: not a directory")
+    parameters = dict(parameters or {})
     log = log or logger.info
     check_model(model)
     root = checkout()
@@ -112,6 +143,10 @@ def reproduce(*, smoke: bool = False, model: str = DEFAULT_MODEL, only: list[str
         books = [b for b in books if any(key in b.name for key in only)]
     if not books:
         raise ValueError("no notebooks to run" + (f" matching {only}" if only else ""))
+    declared = {book: declared_parameters(book) for book in books}
+    unknown = sorted(set(parameters) - set().union(*declared.values()))
+    if unknown:
+        raise ValueError(f"parameter(s) {unknown} declared by none of {[b.name for b in books]}")
     log(f"neuronlib reproduce: {len(books)} notebooks, model {model}, {'SMOKE' if smoke else 'full'} mode")
     t0 = time.perf_counter()
     rows = []
@@ -121,7 +156,9 @@ def reproduce(*, smoke: bool = False, model: str = DEFAULT_MODEL, only: list[str
     try:
         for i, book in enumerate(books, 1):
             log(f"[{i}/{len(books)}] {book.name}")
-            extra = {"SVA_DATA": str(Path(sva_data).resolve())} if sva_data and book.name.startswith("02_") else None
+            extra = {k: v for k, v in parameters.items() if k in declared[book]}
+            if sva_data and book.name.startswith("02_"):
+                extra["SVA_DATA"] = str(Path(sva_data).resolve())
             rows.append(run_notebook(book, smoke=smoke, model=model, out_dir=base / "executed", figures=figures,
                                      log=log, parameters=extra))
     finally:
