@@ -4,14 +4,36 @@ Neuron Basis"), on top of nnsight.
 Public verbs: :func:`load_model`, :func:`attribute`, :func:`ablate`, :func:`patch`, :func:`steer`,
 :func:`evaluate_circuit`; nodes are :class:`Node` (site, layer, position, unit).
 """
-from .attribution import Attribution, attribute
-from .edges import CircuitGraph, attribute_edges, evaluate_edge_pruning
-from .evaluation import evaluate_circuit
-from .interventions import Intervened, ablate, patch, steer
-from .models import DEFAULT_MODEL, Model, known_models, load_model
-from .neurons import Neuron
-from .sites import SITES, Node
-from .tracing import RelPRules
+import importlib
+
+# The public names and the module each lives in. They load on first use (PEP 562), so that `python -m neuronlib
+# reproduce`, which only drives papermill, does not hold torch in memory next to the notebook kernels.
+_PUBLIC = {
+    "Attribution": "attribution", "attribute": "attribution",
+    "CircuitGraph": "edges", "attribute_edges": "edges", "evaluate_edge_pruning": "edges",
+    "evaluate_circuit": "evaluation",
+    "Intervened": "interventions", "ablate": "interventions", "patch": "interventions", "steer": "interventions",
+    "DEFAULT_MODEL": "registry", "known_models": "registry", "Model": "models", "load_model": "models",
+    "Neuron": "neurons", "SITES": "sites", "Node": "sites", "RelPRules": "tracing",
+}
+
+
+def __getattr__(name: str):
+    if name in _PUBLIC:
+        value = getattr(importlib.import_module(f".{_PUBLIC[name]}", __name__), name)
+        globals()[name] = value
+        return value
+    try:  # a submodule, as `neuronlib.tracing` worked when this file imported everything
+        return importlib.import_module(f".{name}", __name__)
+    except ModuleNotFoundError as err:
+        if err.name != f"{__name__}.{name}":
+            raise
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}") from None
+
+
+def __dir__():
+    return sorted({*globals(), *_PUBLIC})
+
 
 __version__ = "0.1.0"
 

@@ -33,7 +33,7 @@ def _describe(model, top):
 def _check_model_name(name: str) -> None:
     from pathlib import Path
 
-    from .models import known_models
+    from .registry import known_models
 
     if name not in known_models() and not Path(name).is_dir() and "/" not in name:
         raise ValueError(f"unknown model {name!r}: use one of {known_models()}, a local Hugging Face directory or a "
@@ -177,7 +177,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv=None) -> int:
-    from .models import DEFAULT_MODEL
+    from .registry import DEFAULT_MODEL
 
     parser = _Parser(prog="neuronlib", description="Trace neuron circuits (Arora et al. 2026).")
     sub = parser.add_subparsers(dest="command", required=True)

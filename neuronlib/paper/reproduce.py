@@ -14,10 +14,12 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pandas as pd
+from ..registry import DEFAULT_MODEL
 
-from ..models import DEFAULT_MODEL
+if TYPE_CHECKING:
+    import pandas as pd
 
 logger = logging.getLogger(__name__)
 
@@ -36,7 +38,7 @@ def checkout(start: Path | None = None) -> Path:
 def check_model(model: str) -> None:
     """ValueError (or ModuleNotFoundError with the pip command) before any notebook runs, if ``model`` cannot load:
     not a registry name, a local directory or a hub id, or its package is missing."""
-    from ..models import PACKAGED, _package_version, known_models
+    from ..registry import PACKAGED, _package_version, known_models
 
     if not isinstance(model, str) or not model:
         raise ValueError(f"model must be a non-empty string, got {model!r}")
@@ -172,4 +174,6 @@ def reproduce(*, smoke: bool = False, model: str = DEFAULT_MODEL, only: list[str
     for row in rows:
         for fig in row["figures"]:
             log(f"  {fig:40s} <- {row['notebook']}")
+    import pandas as pd  # here, not at the top: the runner's process stays light (it only waits on papermill)
+
     return pd.DataFrame(rows)
