@@ -74,9 +74,7 @@ class TopKSAE(torch.nn.Module):
     def __init__(self, d_in: int, d_sae: int, k: int, *, dtype: torch.dtype = torch.float32,
                  device: torch.device | str | None = None, seed: int | None = 0):
         super().__init__()
-        if not (0 < k <= d_sae):
-            raise ValueError(f"need 0 < k <= d_sae, got k={k}, d_sae={d_sae}")
-        self.d_in, self.d_sae, self.k = int(d_in), int(d_sae), int(k)
+        self._set_sizes(d_in, d_sae, k)
         gen = torch.Generator().manual_seed(0 if seed is None else int(seed))
         w_dec = torch.randn(d_sae, d_in, generator=gen, dtype=torch.float32)
         w_dec = w_dec / w_dec.norm(dim=-1, keepdim=True)
@@ -84,6 +82,29 @@ class TopKSAE(torch.nn.Module):
         self.W_enc = torch.nn.Parameter(w_dec.t().contiguous().to(device=device, dtype=dtype))
         self.b_enc = torch.nn.Parameter(torch.zeros(d_sae, device=device, dtype=dtype))
         self.b_dec = torch.nn.Parameter(torch.zeros(d_in, device=device, dtype=dtype))
+
+    def _set_sizes(self, d_in: int, d_sae: int, k: int) -> None:
+        if not (0 < k <= d_sae):
+            raise ValueError(f"need 0 < k <= d_sae, got k={k}, d_sae={d_sae}")
+        self.d_in, self.d_sae, self.k = int(d_in), int(d_sae), int(k)
+
+    @classmethod
+    def from_tensors(cls, *, W_enc: torch.Tensor, b_enc: torch.Tensor, W_dec: torch.Tensor, b_dec: torch.Tensor,
+                     k: int) -> TopKSAE:
+        """An SAE whose parameters *are* these tensors (no random init, no copy: loading 60 SAEs costs their size,
+        not three times it). Shapes are checked."""
+        d_sae, d_in = W_dec.shape
+        expected = {"W_enc": (d_in, d_sae), "b_enc": (d_sae,), "W_dec": (d_sae, d_in), "b_dec": (d_in,)}
+        given = {"W_dec": W_dec, "W_enc": W_enc, "b_enc": b_enc, "b_dec": b_dec}  # __init__'s order
+        for name, shape in expected.items():
+            if tuple(given[name].shape) != shape:
+                raise ValueError(f"{name} has shape {tuple(given[name].shape)}, expected {shape}")
+        sae = cls.__new__(cls)
+        torch.nn.Module.__init__(sae)
+        sae._set_sizes(d_in, d_sae, k)
+        for name, t in given.items():
+            setattr(sae, name, torch.nn.Parameter(t))
+        return sae
 
     # -- the three public maps ---------------------------------------------------------------------------------
     def pre_acts(self, x: torch.Tensor) -> torch.Tensor:
@@ -597,15 +618,17 @@ def load_sae(path: str | os.PathLike, *, device: torch.device | str | None = Non
     if cfg.get("normalize_activations", "none") not in ("none", None):
         raise ValueError(f"{path}: normalize_activations={cfg['normalize_activations']!r} is not supported")
     tensors = load_file(str(path / WEIGHTS_FILENAME))
-    W_dec = tensors["W_dec"]
-    sae = TopKSAE(int(cfg["d_in"]), int(cfg["d_sae"]), int(k), dtype=W_dec.dtype, device="cpu", seed=None)
-    with torch.no_grad():
-        for name in ("W_enc", "b_enc", "W_dec", "b_dec"):
-            p = getattr(sae, name)
-            t = tensors[name]
-            if tuple(t.shape) != tuple(p.shape):
-                raise ValueError(f"{path}: {name} has shape {tuple(t.shape)}, expected {tuple(p.shape)}")
-            p.copy_(t)
+    missing = [n for n in ("W_enc", "b_enc", "W_dec", "b_dec") if n not in tensors]
+    if missing:
+        raise ValueError(f"{path}: {WEIGHTS_FILENAME} lacks {missing}")
+    d_sae, d_in = int(cfg["d_sae"]), int(cfg["d_in"])
+    if tuple(tensors["W_dec"].shape) != (d_sae, d_in):
+        raise ValueError(f"{path}: W_dec has shape {tuple(tensors['W_dec'].shape)}, expected {(d_sae, d_in)}")
+    try:
+        sae = TopKSAE.from_tensors(W_enc=tensors["W_enc"], b_enc=tensors["b_enc"], W_dec=tensors["W_dec"],
+                                   b_dec=tensors["b_dec"], k=int(k))
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     sae.cfg = cfg  # type: ignore[attr-defined]
     if device is not None:
         sae.to(device)

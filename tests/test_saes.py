@@ -302,3 +302,28 @@ def test_corpus_chunking_keeps_paragraphs_and_sentence_boundaries():
     assert chunks[0].startswith("Title\n\nSentence number 0")
     assert all(c.rstrip().endswith(".") for c in chunks)  # long paragraph split at sentence ends
     assert "".join(c.replace("\n\n", " ").replace(" ", "") for c in chunks) == text.replace("\n\n", "").replace(" ", "")
+
+
+def test_from_tensors_uses_the_tensors_and_checks_shapes():
+    W_enc, b_enc, W_dec, b_dec = torch.randn(20, 60), torch.randn(60), torch.randn(60, 20), torch.randn(20)
+    sae = TopKSAE.from_tensors(W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_dec=b_dec, k=4)
+    assert (sae.d_in, sae.d_sae, sae.k) == (20, 60, 4)
+    assert sae.W_enc.data_ptr() == W_enc.data_ptr() and sae.W_dec.data_ptr() == W_dec.data_ptr()  # no copy
+    assert [n for n, _ in sae.named_parameters()] == [n for n, _ in TopKSAE(20, 60, 4).named_parameters()]
+    with pytest.raises(ValueError, match=r"W_enc has shape \(60, 20\)"):
+        TopKSAE.from_tensors(W_enc=W_dec, b_enc=b_enc, W_dec=W_dec, b_dec=b_dec, k=4)
+    with pytest.raises(ValueError, match="need 0 < k <= d_sae"):
+        TopKSAE.from_tensors(W_enc=W_enc, b_enc=b_enc, W_dec=W_dec, b_dec=b_dec, k=61)
+
+
+def test_loaded_sae_is_independent_of_its_file(tmp_path):
+    """load_sae keeps the file's tensors without a copy; editing the SAE must not write to the file, and replacing
+    the file must not change an SAE already loaded."""
+    sae = TopKSAE(20, 60, 4, seed=5)
+    save_sae(sae, tmp_path / "s")
+    loaded = load_sae(tmp_path / "s")
+    with torch.no_grad():
+        loaded.W_dec.add_(1.0)
+    assert torch.equal(load_sae(tmp_path / "s").W_dec, sae.W_dec)
+    save_sae(TopKSAE(20, 60, 4, seed=6), tmp_path / "s")
+    assert torch.equal(loaded.W_dec, sae.W_dec + 1.0)
