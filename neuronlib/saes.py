@@ -601,7 +601,10 @@ def load_cfg(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def load_sae(path: str | os.PathLike, *, device: torch.device | str | None = None) -> TopKSAE:
-    """Load an SAE saved by :func:`save_sae` (or a SAELens TopK SAE directory with the same layout)."""
+    """Load an SAE saved by :func:`save_sae` (or a SAELens TopK SAE directory with the same layout).
+
+    The parameters are safetensors' tensors themselves, mapped from the file copy-on-write: editing them never
+    writes to the file, and :func:`save_sae` replaces a file by rename, so an SAE already loaded keeps its values."""
     path = Path(path)
     cfg = load_cfg(path)
     k = cfg.get("k")
