@@ -153,7 +153,8 @@ def attribute(
     the paper's ablations), "ig" (per-site integrated gradients: each layer of each site interpolated on its own, the
     rest recomputed; layers x steps passes) or "ig-inputs" (interpolate the input embeddings, average every node's
     gradient; steps passes). IG uses the midpoint rule; its steps run batched, at most ``ig_max_rows`` rows (pairs x
-    steps) per forward, whole steps per group (None: as many as keep the tapped values near ``IG_MEMORY`` bytes).
+    steps) per forward, whole steps per group, fewer pairs per batch where one step of ``batch_size`` pairs is over
+    the cap (None: as many rows as keep the tapped values near ``IG_MEMORY`` bytes).
     Groups give the same scores as one batch, with less memory: every tapped layer holds a rows x tokens x units
     tensor several times over (an SAE site: 4,608 latents per layer).
     baseline: "counterfactual" (the patch prompts), "zero", or "mean" (per-position mean over ``data``).
@@ -179,7 +180,8 @@ def attribute(
     m_base = torch.zeros(B) if baseline == "counterfactual" else None
     means = mean_values(model, prepared, sites, batch_size=batch_size) if baseline == "mean" else None
     max_rows = ig_max_rows if ig_max_rows is not None else _ig_rows(model, sites, T)
-    chunks = torch.arange(B).split(batch_size)
+    # IG also splits the pairs when one step of a batch is over the cap (rows are independent, so scores are equal)
+    chunks = torch.arange(B).split(min(batch_size, max_rows) if method.startswith("ig") else batch_size)
     for rows in tqdm(chunks, desc=f"{method} attribution", disable=_quiet(progress, len(chunks))):
         clean = prepared.rows("clean", rows)
         if baseline == "counterfactual":

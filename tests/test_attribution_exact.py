@@ -148,16 +148,26 @@ def test_batched_ig_equals_step_by_step(tiny_llama):
 
 
 @pytest.mark.parametrize("method", ["ig", "ig-inputs"])
-def test_ig_in_step_groups_equals_all_steps_at_once(tiny_llama, method):
-    """ig_max_rows only bounds memory: steps split into groups (here 1, 2 and an uneven 3 per forward) give the
-    scores and metrics of one batch of every step."""
+def test_ig_in_step_groups_equals_all_steps_at_once(tiny_llama, method, monkeypatch):
+    """ig_max_rows only bounds memory: steps split into groups (here 1, 2 and an uneven 3 per forward), or pairs into
+    smaller batches when one step is over the cap, give the scores and metrics of one batch of every step."""
     sites, b = ("mlp_acts", "resid"), len(SVA_PAIRS)
     whole = neuronlib.attribute(tiny_llama, SVA_PAIRS, method=method, ig_steps=7, ig_max_rows=10**6, sites=sites)
-    for rows in (b, 2 * b, 3 * b + 1):
+    from neuronlib import attribution
+
+    run, widths = attribution.tracing.run, []
+    monkeypatch.setattr(attribution.tracing, "run",
+                        lambda m, inputs, **kw: widths.append(len(inputs["input_ids"])) or run(m, inputs, **kw))
+    for rows in (1, b - 1, b, 2 * b, 3 * b + 1):  # under b: fewer pairs per batch, one step per forward
+        widths.clear()
         grouped = neuronlib.attribute(tiny_llama, SVA_PAIRS, method=method, ig_steps=7, ig_max_rows=rows, sites=sites)
+        assert max(widths) <= rows, (rows, widths)  # every forward within the cap
         for s in sites:
             assert (grouped[s] - whole[s]).abs().max() <= 1e-6 * whole[s].abs().max(), (rows, s)
-        assert torch.equal(grouped.metric, whole.metric)
+        if rows >= b:
+            assert torch.equal(grouped.metric, whole.metric)
+        else:  # another batch size may round differently
+            torch.testing.assert_close(grouped.metric, whole.metric, rtol=1e-6, atol=1e-6)
     with pytest.raises(ValueError, match="ig_max_rows"):
         neuronlib.attribute(tiny_llama, SVA_PAIRS, method=method, ig_max_rows=0)
 
