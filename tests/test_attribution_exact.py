@@ -4,7 +4,7 @@ import torch
 from conftest import SVA_PAIRS, hooked_forward
 
 import neuronlib
-from neuronlib import tracing
+from neuronlib import attribution, tracing
 from neuronlib.attribution import _ig_rows
 from neuronlib.sites import BASE_SITES
 
@@ -153,8 +153,6 @@ def test_ig_in_step_groups_equals_all_steps_at_once(tiny_llama, method, monkeypa
     smaller batches when one step is over the cap, give the scores and metrics of one batch of every step."""
     sites, b = ("mlp_acts", "resid"), len(SVA_PAIRS)
     whole = neuronlib.attribute(tiny_llama, SVA_PAIRS, method=method, ig_steps=7, ig_max_rows=10**6, sites=sites)
-    from neuronlib import attribution
-
     run, widths = attribution.tracing.run, []
     monkeypatch.setattr(attribution.tracing, "run",
                         lambda m, inputs, **kw: widths.append(len(inputs["input_ids"])) or run(m, inputs, **kw))
@@ -175,7 +173,7 @@ def test_ig_in_step_groups_equals_all_steps_at_once(tiny_llama, method, monkeypa
 def test_ig_rows_follow_the_memory_budget(tiny_llama):
     model, T = tiny_llama, 6
     units = model.n_layers * model.site_width("mlp_acts")
-    per_row = 6 * 4 * T * units
+    per_row = attribution.IG_COPIES * 4 * T * units
     assert _ig_rows(model, ("mlp_acts",), T, budget=5 * per_row) == 5
     assert _ig_rows(model, ("mlp_acts",), T, budget=per_row // 2) == 1  # never zero
     assert _ig_rows(model, ("mlp_acts", "resid"), T, budget=5 * per_row) < 5  # more tapped units, fewer rows
