@@ -157,7 +157,7 @@ def attribute(
     rest recomputed; layers x steps passes) or "ig-inputs" (interpolate the input embeddings, average every node's
     gradient; steps passes). IG uses the midpoint rule; its steps run batched, at most ``ig_max_rows`` rows (pairs x
     steps) per forward, whole steps per group, fewer pairs per batch where one step of ``batch_size`` pairs is over
-    the cap (None: as many rows as keep the tapped values near ``IG_MEMORY`` bytes).
+    the cap (None: as many rows as keep one forward near ``IG_MEMORY`` bytes, by ``_ig_rows``).
     Groups give the same scores as one batch, with less memory: every tapped layer holds a rows x tokens x units
     tensor several times over (an SAE site: 4,608 latents per layer).
     baseline: "counterfactual" (the patch prompts), "zero", or "mean" (per-position mean over ``data``).
