@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from neuronlib.paper.reproduce import notebooks, run_notebook
+from neuronlib.paper.reproduce import merge_injected_parameters, notebooks, run_notebook
 
 BOOKS = notebooks()
 
@@ -44,6 +44,33 @@ def test_notebook_is_committed_without_smoke_outputs_and_with_parameters(path):
     assert "SMOKE" in "".join(code[0]["source"]) and "MODEL" in "".join(code[0]["source"])
     assert "SMOKE = False" in "".join(code[0]["source"]), "the committed default must be the full run"
     assert not smoke_outputs(nb), f"{path.name} is committed with SMOKE outputs: {smoke_outputs(nb)}"
+
+
+@pytest.mark.parametrize("path", BOOKS, ids=[p.stem for p in BOOKS])
+def test_committed_notebook_has_one_parameters_cell(path):
+    """papermill's injected-parameters cell is folded into the parameters cell by the runner: a reader's edit of the
+    parameters cell is never undone by a hidden second assignment."""
+    nb = json.loads(path.read_text())
+    tags = [t for c in nb["cells"] for t in c.get("metadata", {}).get("tags", [])]
+    assert "injected-parameters" not in tags and tags.count("parameters") == 1
+
+
+def test_injected_parameters_are_merged_into_the_parameters_cell(tmp_path):
+    def cell(source, tag):
+        return {"cell_type": "code", "metadata": {"tags": [tag]}, "outputs": [], "source": source}
+
+    nb = {"cells": [cell(['MODEL = "a"\n', "SMOKE = False\n", "N = [1,\n", "     2]  # sizes\n", "K = 3\n"],
+                         "parameters"),
+                    cell(["# Parameters\n", 'MODEL = "a"\n', "N = [5]\n", "K = 3.0\n"], "injected-parameters"),
+                    {"cell_type": "code", "metadata": {}, "outputs": [], "source": ["print(N)\n"]}],
+          "metadata": {"papermill": {"parameters": {"MODEL": "a", "N": [5], "K": 3.0}}}}
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps(nb))
+    assert merge_injected_parameters(path) == {"N": [5], "K": 3.0}
+    out = json.loads(path.read_text())
+    assert len(out["cells"]) == 2 and out["metadata"] == nb["metadata"]
+    assert "".join(out["cells"][0]["source"]) == 'MODEL = "a"\nSMOKE = False\nN = [5]  # sizes\nK = 3.0\n'
+    assert merge_injected_parameters(path) == {}  # nothing left to merge
 
 
 def test_smoke_detection():

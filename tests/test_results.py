@@ -75,7 +75,10 @@ def test_tables_carry_provenance_and_round_trip(tmp_path):
     out = _synthetic(tmp_path)
     meta = results.read_provenance("sva_headline", out)
     assert meta["model"] == "smollm2-135m" and meta["parameters"] == {"N_TRAIN": 300}
-    assert {"neuronlib", "date", "commit", "code_stamp", "columns", "rows"} <= set(meta)
+    assert {"neuronlib", "date", "commit", "code", "columns", "rows"} <= set(meta)
+    # the stamps are of the code this process loaded, less the modules that only draw or print
+    assert "neuronlib.paper.sva" in meta["code"] and "neuronlib.evaluation" in meta["code"]
+    assert "neuronlib.paper.figures" not in meta["code"] and "neuronlib.cli" not in meta["code"]
     head = results.read_table("sva_headline", out)
     assert len(head) == meta["rows"] and "pooled" in set(head.template)
     # rc (effect 0.5 < the floor) is flagged and kept out of the pooled line
@@ -85,14 +88,49 @@ def test_tables_carry_provenance_and_round_trip(tmp_path):
 
 def test_stale_tables_and_doctor_warning(tmp_path):
     out = _synthetic(tmp_path)
-    assert results.stale_tables(out) == []
-    assert "matches" in results.doctor_lines(out)[-1]
+    assert results.stale_tables(out) == {}
+    assert "match" in results.doctor_lines(out)[-1]
     sidecar = out / "sva_curves.json"
     meta = json.loads(sidecar.read_text())
-    meta["code_stamp"] = "0" * 16
+    meta["code"]["neuronlib.evaluation"] = "0" * 16
     sidecar.write_text(json.dumps(meta))
-    assert results.stale_tables(out) == ["sva_curves"]
-    assert "WARNING" in results.doctor_lines(out)[-1] and "sva_curves" in results.doctor_lines(out)[-1]
+    assert results.stale_tables(out) == {"sva_curves": ["neuronlib.evaluation"]}
+    lines = results.doctor_lines(out)
+    assert "WARNING" in lines[1] and lines[-1] == "    changed neuronlib.evaluation: sva_curves"
+    del meta["code"]  # a sidecar of the old format cannot say what made it
+    sidecar.write_text(json.dumps(meta))
+    assert results.stale_tables(out) == {"sva_curves": ["(no per-module code stamps)"]}
+
+
+def test_code_stamps_ignore_docstrings_comments_and_formatting():
+    base = {"neuronlib.paper.figures": 'LABELS = {"a": "A"}\ndef unrelated():\n    return 1\n',
+            "neuronlib.stats": '"""Doc."""\nfrom .paper.figures import LABELS\n\ndef f(x):\n    """Doc."""\n'
+                               '    return x + 1\n'}
+    stamp = results.stamp_sources(base)
+    assert set(stamp) == {"neuronlib.stats"}  # a presentation module has no stamp of its own
+
+    def changed(module, text):
+        return results.stamp_sources({**base, module: text}) != stamp
+
+    assert not changed("neuronlib.stats", '"""Other doc."""\nfrom .paper.figures import LABELS  # why\n\n\n'
+                                          'def f( x ):\n    """Another."""\n    return (x + 1)\n')
+    assert changed("neuronlib.stats", base["neuronlib.stats"].replace("x + 1", "x + 2"))
+    # a name taken from a presentation module counts; the rest of that module does not
+    assert changed("neuronlib.paper.figures", base["neuronlib.paper.figures"].replace('"A"', '"B"'))
+    assert not changed("neuronlib.paper.figures", base["neuronlib.paper.figures"].replace("return 1", "return 2"))
+
+
+def test_tables_name_the_commit_the_run_started_from(tmp_path, monkeypatch):
+    monkeypatch.setenv(results.RUN_COMMIT_ENV, "f" * 40)
+    results.write_table(pd.DataFrame({"a": [1]}), "t", tmp_path)
+    assert results.read_provenance("t", tmp_path)["commit"] == "f" * 40
+
+
+def test_committed_tables_are_stamped_per_module():
+    """Every committed sidecar records what code made it, so `neuronlib doctor` can name what changed since."""
+    for sidecar in sorted((REPO / "results").glob("*.json")):
+        meta = json.loads(sidecar.read_text())
+        assert isinstance(meta.get("code"), dict) and meta["code"], sidecar.name
 
 
 @pytest.mark.slow  # slow on 2 cores: left out of `make test-fast`

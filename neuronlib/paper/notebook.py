@@ -85,10 +85,10 @@ class Session:
         import datetime
 
         from .. import __version__
-        from .results import git_commit
+        from .results import run_commit
 
         when = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-        return (f"run of {when}, neuronlib {__version__} at commit {git_commit() or 'unknown'}\n"
+        return (f"run of {when}, neuronlib {__version__} at commit {run_commit() or 'unknown'}\n"
                 f"MODEL={self.model_name} SMOKE={self.smoke} threads={self.threads}\n"
                 f"figures -> {self.figures}\nresults -> {self.results}\ncache   -> {self.cache or 'default'}")
 
@@ -170,7 +170,11 @@ def setup(*, MODEL: str, SMOKE: bool, FIGURES_DIR=None, CACHE_DIR=None, RESULTS_
     """Resolve a notebook's output folders, torch threads and logging; see the module docstring."""
     import torch
 
+    from .results import RUN_COMMIT_ENV, git_commit
+
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    if not os.environ.get(RUN_COMMIT_ENV):  # tables record the commit the run started from, not the one at writing
+        os.environ[RUN_COMMIT_ENV] = git_commit(_checkout_or_cwd()) or ""
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     show_logs("INFO")
     if SMOKE:

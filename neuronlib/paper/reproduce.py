@@ -76,6 +76,53 @@ def parse_parameter(text: str) -> tuple[str, object]:
         return name, value
 
 
+def merge_injected_parameters(path: Path) -> dict:
+    """Fold papermill's ``injected-parameters`` cell of the executed notebook at ``path`` into its ``parameters``
+    cell, in place; returns the parameters that differed from the cell's defaults.
+
+    A committed notebook then shows one parameters cell whose values are the ones its outputs were made with, and a
+    reader's edit of that cell is not undone by a hidden second assignment. papermill already records every
+    parameter in the notebook's metadata (``metadata.papermill.parameters``)."""
+    import ast
+    import json
+
+    nb = json.loads(Path(path).read_text())
+    cells = nb["cells"]
+    tagged = [i for i, c in enumerate(cells) if "injected-parameters" in c.get("metadata", {}).get("tags", [])]
+    if not tagged:
+        return {}
+    injected = {}
+    for i in tagged:
+        for node in ast.parse("".join(cells[i]["source"])).body:
+            if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+                injected[node.targets[0].id] = ast.literal_eval(node.value)
+    params = next((c for c in cells if "parameters" in c.get("metadata", {}).get("tags", [])), None)
+    changed = {}
+    if params is not None:
+        lines = "".join(params["source"]).splitlines(keepends=True)
+        for node in reversed(ast.parse("".join(lines)).body):  # bottom-up: earlier line numbers stay valid
+            if not (isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name)):
+                continue
+            name = node.targets[0].id
+            if name not in injected:
+                continue
+            try:
+                default = ast.literal_eval(node.value)
+            except ValueError:
+                default = object()  # an expression: always replaced by the run's value
+            if default == injected[name] and type(default) is type(injected[name]):
+                continue
+            changed[name] = injected[name]
+            first, last = node.lineno - 1, node.end_lineno - 1
+            tail = lines[last][node.end_col_offset:].rstrip("\n")
+            comment = tail.strip() if tail.strip().startswith("#") else ""
+            lines[first:last + 1] = [f"{name} = {injected[name]!r}{'  ' + comment if comment else ''}\n"]
+        params["source"] = lines
+    nb["cells"] = [c for i, c in enumerate(cells) if i not in tagged]
+    Path(path).write_text(json.dumps(nb, indent=1, ensure_ascii=False))  # as papermill writes it
+    return changed
+
+
 def notebooks(directory: Path | None = None) -> list[Path]:
     directory = Path(directory) if directory is not None else checkout() / "notebooks"
     return sorted(p for p in directory.glob("[0-9][0-9]_*.ipynb"))
@@ -105,6 +152,7 @@ def run_notebook(path: Path, *, smoke: bool, model: str, out_dir: Path, figures:
             str(path), str(running), parameters={"MODEL": model, "SMOKE": smoke, **(parameters or {})},
             cwd=str(path.parent), progress_bar=True, kernel_name="python3",
         )
+        merge_injected_parameters(running)
         os.replace(running, target)  # only a finished run replaces the executed copy
     except BaseException:
         if running.exists():
@@ -155,6 +203,10 @@ def reproduce(*, smoke: bool = False, model: str = DEFAULT_MODEL, only: list[str
     scratch = Path(tempfile.mkdtemp(prefix="neuronlib-reproduce-"))
     old_smoke = os.environ.get("NEURONLIB_SMOKE_DIR")
     os.environ["NEURONLIB_SMOKE_DIR"] = str(scratch)  # the kernels put their SMOKE folders here
+    from .results import RUN_COMMIT_ENV, git_commit
+
+    old_commit = os.environ.get(RUN_COMMIT_ENV)
+    os.environ[RUN_COMMIT_ENV] = git_commit(root) or ""  # every table of this run names the commit it started from
     try:
         for i, book in enumerate(books, 1):
             log(f"[{i}/{len(books)}] {book.name}")
@@ -164,10 +216,11 @@ def reproduce(*, smoke: bool = False, model: str = DEFAULT_MODEL, only: list[str
             rows.append(run_notebook(book, smoke=smoke, model=model, out_dir=base / "executed", figures=figures,
                                      log=log, parameters=extra))
     finally:
-        if old_smoke is None:
-            os.environ.pop("NEURONLIB_SMOKE_DIR", None)
-        else:
-            os.environ["NEURONLIB_SMOKE_DIR"] = old_smoke
+        for name, old in (("NEURONLIB_SMOKE_DIR", old_smoke), (RUN_COMMIT_ENV, old_commit)):
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
         shutil.rmtree(scratch, ignore_errors=True)
     total = time.perf_counter() - t0
     log(f"done in {total / 60:.1f} min; executed notebooks in {base / 'executed'}; figures in {figures}")

@@ -19,8 +19,7 @@ import pandas as pd
 
 logger = logging.getLogger(__name__)
 
-# Modules whose code can move a result. The stamp is a hash of their source: `neuronlib doctor` compares the stamp
-# recorded with each table against the current one.
+# Modules whose code can move a result: the results cache keys its entries by their stamp.
 RESULT_CODE = (
     "neuronlib.tracing", "neuronlib.attribution", "neuronlib.activations", "neuronlib.interventions",
     "neuronlib.evaluation", "neuronlib.metrics", "neuronlib.inputs", "neuronlib.sites", "neuronlib.edges",
@@ -28,19 +27,129 @@ RESULT_CODE = (
     "neuronlib.data.sva", "neuronlib.data.capitals", "neuronlib.paper.sva", "neuronlib.paper.sae_baselines",
     "neuronlib.paper.multihop", "neuronlib.paper.languages", "neuronlib.paper.appendix", "neuronlib.data.languages",
 )
+# Modules that cannot move a table: they draw, print, run notebooks or record provenance. A table's stamp leaves
+# them out, except for the names a stamped module imports from them (labels and number formats), which count.
+PRESENTATION = (
+    "neuronlib", "neuronlib.__main__", "neuronlib.cli", "neuronlib.logs", "neuronlib.plotting",
+    "neuronlib.paper", "neuronlib.paper.figures", "neuronlib.paper.readme", "neuronlib.paper.reproduce",
+    "neuronlib.paper.notebook", "neuronlib.paper.results", "neuronlib.viewer",
+)
+RUN_COMMIT_ENV = "NEURONLIB_RUN_COMMIT"  # the commit of the checkout when the run started (set by the runner)
+
+
+def _presentation(module: str) -> bool:
+    return any(module == p or (p == "neuronlib.viewer" and module.startswith(p + ".")) for p in PRESENTATION)
+
+
+def _without_docstrings(tree):
+    import ast
+
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and \
+                    isinstance(first.value.value, str):
+                node.body = node.body[1:] or [ast.Pass()]
+    return tree
+
+
+def _imported_presentation_names(tree, module: str) -> list[tuple[str, str]]:
+    """(presentation module, name) for every ``from X import name`` in ``tree`` whose X is a presentation module."""
+    import ast
+
+    package = module.split(".")
+    found = []
+    for node in ast.walk(tree):
+        if not isinstance(node, ast.ImportFrom):
+            continue
+        if node.level:
+            base = package[:len(package) - node.level]  # a module's package is its name minus the last part
+            target = ".".join(base + ([node.module] if node.module else []))
+        else:
+            target = node.module or ""
+        if target.startswith("neuronlib") and _presentation(target):
+            found.extend((target, alias.name) for alias in node.names)
+    return found
+
+
+def _definition(tree, name: str):
+    """The top-level statement that defines ``name`` in ``tree`` (a def, class or assignment), or None."""
+    import ast
+
+    for node in tree.body:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
+            return node
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
+            node, (ast.AnnAssign, ast.AugAssign)) else []
+        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            return node
+    return None
+
+
+def stamp_sources(sources: dict[str, str]) -> dict[str, str]:
+    """Per-module stamps from ``{module name: source text}``: a hash of the module's syntax tree without docstrings,
+    so comments, docstrings and formatting do not count; plus the definitions it imports from presentation modules
+    (found in ``sources`` too). Presentation modules get no stamp of their own."""
+    import ast
+
+    trees = {}
+    for name, text in sources.items():
+        try:
+            trees[name] = _without_docstrings(ast.parse(text))
+        except SyntaxError:
+            trees[name] = None
+    stamps = {}
+    for name, tree in sorted(trees.items()):
+        if _presentation(name):
+            continue
+        h = hashlib.sha256()
+        if tree is None:
+            h.update(sources[name].encode())
+        else:
+            h.update(ast.dump(tree).encode())
+            for other, imported in _imported_presentation_names(tree, name):
+                node = _definition(trees[other], imported) if trees.get(other) is not None else None
+                h.update(f"{other}.{imported}:".encode() + (ast.dump(node).encode() if node is not None else b"?"))
+        stamps[name] = h.hexdigest()[:16]
+    return stamps
+
+
+def _module_sources(modules) -> dict[str, str]:
+    import importlib.util
+
+    sources = {}
+    for name in modules:
+        try:
+            spec = importlib.util.find_spec(name)
+        except (ImportError, ValueError):
+            spec = None
+        if spec is not None and spec.origin and spec.origin.endswith(".py"):
+            sources[name] = Path(spec.origin).read_text()
+    return sources
+
+
+def loaded_code() -> list[str]:
+    """The neuronlib modules this process has imported: the code that can have produced what it writes."""
+    import sys
+
+    return sorted(name for name in list(sys.modules) if name == "neuronlib" or name.startswith("neuronlib."))
+
+
+def code_stamps(modules=None) -> dict[str, str]:
+    """:func:`stamp_sources` of ``modules`` (default: :func:`loaded_code`), with the presentation modules' sources
+    read too, so the names taken from them count."""
+    modules = loaded_code() if modules is None else list(modules)
+    package = Path(__file__).resolve().parents[1]  # read the files: importing them would change loaded_code()
+    names = [".".join(("neuronlib", *f.relative_to(package).with_suffix("").parts)).removesuffix(".__init__")
+             for f in package.rglob("*.py")]
+    presentation = [name for name in names if _presentation(name)]
+    return {name: stamp for name, stamp in stamp_sources(_module_sources({*modules, *presentation})).items()
+            if name in modules}
 
 
 def code_stamp(modules=RESULT_CODE) -> str:
-    """A short hash of the source of the modules that can change a result (missing modules are skipped)."""
-    import importlib.util
-
-    h = hashlib.sha256()
-    for name in sorted(modules):
-        spec = importlib.util.find_spec(name)
-        if spec is None or spec.origin is None:
-            continue
-        h.update(name.encode())
-        h.update(Path(spec.origin).read_bytes())
+    """One short hash of :func:`code_stamps` of ``modules``: the results cache's key for the result-affecting code."""
+    h = hashlib.sha256(json.dumps(code_stamps(modules), sort_keys=True).encode())
     return h.hexdigest()[:16]
 
 
@@ -57,12 +166,20 @@ def git_commit(start: Path | None = None) -> str | None:
         return None
 
 
+def run_commit() -> str | None:
+    """The commit recorded when this run started (:data:`RUN_COMMIT_ENV`, set by the runner and by a notebook's
+    setup); the checkout's current commit when no run recorded one."""
+    import os
+
+    return os.environ.get(RUN_COMMIT_ENV) or git_commit()
+
+
 def provenance(parameters: dict[str, Any] | None = None, *, model: str | None = None) -> dict[str, Any]:
     from .. import __version__
 
     return {"parameters": dict(parameters or {}), "model": model, "neuronlib": __version__,
-            "commit": git_commit(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "code_stamp": code_stamp()}
+            "commit": run_commit(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+            "code": code_stamps()}
 
 
 def write_table(frame: pd.DataFrame, name: str, directory: str | Path, *, parameters: dict | None = None,
@@ -94,18 +211,30 @@ def read_provenance(name: str, directory: str | Path) -> dict[str, Any]:
     return json.loads(path.read_text())
 
 
-def stale_tables(directory: str | Path) -> list[str]:
-    """Names of the tables in ``directory`` whose recorded code stamp differs from the current code's."""
-    now = code_stamp()
-    stale = []
+def stale_tables(directory: str | Path) -> dict[str, list[str]]:
+    """``{table: [modules whose code changed since its run]}`` for the tables in ``directory`` that are stale.
+
+    A sidecar records a stamp per module that its process had loaded (:func:`code_stamps`); a table is stale when one
+    of those modules' stamps differs from the current code's (a module that no longer exists counts as changed). A
+    sidecar without per-module stamps, or one that cannot be read, is stale with the reason in place of a module."""
+    stale: dict[str, list[str]] = {}
+    current: dict[str, str] = {}
     for sidecar in sorted(Path(directory).glob("*.json")):
         try:
             meta = json.loads(sidecar.read_text())
         except (OSError, ValueError):
-            stale.append(sidecar.stem)
+            stale[sidecar.stem] = ["(unreadable sidecar)"]
             continue
-        if meta.get("code_stamp") not in (None, now):
-            stale.append(sidecar.stem)
+        recorded = meta.get("code")
+        if not isinstance(recorded, dict):
+            stale[sidecar.stem] = ["(no per-module code stamps)"]
+            continue
+        missing = [m for m in recorded if m not in current]
+        if missing:
+            current.update(code_stamps(missing))
+        changed = sorted(m for m, stamp in recorded.items() if current.get(m) != stamp)
+        if changed:
+            stale[sidecar.stem] = changed
     return stale
 
 
@@ -144,8 +273,13 @@ def doctor_lines(directory: str | Path | None = None) -> list[str]:
     lines = [f"results: {len(tables)} tables in {folder} (runs: {', '.join(sorted(dates))})"]
     stale = stale_tables(folder)
     if stale:
-        lines.append(f"  WARNING: code that can move a result changed after the run that made {len(stale)} table(s) "
-                     f"({', '.join(stale[:6])}{', ...' if len(stale) > 6 else ''}); re-run `make reproduce`")
+        lines.append(f"  WARNING: code that can move a result changed after the run that made {len(stale)} table(s); "
+                     "re-run the notebooks that write them:")
+        groups: dict[tuple[str, ...], list[str]] = {}
+        for name, changed in stale.items():
+            groups.setdefault(tuple(changed), []).append(name)
+        for changed, names in sorted(groups.items()):
+            lines.append(f"    changed {', '.join(changed)}: {', '.join(sorted(names))}")
     else:
-        lines.append("  code stamp matches every table's run")
+        lines.append("  code stamps match every table's run")
     return lines
