@@ -1,5 +1,7 @@
 """Edges (docs/method.md §3): exact against the Jacobian of a plain-torch replacement, stop-grads, pruning, JSON."""
 import contextlib
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -140,11 +142,11 @@ def dense_block(graph, b, source_layer, target_layer, width_s, width_t, weight="
     return out, int(sel.sum())
 
 
-@pytest.mark.parametrize("method", ["relp", "atp"])
-def test_edges_equal_the_jacobian_of_a_hooked_replacement_model(tiny3, method):
-    model = tiny3
-    graph = attribute_edges(model, PAIRS[1:], nodes=all_neurons(model), method=method, progress=False)
-    ex = PAIRS[1]
+def assert_edges_match_reference(model, graph, b, ex, method, *, every_neuron=True):
+    """Example ``b``'s edges of ``graph`` (made from the pair ``ex``) equal x_s * dv_t/dv_s of the hooked reference
+    (MLPs strictly between the two layers detached), block by block. ``every_neuron``: the graph holds every neuron,
+    so an edge missing from it must have a zero reference (causal attention); otherwise only the edges present are
+    compared. Returns the number of edges compared."""
     inputs = model.tokenize([ex["clean_prefix"]])
     answers = (model.token_id(ex["clean_answer"]), model.token_id(ex["patch_answer"]))
     L, U = model.n_layers, model.d_mlp
@@ -157,15 +159,95 @@ def test_edges_equal_the_jacobian_of_a_hooked_replacement_model(tiny3, method):
             want = (J * x[None, None]).numpy()  # x_s * dv_t/dv_s
             if s == -1:
                 want = want.sum(-1, keepdims=True)  # an embedding node is the whole vector at one position
-            got, n = dense_block(graph, 0, s, t, 1 if s == -1 else U, 1 if t == L else U)
+            got, n = dense_block(graph, b, s, t, 1 if s == -1 else U, 1 if t == L else U)
             got = got[: want.shape[0]]
             missing = np.isnan(got)
-            # no edge exactly where the source comes after the target's position (causal attention: no effect)
-            assert (want[missing] == 0).all()
-            assert np.abs(got[~missing] - want[~missing]).max() <= 1e-5 * (1 + np.abs(want).max())
-            assert np.abs(want[~missing]).max() > 1e-3  # a non-trivial block
+            if every_neuron:
+                # no edge exactly where the source comes after the target's position (causal attention: no effect)
+                assert (want[missing] == 0).all()
+                assert np.abs(want[~missing]).max() > 1e-3  # a non-trivial block
+            if n:
+                assert np.abs(got[~missing] - want[~missing]).max() <= 1e-5 * (1 + np.abs(want).max())
             checked += n
-    assert checked == graph.n_edges  # every edge of the graph was compared
+    return checked
+
+
+@pytest.mark.parametrize("method", ["relp", "atp"])
+def test_edges_equal_the_jacobian_of_a_hooked_replacement_model(tiny3, method):
+    graph = attribute_edges(tiny3, PAIRS[1:], nodes=all_neurons(tiny3), method=method, progress=False)
+    assert assert_edges_match_reference(tiny3, graph, 0, PAIRS[1], method) == graph.n_edges  # every edge compared
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a golden of the edge scores: written once by the code that the reference above checked, then compared with the
+# current code on every run, so a refactor that moves any edge score (also where the reference cannot look: the
+# counterfactual baseline, the RelP ablations, a Gemma model, the relevance column) fails
+
+GOLDEN = Path(__file__).parent / "data" / "edges_golden.npz"
+GOLDEN_CASES = {  # name: (model, edge method, edge baseline)
+    "llama3-relp": ("tiny3", "relp", "zero"), "llama3-atp": ("tiny3", "atp", "zero"),
+    "llama3-relp-cf": ("tiny3", "relp", "counterfactual"), "llama3-relp-no-gate": ("tiny3", "relp-no-gate", "zero"),
+    "gemma-relp": ("tiny-gemma", "relp", "zero"),
+}
+
+
+def golden_graphs(models):
+    """{case: graph} for the golden: the top 40 neurons by |RelP score| of PAIRS, every edge score."""
+    out = {}
+    for case, (name, method, baseline) in GOLDEN_CASES.items():
+        model = models[name]
+        nodes = neuronlib.attribute(model, PAIRS, method="relp", sites=("mlp_acts",)).nodes(40)
+        out[case] = attribute_edges(model, PAIRS, nodes=nodes, method=method, edge_baseline=baseline, progress=False)
+    return out
+
+
+def golden_arrays(graphs):
+    arrays = {}
+    for case, g in graphs.items():
+        arrays[f"{case}/source"] = g.edges["source"].to_numpy(dtype=str)
+        arrays[f"{case}/target"] = g.edges["target"].to_numpy(dtype=str)
+        for column in ("id", "kind"):
+            arrays[f"{case}/node_{column}"] = g.nodes[column].to_numpy(dtype=str)
+        for column in ("layer", "position", "unit"):
+            arrays[f"{case}/node_{column}"] = g.nodes[column].to_numpy(dtype=np.int64)
+        for column in ("score", "value"):
+            arrays[f"{case}/node_{column}"] = g.nodes[column].to_numpy(dtype=float)
+        for weight in ("raw", "relevance"):
+            arrays[f"{case}/{weight}"] = g.per_example[weight]
+    return arrays
+
+
+def write_golden(models):
+    GOLDEN.parent.mkdir(exist_ok=True)
+    np.savez_compressed(GOLDEN, **golden_arrays(golden_graphs(models)))
+
+
+@pytest.fixture(scope="module")
+def golden():
+    assert GOLDEN.exists(), f"{GOLDEN} is missing: it is written by `python tests/test_edges.py --write-golden`"
+    with np.load(GOLDEN) as z:
+        return dict(z)
+
+
+def test_golden_edge_scores_equal_the_hooked_reference(golden, tiny3):
+    """The golden is not a number nobody checked: its RelP and AtP edges equal the independent Jacobians."""
+    for case, method in (("llama3-relp", "relp"), ("llama3-atp", "atp")):
+        nodes = pd.DataFrame({c: golden[f"{case}/node_{c}"] for c in ("id", "kind", "layer", "position", "unit")})
+        edges = pd.DataFrame({"source": golden[f"{case}/source"], "target": golden[f"{case}/target"]})
+        graph = CircuitGraph(nodes, edges, {}, {"raw": golden[f"{case}/raw"]})
+        for b, ex in enumerate(PAIRS):
+            assert assert_edges_match_reference(tiny3, graph, b, ex, method, every_neuron=False) == len(edges)
+
+
+def test_edge_scores_equal_the_golden(golden, tiny3, tiny_gemma):
+    now = golden_arrays(golden_graphs({"tiny3": tiny3, "tiny-gemma": tiny_gemma}))
+    assert set(now) == set(golden)
+    for key, want in golden.items():
+        if want.dtype.kind in "Ui":
+            assert now[key].shape == want.shape and (now[key] == want).all(), key
+        else:
+            assert now[key].shape == want.shape and np.allclose(now[key], want, rtol=1e-5, atol=1e-6,
+                                                                equal_nan=True), key
 
 
 def test_stopgrad_removes_exactly_the_paths_through_the_intermediate_mlp(tiny3):
@@ -384,3 +466,11 @@ def test_json_round_trips_through_the_viewer(tiny_llama):
     assert f'"{neuron["id"]}"' in page or neuron["id"] in page
     groups = attribute_edges(tiny_llama, PAIRS, k=10, groups=lambda n: f"layer {n.layer}", progress=False)
     assert set(groups.nodes.loc[groups.nodes["kind"] == "neuron", "group"]) <= {"layer 0", "layer 1"}
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--write-golden"]:
+    torch.set_num_threads(1)
+    hf, tok = build_tiny_model("tiny-llama", seed=1, n_layers=3)
+    write_golden({"tiny3": _finish("tiny-llama-3", hf, tok, "test", device="cpu", dtype=torch.float32),
+                  "tiny-gemma": neuronlib.load_model("tiny-gemma")})
+    print(f"wrote {GOLDEN}")
