@@ -12,8 +12,11 @@ from torch.autograd.functional import jacobian
 import neuronlib
 from neuronlib import viewer
 from neuronlib.activations import read_sites
-from neuronlib.edges import CircuitGraph, attribute_edges, edges_to_reach, evaluate_edge_pruning, prune_mask
+from neuronlib.edges import attribute_edges
+from neuronlib.graph import CircuitGraph, prune_mask
 from neuronlib.models import _finish, build_tiny_model
+from neuronlib.paper.edges import edge_pruning_table, edges_to_reach_table
+from neuronlib.pruning import edges_to_reach, evaluate_edge_pruning
 from neuronlib.sites import Node
 
 PAIRS = [
@@ -413,8 +416,6 @@ def test_pruned_circuits_are_evaluated_with_ablation(tiny_llama):
 
 
 def test_edge_pruning_intervals_pool_per_prompt_metrics(tiny_llama):
-    from neuronlib.edges import edge_pruning_table
-
     graph = attribute_edges(tiny_llama, PAIRS, k=40, progress=False)
     frames = {}
     for template in ("a", "b"):  # the same prompts twice: two "templates" with identical per-prompt metrics
@@ -436,14 +437,65 @@ def test_edge_pruning_intervals_pool_per_prompt_metrics(tiny_llama):
     assert (table.faithfulness <= table.faithfulness_hi + 1e-9).all()
     assert {"faithfulness_nodes_lo", "completeness_hi"} <= set(table.columns)
     assert (pooled.n_test == 2 * len(PAIRS)).all()
-    from neuronlib.edges import edges_to_reach_table
-
     reach = edges_to_reach_table(frames, thresholds=(0.5,), n_boot=200).set_index(["template", "weight"])
     assert len(reach) == 6 and reach.loc[("a", "raw"), "faithfulness_all"] == pytest.approx(
         single.loc[100.0, "faithfulness"], abs=1e-9)
+    assert reach.loc[("a", "raw"), "pool_neurons"] == graph.nodes.kind.eq("neuron").sum()  # 100 %: the whole pool
+    assert (reach.faithfulness_all_lo <= reach.faithfulness_all + 1e-9).all()
+    assert (reach.faithfulness_all <= reach.faithfulness_all_hi + 1e-9).all()
+    assert (reach.completeness_all_hi > reach.completeness_all_lo).all()
     for key, r in reach.iterrows():
         if r["reached@F>=0.5"] == 1.0:
             assert r["edges@F>=0.5_lo"] <= r["edges@F>=0.5"] <= r["edges@F>=0.5_hi"] <= r.total_edges
+
+
+def test_node_pool_table_evaluates_the_top_neurons_of_the_first_prompts(tiny_llama):
+    from datasets import Dataset
+
+    from neuronlib.paper.edges import node_pool_table
+
+    data = Dataset.from_list(PAIRS)
+    every = tiny_llama.n_layers * T * tiny_llama.d_mlp
+    table = node_pool_table(tiny_llama, {"a": data, "b": data}, {"a": data, "b": data}, n_prompts=(1, 2), k=every,
+                            n_boot=50)
+    assert len(table) == 6 and set(table.template) == {"a", "b", "pooled"}
+    assert np.allclose(table.faithfulness, 1, atol=1e-5) and np.allclose(table.completeness, 0, atol=1e-5)
+    small = node_pool_table(tiny_llama, {"a": data}, {"a": data}, n_prompts=(1,), k=10, n_boot=50).iloc[0]
+    scores = neuronlib.attribute(tiny_llama, data.select([0]), method="relp", baseline="counterfactual",
+                                 sites=("mlp_acts",))
+    by_hand = neuronlib.evaluate_circuit(tiny_llama, scores, data, sizes=[10], sites=("mlp_acts",)).iloc[0]
+    assert small.pool_neurons == 10 and small.faithfulness == pytest.approx(by_hand.faithfulness, abs=1e-9)
+    assert small.faithfulness_lo <= small.faithfulness <= small.faithfulness_hi
+    with pytest.raises(ValueError, match="3 training prompts"):
+        node_pool_table(tiny_llama, {"a": data}, {"a": data}, n_prompts=(3,), k=10)
+
+
+def test_graph_descriptions_read_through_the_post_mlp_norm(tiny_gemma):
+    """A graph's neuron descriptions are :func:`neuronlib.describe.describe`'s, whose lens (checked here by hand on
+    the HF modules) passes Gemma's post-MLP norm as well as the final norm."""
+    graph = attribute_edges(tiny_gemma, PAIRS, k=12, progress=False).describe(tiny_gemma)
+    neurons = graph.nodes[graph.nodes.kind == "neuron"]
+    hf = tiny_gemma.hf.model
+    U = tiny_gemma.hf.lm_head.weight.detach()
+    differs = 0
+    for r in neurons.itertuples():
+        layer = hf.layers[r.layer]
+        col = layer.mlp.down_proj.weight.detach()[:, r.unit]
+        sign = -1.0 if r.sign == "-" else 1.0
+        lens = U @ (col * (1 + layer.post_feedforward_layernorm.weight.detach()) * (1 + hf.norm.weight.detach()))
+        top = (sign * lens).topk(5).indices.tolist()
+        assert r.description == "promotes " + " ".join(repr(tiny_gemma.tokenizer.decode([t])) for t in top)
+        without = (sign * (U @ (col * (1 + hf.norm.weight.detach())))).topk(5).indices.tolist()
+        differs += without != top
+    assert differs > 0  # skipping the post-MLP norm would give other tokens
+
+
+def test_public_names_stay_importable_from_the_package():
+    from neuronlib.graph import CircuitGraph as graph_type
+    from neuronlib.pruning import evaluate_edge_pruning as evaluate
+
+    assert neuronlib.CircuitGraph is graph_type and neuronlib.evaluate_edge_pruning is evaluate
+    assert neuronlib.attribute_edges is attribute_edges
 
 
 # ---------------------------------------------------------------------------------------------------------------
