@@ -95,8 +95,8 @@ def case_study_rows(results: str | Path = "results") -> list[tuple[str, str, str
                 r = pooled.loc[weight]
                 rows.append((f"SVA edges for faithfulness 0.8, pooled over templates, {label}",
                              f"{fmt_size(r['edges@F>=0.8'], r['edges@F>=0.8_lo'], r['edges@F>=0.8_hi'])} of "
-                             f"{fmt_size(r['total_edges'])} edges{pool(r)} "
-                             "(the paper: about 10⁵ on Llama-3.1-8B)", "04"))
+                             f"{fmt_size(r['total_edges'])} edges (the paper: about 10⁵ on Llama-3.1-8B){pool(r)}",
+                             "04"))
         per = reach[reach.weight == reach.weight.iloc[0]].set_index("template")
         if "faithfulness_all_lo" in per.columns:
             source = f" over {int(per.n_train.iloc[0])} training prompts" if "n_train" in per.columns else ""
