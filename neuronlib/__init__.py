@@ -10,7 +10,7 @@ import importlib
 # reproduce`, which only drives papermill, does not hold torch in memory next to the notebook kernels.
 _PUBLIC = {
     "Attribution": "attribution", "attribute": "attribution",
-    "CircuitGraph": "edges", "attribute_edges": "edges", "evaluate_edge_pruning": "edges",
+    "CircuitGraph": "graph", "attribute_edges": "edges", "evaluate_edge_pruning": "pruning",
     "evaluate_circuit": "evaluation",
     "Intervened": "interventions", "ablate": "interventions", "patch": "interventions", "steer": "interventions",
     "DEFAULT_MODEL": "registry", "known_models": "registry", "Model": "models", "load_model": "models",

@@ -1,5 +1,7 @@
 """Edges (docs/method.md §3): exact against the Jacobian of a plain-torch replacement, stop-grads, pruning, JSON."""
 import contextlib
+import sys
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,8 +12,11 @@ from torch.autograd.functional import jacobian
 import neuronlib
 from neuronlib import viewer
 from neuronlib.activations import read_sites
-from neuronlib.edges import CircuitGraph, attribute_edges, edges_to_reach, evaluate_edge_pruning, prune_mask
+from neuronlib.edges import attribute_edges
+from neuronlib.graph import CircuitGraph, prune_mask
 from neuronlib.models import _finish, build_tiny_model
+from neuronlib.paper.edges import edge_pruning_table, edges_to_reach_table
+from neuronlib.pruning import edges_to_reach, evaluate_edge_pruning
 from neuronlib.sites import Node
 
 PAIRS = [
@@ -140,11 +145,11 @@ def dense_block(graph, b, source_layer, target_layer, width_s, width_t, weight="
     return out, int(sel.sum())
 
 
-@pytest.mark.parametrize("method", ["relp", "atp"])
-def test_edges_equal_the_jacobian_of_a_hooked_replacement_model(tiny3, method):
-    model = tiny3
-    graph = attribute_edges(model, PAIRS[1:], nodes=all_neurons(model), method=method, progress=False)
-    ex = PAIRS[1]
+def assert_edges_match_reference(model, graph, b, ex, method, *, every_neuron=True):
+    """Example ``b``'s edges of ``graph`` (made from the pair ``ex``) equal x_s * dv_t/dv_s of the hooked reference
+    (MLPs strictly between the two layers detached), block by block. ``every_neuron``: the graph holds every neuron,
+    so an edge missing from it must have a zero reference (causal attention); otherwise only the edges present are
+    compared. Returns the number of edges compared."""
     inputs = model.tokenize([ex["clean_prefix"]])
     answers = (model.token_id(ex["clean_answer"]), model.token_id(ex["patch_answer"]))
     L, U = model.n_layers, model.d_mlp
@@ -157,15 +162,95 @@ def test_edges_equal_the_jacobian_of_a_hooked_replacement_model(tiny3, method):
             want = (J * x[None, None]).numpy()  # x_s * dv_t/dv_s
             if s == -1:
                 want = want.sum(-1, keepdims=True)  # an embedding node is the whole vector at one position
-            got, n = dense_block(graph, 0, s, t, 1 if s == -1 else U, 1 if t == L else U)
+            got, n = dense_block(graph, b, s, t, 1 if s == -1 else U, 1 if t == L else U)
             got = got[: want.shape[0]]
             missing = np.isnan(got)
-            # no edge exactly where the source comes after the target's position (causal attention: no effect)
-            assert (want[missing] == 0).all()
-            assert np.abs(got[~missing] - want[~missing]).max() <= 1e-5 * (1 + np.abs(want).max())
-            assert np.abs(want[~missing]).max() > 1e-3  # a non-trivial block
+            if every_neuron:
+                # no edge exactly where the source comes after the target's position (causal attention: no effect)
+                assert (want[missing] == 0).all()
+                assert np.abs(want[~missing]).max() > 1e-3  # a non-trivial block
+            if n:
+                assert np.abs(got[~missing] - want[~missing]).max() <= 1e-5 * (1 + np.abs(want).max())
             checked += n
-    assert checked == graph.n_edges  # every edge of the graph was compared
+    return checked
+
+
+@pytest.mark.parametrize("method", ["relp", "atp"])
+def test_edges_equal_the_jacobian_of_a_hooked_replacement_model(tiny3, method):
+    graph = attribute_edges(tiny3, PAIRS[1:], nodes=all_neurons(tiny3), method=method, progress=False)
+    assert assert_edges_match_reference(tiny3, graph, 0, PAIRS[1], method) == graph.n_edges  # every edge compared
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# a golden of the edge scores: written once by the code that the reference above checked, then compared with the
+# current code on every run, so a refactor that moves any edge score (also where the reference cannot look: the
+# counterfactual baseline, the RelP ablations, a Gemma model, the relevance column) fails
+
+GOLDEN = Path(__file__).parent / "data" / "edges_golden.npz"
+GOLDEN_CASES = {  # name: (model, edge method, edge baseline)
+    "llama3-relp": ("tiny3", "relp", "zero"), "llama3-atp": ("tiny3", "atp", "zero"),
+    "llama3-relp-cf": ("tiny3", "relp", "counterfactual"), "llama3-relp-no-gate": ("tiny3", "relp-no-gate", "zero"),
+    "gemma-relp": ("tiny-gemma", "relp", "zero"),
+}
+
+
+def golden_graphs(models):
+    """{case: graph} for the golden: the top 40 neurons by |RelP score| of PAIRS, every edge score."""
+    out = {}
+    for case, (name, method, baseline) in GOLDEN_CASES.items():
+        model = models[name]
+        nodes = neuronlib.attribute(model, PAIRS, method="relp", sites=("mlp_acts",)).nodes(40)
+        out[case] = attribute_edges(model, PAIRS, nodes=nodes, method=method, edge_baseline=baseline, progress=False)
+    return out
+
+
+def golden_arrays(graphs):
+    arrays = {}
+    for case, g in graphs.items():
+        arrays[f"{case}/source"] = g.edges["source"].to_numpy(dtype=str)
+        arrays[f"{case}/target"] = g.edges["target"].to_numpy(dtype=str)
+        for column in ("id", "kind"):
+            arrays[f"{case}/node_{column}"] = g.nodes[column].to_numpy(dtype=str)
+        for column in ("layer", "position", "unit"):
+            arrays[f"{case}/node_{column}"] = g.nodes[column].to_numpy(dtype=np.int64)
+        for column in ("score", "value"):
+            arrays[f"{case}/node_{column}"] = g.nodes[column].to_numpy(dtype=float)
+        for weight in ("raw", "relevance"):
+            arrays[f"{case}/{weight}"] = g.per_example[weight]
+    return arrays
+
+
+def write_golden(models):
+    GOLDEN.parent.mkdir(exist_ok=True)
+    np.savez_compressed(GOLDEN, **golden_arrays(golden_graphs(models)))
+
+
+@pytest.fixture(scope="module")
+def golden():
+    assert GOLDEN.exists(), f"{GOLDEN} is missing: it is written by `python tests/test_edges.py --write-golden`"
+    with np.load(GOLDEN) as z:
+        return dict(z)
+
+
+def test_golden_edge_scores_equal_the_hooked_reference(golden, tiny3):
+    """The golden is not a number nobody checked: its RelP and AtP edges equal the independent Jacobians."""
+    for case, method in (("llama3-relp", "relp"), ("llama3-atp", "atp")):
+        nodes = pd.DataFrame({c: golden[f"{case}/node_{c}"] for c in ("id", "kind", "layer", "position", "unit")})
+        edges = pd.DataFrame({"source": golden[f"{case}/source"], "target": golden[f"{case}/target"]})
+        graph = CircuitGraph(nodes, edges, {}, {"raw": golden[f"{case}/raw"]})
+        for b, ex in enumerate(PAIRS):
+            assert assert_edges_match_reference(tiny3, graph, b, ex, method, every_neuron=False) == len(edges)
+
+
+def test_edge_scores_equal_the_golden(golden, tiny3, tiny_gemma):
+    now = golden_arrays(golden_graphs({"tiny3": tiny3, "tiny-gemma": tiny_gemma}))
+    assert set(now) == set(golden)
+    for key, want in golden.items():
+        if want.dtype.kind in "Ui":
+            assert now[key].shape == want.shape and (now[key] == want).all(), key
+        else:
+            assert now[key].shape == want.shape and np.allclose(now[key], want, rtol=1e-5, atol=1e-6,
+                                                                equal_nan=True), key
 
 
 def test_stopgrad_removes_exactly_the_paths_through_the_intermediate_mlp(tiny3):
@@ -331,8 +416,6 @@ def test_pruned_circuits_are_evaluated_with_ablation(tiny_llama):
 
 
 def test_edge_pruning_intervals_pool_per_prompt_metrics(tiny_llama):
-    from neuronlib.edges import edge_pruning_table
-
     graph = attribute_edges(tiny_llama, PAIRS, k=40, progress=False)
     frames = {}
     for template in ("a", "b"):  # the same prompts twice: two "templates" with identical per-prompt metrics
@@ -354,14 +437,65 @@ def test_edge_pruning_intervals_pool_per_prompt_metrics(tiny_llama):
     assert (table.faithfulness <= table.faithfulness_hi + 1e-9).all()
     assert {"faithfulness_nodes_lo", "completeness_hi"} <= set(table.columns)
     assert (pooled.n_test == 2 * len(PAIRS)).all()
-    from neuronlib.edges import edges_to_reach_table
-
     reach = edges_to_reach_table(frames, thresholds=(0.5,), n_boot=200).set_index(["template", "weight"])
     assert len(reach) == 6 and reach.loc[("a", "raw"), "faithfulness_all"] == pytest.approx(
         single.loc[100.0, "faithfulness"], abs=1e-9)
+    assert reach.loc[("a", "raw"), "pool_neurons"] == graph.nodes.kind.eq("neuron").sum()  # 100 %: the whole pool
+    assert (reach.faithfulness_all_lo <= reach.faithfulness_all + 1e-9).all()
+    assert (reach.faithfulness_all <= reach.faithfulness_all_hi + 1e-9).all()
+    assert (reach.completeness_all_hi > reach.completeness_all_lo).all()
     for key, r in reach.iterrows():
         if r["reached@F>=0.5"] == 1.0:
             assert r["edges@F>=0.5_lo"] <= r["edges@F>=0.5"] <= r["edges@F>=0.5_hi"] <= r.total_edges
+
+
+def test_node_pool_table_evaluates_the_top_neurons_of_the_first_prompts(tiny_llama):
+    from datasets import Dataset
+
+    from neuronlib.paper.edges import node_pool_table
+
+    data = Dataset.from_list(PAIRS)
+    every = tiny_llama.n_layers * T * tiny_llama.d_mlp
+    table = node_pool_table(tiny_llama, {"a": data, "b": data}, {"a": data, "b": data}, n_prompts=(1, 2), k=every,
+                            n_boot=50)
+    assert len(table) == 6 and set(table.template) == {"a", "b", "pooled"}
+    assert np.allclose(table.faithfulness, 1, atol=1e-5) and np.allclose(table.completeness, 0, atol=1e-5)
+    small = node_pool_table(tiny_llama, {"a": data}, {"a": data}, n_prompts=(1,), k=10, n_boot=50).iloc[0]
+    scores = neuronlib.attribute(tiny_llama, data.select([0]), method="relp", baseline="counterfactual",
+                                 sites=("mlp_acts",))
+    by_hand = neuronlib.evaluate_circuit(tiny_llama, scores, data, sizes=[10], sites=("mlp_acts",)).iloc[0]
+    assert small.pool_neurons == 10 and small.faithfulness == pytest.approx(by_hand.faithfulness, abs=1e-9)
+    assert small.faithfulness_lo <= small.faithfulness <= small.faithfulness_hi
+    with pytest.raises(ValueError, match="3 training prompts"):
+        node_pool_table(tiny_llama, {"a": data}, {"a": data}, n_prompts=(3,), k=10)
+
+
+def test_graph_descriptions_read_through_the_post_mlp_norm(tiny_gemma):
+    """A graph's neuron descriptions are :func:`neuronlib.describe.describe`'s, whose lens (checked here by hand on
+    the HF modules) passes Gemma's post-MLP norm as well as the final norm."""
+    graph = attribute_edges(tiny_gemma, PAIRS, k=12, progress=False).describe(tiny_gemma)
+    neurons = graph.nodes[graph.nodes.kind == "neuron"]
+    hf = tiny_gemma.hf.model
+    U = tiny_gemma.hf.lm_head.weight.detach()
+    differs = 0
+    for r in neurons.itertuples():
+        layer = hf.layers[r.layer]
+        col = layer.mlp.down_proj.weight.detach()[:, r.unit]
+        sign = -1.0 if r.sign == "-" else 1.0
+        lens = U @ (col * (1 + layer.post_feedforward_layernorm.weight.detach()) * (1 + hf.norm.weight.detach()))
+        top = (sign * lens).topk(5).indices.tolist()
+        assert r.description == "promotes " + " ".join(repr(tiny_gemma.tokenizer.decode([t])) for t in top)
+        without = (sign * (U @ (col * (1 + hf.norm.weight.detach())))).topk(5).indices.tolist()
+        differs += without != top
+    assert differs > 0  # skipping the post-MLP norm would give other tokens
+
+
+def test_public_names_stay_importable_from_the_package():
+    from neuronlib.graph import CircuitGraph as graph_type
+    from neuronlib.pruning import evaluate_edge_pruning as evaluate
+
+    assert neuronlib.CircuitGraph is graph_type and neuronlib.evaluate_edge_pruning is evaluate
+    assert neuronlib.attribute_edges is attribute_edges
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -384,3 +518,11 @@ def test_json_round_trips_through_the_viewer(tiny_llama):
     assert f'"{neuron["id"]}"' in page or neuron["id"] in page
     groups = attribute_edges(tiny_llama, PAIRS, k=10, groups=lambda n: f"layer {n.layer}", progress=False)
     assert set(groups.nodes.loc[groups.nodes["kind"] == "neuron", "group"]) <= {"layer 0", "layer 1"}
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--write-golden"]:
+    torch.set_num_threads(1)
+    hf, tok = build_tiny_model("tiny-llama", seed=1, n_layers=3)
+    write_golden({"tiny3": _finish("tiny-llama-3", hf, tok, "test", device="cpu", dtype=torch.float32),
+                  "tiny-gemma": neuronlib.load_model("tiny-gemma")})
+    print(f"wrote {GOLDEN}")

@@ -150,9 +150,11 @@ def test_edge_rows_are_rendered_from_the_edge_tables(tmp_path):
 
     from neuronlib.paper.readme import case_study_rows
 
-    pd.DataFrame([{"weight": w, "template": "pooled", "edges@F>=0.8": e, "edges@F>=0.8_lo": e / 2,
-                   "edges@F>=0.8_hi": float("inf"), "total_edges": 123456} for w, e in (("relevance", 4321.0),
-                                                                                      ("raw", 98765.0))]
+    pool = {"pool_neurons": 1000.0, "n_train": 32, "faithfulness_all": 0.875, "faithfulness_all_lo": 0.625,
+            "faithfulness_all_hi": 1.125}
+    pd.DataFrame([{"weight": w, "template": t, "edges@F>=0.8": e, "edges@F>=0.8_lo": e / 2,
+                   "edges@F>=0.8_hi": float("inf"), "total_edges": 123456, **pool}
+                  for w, e in (("relevance", 4321.0), ("raw", 98765.0)) for t in ("within_rc", "pooled")]
                  ).to_csv(tmp_path / "edge_reach.csv", index=False)
     pd.DataFrame([{"template": "nounpp", "n_nodes": 42, "faithfulness": 0.5, "faithfulness_lo": 0.25,
                    "faithfulness_hi": 0.75, "completeness": 0.1, "completeness_lo": 0.0, "completeness_hi": 0.2}]
@@ -160,6 +162,10 @@ def test_edge_rows_are_rendered_from_the_edge_tables(tmp_path):
     rows = {a: b for a, b, c in case_study_rows(tmp_path) if c == "04"}
     relevance = next(b for a, b in rows.items() if "relevance" in a)
     raw = next(b for a, b in rows.items() if "raw" in a)
-    assert relevance.startswith("4,321 [2,160, ∞] of 123,456 edges") and raw.startswith("98,765 [")
+    assert relevance == ("4,321 [2,160, ∞] of 123,456 edges (the paper: about 10⁵ on Llama-3.1-8B); the pool of "
+                         "1,000 neurons itself: faithfulness 0.88 [0.62, 1.12]") and raw.startswith("98,765 [")
+    pool_row = next(a for a in rows if "node pool" in a)
+    assert "over 32 training prompts" in pool_row
+    assert rows[pool_row] == "within_rc 0.88 [0.62, 1.12]; pooled 0.88 [0.62, 1.12]"
     single = next(b for a, b in rows.items() if "nounpp" in a)
     assert single == "42 neurons: faithfulness 0.50 [0.25, 0.75], completeness 0.10 [0.00, 0.20]"

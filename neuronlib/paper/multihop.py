@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 
 from .. import tracing
 from ..data import capitals as cap_data
-from ..edges import CircuitGraph
+from ..graph import CircuitGraph
 from ..interventions import patch
 from ..sites import Node
 

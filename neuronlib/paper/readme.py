@@ -82,14 +82,28 @@ def case_study_rows(results: str | Path = "results") -> list[tuple[str, str, str
     reach = _read(results, "edge_reach")
     if reach is not None:
         pooled = reach[reach.template == "pooled"].set_index("weight")
+
+        def pool(r):  # the node pool's own faithfulness: every edge kept
+            if "faithfulness_all_lo" not in r:
+                return ""
+            return (f"; the pool of {fmt_size(r['pool_neurons'])} neurons itself: faithfulness {r.faithfulness_all:.2f} "
+                    f"[{r.faithfulness_all_lo:.2f}, {r.faithfulness_all_hi:.2f}]")
+
         for weight, label in (("relevance", "relevance score (what the paper's released experiments prune by)"),
                               ("raw", "raw score v_s·∂v_t/∂v_s (the paper's text)")):
             if weight in pooled.index:
                 r = pooled.loc[weight]
                 rows.append((f"SVA edges for faithfulness 0.8, pooled over templates, {label}",
                              f"{fmt_size(r['edges@F>=0.8'], r['edges@F>=0.8_lo'], r['edges@F>=0.8_hi'])} of "
-                             f"{fmt_size(r['total_edges'])} edges "
-                             "(the paper: about 10⁵ on Llama-3.1-8B)", "04"))
+                             f"{fmt_size(r['total_edges'])} edges (the paper: about 10⁵ on Llama-3.1-8B){pool(r)}",
+                             "04"))
+        per = reach[reach.weight == reach.weight.iloc[0]].set_index("template")
+        if "faithfulness_all_lo" in per.columns:
+            source = f" over {int(per.n_train.iloc[0])} training prompts" if "n_train" in per.columns else ""
+            rows.append((f"SVA edge graphs' node pool (top neurons by mean |RelP|{source} per template), every "
+                         "edge kept: faithfulness on held-out prompts",
+                         "; ".join(f"{t} {r.faithfulness_all:.2f} [{r.faithfulness_all_lo:.2f}, "
+                                   f"{r.faithfulness_all_hi:.2f}]" for t, r in per.iterrows()), "04"))
     single = _read(results, "edge_single_prompt_check")
     if single is not None and len(single):
         r = single.iloc[0]

@@ -23,9 +23,10 @@ logger = logging.getLogger(__name__)
 RESULT_CODE = (
     "neuronlib.tracing", "neuronlib.attribution", "neuronlib.activations", "neuronlib.interventions",
     "neuronlib.evaluation", "neuronlib.metrics", "neuronlib.inputs", "neuronlib.sites", "neuronlib.edges",
-    "neuronlib.saes", "neuronlib.stats", "neuronlib.describe", "neuronlib.architectures", "neuronlib.models",
-    "neuronlib.data.sva", "neuronlib.data.capitals", "neuronlib.paper.sva", "neuronlib.paper.sae_baselines",
-    "neuronlib.paper.multihop", "neuronlib.paper.languages", "neuronlib.paper.appendix", "neuronlib.data.languages",
+    "neuronlib.graph", "neuronlib.pruning", "neuronlib.saes", "neuronlib.stats", "neuronlib.describe",
+    "neuronlib.architectures", "neuronlib.models", "neuronlib.data.sva", "neuronlib.data.capitals",
+    "neuronlib.paper.sva", "neuronlib.paper.sae_baselines", "neuronlib.paper.multihop", "neuronlib.paper.edges",
+    "neuronlib.paper.languages", "neuronlib.paper.appendix", "neuronlib.data.languages",
 )
 # Modules that cannot move a table: they draw, print, run notebooks or record provenance. A table's stamp leaves
 # them out, except for the names a stamped module imports from them (labels and number formats), which count.
