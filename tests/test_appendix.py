@@ -171,6 +171,18 @@ def test_balanced_null_labels_are_latin_squares_and_differ():
         A.balanced_sum_labels([10], [1], rng)
 
 
+def test_histogram_null_labels_balance_the_mod_families_and_shuffle_the_rest():
+    df = A.addition_table(9)
+    labels = A.addition_labels(df)
+    null = A.addition_null_labels(df, labels, seed=4)
+    assert list(null.columns) == list(labels.columns)
+    assert classes_hold_each_operand_once(df["a"], df["b"], null["mod10"])
+    assert (null["mod5"] == null["mod10"] % 5).all() and (null["mod2"] == null["mod10"] % 2).all()
+    rest = [c for c in labels.columns if c not in A.MOD_FAMILIES]
+    assert sorted(map(tuple, null[rest].to_numpy())) == sorted(map(tuple, labels[rest].to_numpy()))  # rows moved
+    assert not null[rest].equals(labels[rest])
+
+
 def test_label_shuffle_keeps_class_sizes_but_breaks_the_balance():
     df = A.addition_table(9)
     rng = np.random.default_rng(0)
@@ -306,6 +318,11 @@ def test_ioi_curves_on_a_tiny_model(tiny_llama):
     assert (curves["lo"] <= curves["value"] + 1e-9).all() and (curves["value"] <= curves["hi"] + 1e-9).all()
     sizes = A.ioi_sizes(evals, n_boot=50)
     assert len(sizes) == 2 * 3 and (sizes["size"] <= 10**6).all()  # reached at the latest with nothing ablated
+    mixed, mixed_atts = A.ioi_evaluations(tiny_llama, train, test, sizes=[0, 5], sites=("mlp_acts",), by=["template"])
+    assert set(mixed_atts) == {("mlp_acts", 0, "mixed")} and set(mixed["order"]) == {"mixed"}
+    assert len(mixed) == 2 * 6 and (mixed["n_train"] == 10).all()  # one circuit for both orders' test pairs
+    with pytest.raises(ValueError, match="by must be"):
+        A.ioi_evaluations(tiny_llama, train, test, sizes=[0], by=["order"])
     top = A.ioi_top_neurons(tiny_llama, atts, train, n=3)
     assert len(top) == 3 and top["label"].str.match(r"L\d+/N\d+[+-]").all() and set(top["order"]) <= set(A.IOI_ORDERS)
 

@@ -111,7 +111,7 @@ def testable_labels(labels: pd.DataFrame, families, select, evaluate):
             seen_binary.add(fam)
         ys, ye = y[select], y[evaluate]
         if not (0 < ys.sum() < len(ys)) or not (0 < ye.sum() < len(ye)):
-            logger.info(f"label {fam}={value}: one class missing from a half; skipped")
+            logger.debug(f"label {fam}={value}: one class missing from a half; skipped")
             continue
         yield fam, value, ys, ye
 
@@ -202,18 +202,20 @@ def family_summary(summary: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def auroc_histogram(summed_PLU: torch.Tensor, labels: pd.DataFrame, families, *, bins=None, seed: int = 0
-                    ) -> pd.DataFrame:
+def auroc_histogram(summed_PLU: torch.Tensor, labels: pd.DataFrame, families, *, bins=None, seed: int = 0,
+                    null_labels: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per family, the histogram over neurons of the best folded AUROC over the family's one-vs-rest labels
-    (|AUROC - 0.5| + 0.5), with the real labels and with the prompts' labels shuffled once (the whole label row
-    moves together, so the families keep their structure). Columns family, bin_lo, bin_hi, real, null."""
+    (|AUROC - 0.5| + 0.5), with the real labels and with ``null_labels`` (default: the prompts' labels shuffled
+    once; the whole label row moves together, so the families keep their structure). Columns family, bin_lo,
+    bin_hi, real, null."""
     from scipy.stats import rankdata
 
     bins = np.linspace(0.5, 1.0, 51) if bins is None else np.asarray(bins)
     P, L, U = summed_PLU.shape
     ranks = rankdata(summed_PLU.reshape(P, L * U).double().numpy(), axis=0)
-    perm = np.random.default_rng(seed).permutation(P)
-    shuffled = labels.iloc[perm].reset_index(drop=True)
+    if null_labels is None:
+        null_labels = labels.iloc[np.random.default_rng(seed).permutation(P)]
+    shuffled = null_labels.reset_index(drop=True)
     frames = []
     for fam in families:
         best = {}
@@ -347,6 +349,18 @@ def mod_family_counts(flat_PU: np.ndarray, sum_mod10, *, threshold: float, split
         a_ev = stats.auroc_from_ranks(ranks_ev[:, chosen], ye)
         again = np.where(a_sel[chosen] >= 0.5, a_ev >= threshold, a_ev <= 1 - threshold)
         out[fam] = (out[fam][0] + len(chosen), out[fam][1] + int(again.sum()))
+    return out
+
+
+def addition_null_labels(df: pd.DataFrame, labels: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+    """One null draw of :func:`addition_labels`' frame for the AUROC histogram: the sum-mod-k columns from one
+    operand-balanced draw, every other column (tens digit, operands) from one shuffle of the pairs' label rows."""
+    rng = np.random.default_rng(seed)
+    out = labels.iloc[rng.permutation(len(labels))].reset_index(drop=True)
+    mods = mod_labels(balanced_sum_labels(df["a"], df["b"], rng))
+    for fam in MOD_FAMILIES:
+        if fam in out:
+            out[fam] = mods[fam].to_numpy()
     return out
 
 
@@ -666,21 +680,27 @@ def ioi_accuracy(model, pairs: pd.DataFrame) -> pd.DataFrame:
 
 
 def ioi_evaluations(model, train: pd.DataFrame, test: pd.DataFrame, *, sites=("mlp_acts", "mlp_out"), sizes,
-                    method: str = "relp", mode: str = "mean", batch_size: int = 16, progress: bool = False
-                    ) -> tuple[pd.DataFrame, dict]:
+                    by=IOI_STRATA, method: str = "relp", mode: str = "mean", batch_size: int = 16,
+                    progress: bool = False) -> tuple[pd.DataFrame, dict]:
     """Top-k circuits per basis and (template, order): attribution (``method``, paired, metric logit(IO) - logit(S))
     on the stratum's training pairs, ``mode`` ablation of the top-k nodes (by |mean score|) on its test pairs.
+    ``by=["template"]`` attributes each template's pairs of both orders together (order "mixed"), the design whose
+    signed scores cancel between the orders.
 
     Returns (per-pair table, attributions {(site, template, order): Attribution}). The table has one row per (site,
     template, order, size, test pair): m_C (only the circuit kept), m_Cbar (the circuit ablated), m_M (nothing
     ablated), m_empty (everything ablated), n_train; a size beyond the basis' node count is the whole basis."""
     import neuronlib
 
+    by = list(by)
+    if by not in (IOI_STRATA, ["template"]):
+        raise ValueError(f"by must be {IOI_STRATA} or ['template'], got {by}")
     records = lambda frame: frame[["clean_prefix", "patch_prefix", "clean_answer", "patch_answer", "template"]] \
         .to_dict("records")  # noqa: E731
     rows, atts = [], {}
-    for (t, order), tr in train.groupby(IOI_STRATA, sort=True):
-        te = test[(test["template"] == t) & (test["order"] == order)]
+    for key, tr in train.groupby(by, sort=True):
+        t, order = (key[0], key[1]) if len(by) == 2 else (key[0], "mixed")
+        te = test[(test["template"] == t) & ((test["order"] == order) if len(by) == 2 else True)]
         if not len(te):
             continue
         for site in sites:

@@ -377,7 +377,7 @@ def _appendix_family(fam: str) -> str:
 
 def fig_addition_auroc_histograms(hist, *, threshold: float = 0.8, title: str | None = None):
     """One panel per label family (``addition_auroc_hist``): histogram over neurons of the best folded AUROC
-    (|AUROC - 0.5| + 0.5) over the family's one-vs-rest labels, real labels (bars) vs shuffled labels (line)."""
+    (|AUROC - 0.5| + 0.5) over the family's one-vs-rest labels, real labels (bars) vs one null draw (line)."""
     import matplotlib.pyplot as plt
 
     from ..plotting import style
@@ -394,7 +394,7 @@ def fig_addition_auroc_histograms(hist, *, threshold: float = 0.8, title: str | 
             ax.bar(g["bin_lo"], g["real"].clip(lower=0.5), width=width, align="edge", color="#1b6ca8", alpha=0.8,
                    label="real labels")
             ax.step(g["bin_lo"], g["null"].clip(lower=0.5), where="post", color="#d1495b", lw=1.2,
-                    label="shuffled labels")
+                    label="null labels")
             ax.axvline(threshold, color="#444", ls=":", lw=1)
             ax.set_yscale("log")
             ax.set_title(p, fontsize=9)
