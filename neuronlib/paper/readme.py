@@ -74,9 +74,10 @@ def case_study_rows(results: str | Path = "results") -> list[tuple[str, str, str
         for token, g in m10.groupby("token", sort=False):
             b = g[g.null == "operand-balanced"].iloc[0]
             sh = g[g.null == "label shuffle"].iloc[0]
-            rows.append((f"sum-mod-10 neurons (AUROC ≥ 0.8) replicated on held-out pairs, {token} ({int(b.pairs)} "
-                         "pairs): real labels vs operand-balanced null (every class holds every operand once), "
-                         "label-shuffle null beside it",
+            rows.append((f"sum-mod-10 neuron-label pairs (AUROC ≥ 0.8, summed over the 10 labels) replicated on "
+                         f"held-out pairs, {token} ({int(b.pairs)} pairs): real labels vs the mean [95% range] of "
+                         "the operand-balanced null (each class holds each operand at most once, as the real ones "
+                         "do), the label-shuffle null beside it",
                          f"{int(b.replicated)} vs {b.replicated_null_mean:.1f} [{b.replicated_null_lo:.0f}, "
                          f"{b.replicated_null_hi:.0f}] (p = {b.replicated_p:.3f}, {int(b.draws)} draws): "
                          f"**{b.verdict}**; label shuffle {sh.replicated_null_mean:.1f} [{sh.replicated_null_lo:.0f}, "
