@@ -101,8 +101,10 @@ def case_study_rows(results: str | Path = "results") -> list[tuple[str, str, str
             if site in pooled.index:
                 r = pooled.loc[site]
                 s = strata[strata.site == site]
+                missed = int(s["size"].isna().sum())
                 parts.append(f"{name} {fmt_size(r['size'], r['lo'], r['hi'])} (per stratum "
-                             f"{fmt_size(s['size'].min())}–{fmt_size(s['size'].max())})")
+                             f"{fmt_size(s['size'].min())}–{fmt_size(s['size'].max())}"
+                             + (f"; {missed} of {len(s)} strata do not reach it on the grid" if missed else "") + ")")
         if parts:
             r = pooled.iloc[0]
             rows.append((f"IOI nodes for faithfulness 0.8, attributed per template and name order, pooled over "
@@ -113,7 +115,7 @@ def case_study_rows(results: str | Path = "results") -> list[tuple[str, str, str
                  for site, name in names.items() if site in mixed.index]
         if parts:
             rows.append(("IOI nodes for faithfulness 0.8, both name orders attributed together (the design whose "
-                         "signed scores cancel), pooled, same test pairs", "; ".join(parts), "06"))
+                         "signed scores can cancel), pooled, same test pairs", "; ".join(parts), "06"))
     reach = _read(results, "edge_reach")
     if reach is not None:
         pooled = reach[reach.template == "pooled"].set_index("weight")
