@@ -1,5 +1,6 @@
-"""The appendix case studies (issue 16): labels, splits, AUROC groups with nulls, IOI pairs, and notebook 06's
-parameters cell. Tiny models and synthetic scores only (the notebook runs on the real models in SMOKE mode)."""
+"""The appendix case studies: labels, splits, AUROC groups with nulls (the operand-balanced null of the sum-mod-k
+families included), IOI pairs per template and name order, and notebook 06's parameters cell. Tiny models and
+synthetic scores only (the notebook runs on the real models in SMOKE mode)."""
 import json
 import logging
 from pathlib import Path
@@ -142,6 +143,103 @@ def test_circuit_pipeline_on_a_tiny_model(tiny_llama):
     assert sizes["prompts"] == 6 and sizes["lo"] <= sizes["mean_nodes"] <= sizes["hi"]
 
 
+# ------------------------------------------------------------------------------------------------ operand-balanced null
+
+
+def classes_hold_each_operand_once(a, b, labels) -> bool:
+    """Every class of ``labels`` holds every value of a once and every value of b once."""
+    frame = pd.DataFrame({"a": a, "b": b, "y": labels})
+    return all(sorted(g["a"]) == list(range(10)) and sorted(g["b"]) == list(range(10)) for _, g in frame.groupby("y"))
+
+
+def test_balanced_null_labels_are_latin_squares_and_differ():
+    df = A.addition_table(9)
+    assert classes_hold_each_operand_once(df["a"], df["b"], df["mod10"])  # the real design
+    rng = np.random.default_rng(0)
+    draws = [A.null_sum_labels("operand-balanced", df["a"], df["b"], df["mod10"], rng) for _ in range(50)]
+    for y in draws:
+        assert classes_hold_each_operand_once(df["a"], df["b"], y)
+    assert len({tuple(y) for y in draws}) == 50  # every draw is another labelling
+    assert sum(np.array_equal(y, df["mod10"]) for y in draws) == 0
+    # on a subset of the grid (sums >= 10) every class holds each operand at most once
+    two = df[df["sum"] >= 10]
+    y = A.balanced_sum_labels(two["a"], two["b"], np.random.default_rng(1))
+    frame = two.assign(y=y)
+    assert (frame.groupby("y")["a"].agg(lambda v: v.is_unique)).all()
+    assert (frame.groupby("y")["b"].agg(lambda v: v.is_unique)).all()
+    with pytest.raises(ValueError, match="digits"):
+        A.balanced_sum_labels([10], [1], rng)
+
+
+def test_histogram_null_labels_balance_the_mod_families_and_shuffle_the_rest():
+    df = A.addition_table(9)
+    labels = A.addition_labels(df)
+    null = A.addition_null_labels(df, labels, seed=4)
+    assert list(null.columns) == list(labels.columns)
+    assert classes_hold_each_operand_once(df["a"], df["b"], null["mod10"])
+    assert (null["mod5"] == null["mod10"] % 5).all() and (null["mod2"] == null["mod10"] % 2).all()
+    rest = [c for c in labels.columns if c not in A.MOD_FAMILIES]
+    assert sorted(map(tuple, null[rest].to_numpy())) == sorted(map(tuple, labels[rest].to_numpy()))  # rows moved
+    assert not null[rest].equals(labels[rest])
+
+
+def test_label_shuffle_keeps_class_sizes_but_breaks_the_balance():
+    df = A.addition_table(9)
+    rng = np.random.default_rng(0)
+    draws = [A.null_sum_labels("label shuffle", df["a"], df["b"], df["mod10"], rng) for _ in range(20)]
+    assert all(sorted(np.bincount(y)) == [10] * 10 for y in draws)
+    assert not any(classes_hold_each_operand_once(df["a"], df["b"], y) for y in draws)
+    with pytest.raises(ValueError, match="null kind"):
+        A.null_sum_labels("shuffle", df["a"], df["b"], df["mod10"], rng)
+
+
+def test_mod_family_counts_agree_with_auroc_groups():
+    df = A.addition_table(9)
+    rng = np.random.default_rng(2)
+    x = torch.tensor(rng.normal(size=(100, 2, 150)) * (rng.random((100, 2, 150)) < 0.5))
+    labels = A.mod_labels(df["mod10"])
+    sel, ev = A.stratified_split(df["mod10"], seed=3)
+    summary, _ = A.auroc_groups(x, labels, list(labels.columns), sel, ev, threshold=0.7, n_perm=2)
+    counts = A.mod_family_counts(x.reshape(100, -1).numpy(), df["mod10"], threshold=0.7, split_seed=3)
+    for fam, (n_sel, n_rep) in counts.items():
+        g = summary[summary["family"] == fam]
+        assert (n_sel, n_rep) == (g["n_selected"].sum(), g["n_replicated"].sum())
+    assert sum(c[0] for c in counts.values()) > 0
+
+
+def operand_scores(planted: bool, seed: int = 0) -> torch.Tensor:
+    """400 neurons that each track operand a (plus noise); with ``planted`` five of them track "sum mod 10 = 3"."""
+    df = A.addition_table(9)
+    rng = np.random.default_rng(seed)
+    x = 3 * rng.normal(size=(10, 400))[df["a"].to_numpy()] + 0.3 * rng.normal(size=(100, 400))
+    if planted:
+        x[:, :5] = 2.0 * (df["mod10"].to_numpy() == 3)[:, None] + 0.3 * rng.normal(size=(100, 5))
+    return torch.tensor(x[:, None, :])
+
+
+def test_operand_neurons_inflate_the_shuffle_null_not_the_balanced_one():
+    df = A.addition_table(9)
+    draws = A.mod_family_null(operand_scores(False), df["a"], df["b"], df["mod10"], threshold=0.8, n_draws=40)
+    assert set(draws["kind"]) == {"observed", *A.NULL_KINDS} and (draws["draw"] == -1).sum() == 3
+    s = A.mod_null_summary(draws, token="first").set_index(["family", "null"])
+    bal, shuf = s.loc[("mod10", "operand-balanced")], s.loc[("mod10", "label shuffle")]
+    assert bal["draws"] == shuf["draws"] == 40 and bal["token"] == "first"
+    assert bal["selected"] == shuf["selected"]  # one observed count, two nulls
+    assert shuf["selected_null_mean"] > 3 * bal["selected_null_mean"]
+    assert bal["selected_null_lo"] <= bal["selected"] <= bal["selected_null_hi"]  # no sum signal: inside its null
+    assert bal["verdict"] == "does not replicate"
+
+
+def test_planted_mod10_neurons_replicate_against_the_balanced_null():
+    df = A.addition_table(9)
+    draws = A.mod_family_null(operand_scores(True), df["a"], df["b"], df["mod10"], threshold=0.8, n_draws=60)
+    s = A.mod_null_summary(draws).set_index(["family", "null"])
+    bal = s.loc[("mod10", "operand-balanced")]
+    assert bal["replicated"] >= 5 > bal["replicated_null_hi"]
+    assert bal["replicated_p"] <= 0.05 and bal["verdict"] == "replicates"
+    assert s.loc[("mod10", "label shuffle"), "selected_null_mean"] > bal["selected_null_mean"]
+
+
 # ------------------------------------------------------------------------------------------------ antonyms data
 
 
@@ -168,21 +266,35 @@ def test_continuation_ids(tiny_llama):
 # ------------------------------------------------------------------------------------------------ IOI pairs
 
 
-def test_ioi_pairs_from_the_data(tiny_llama):
+def test_ioi_pairs_per_template_and_order(tiny_llama):
     voc = A.load_ioi_vocabulary()
     assert len(voc["template"]) >= 3 and len(voc["name"]) >= 20
-    pairs = A.ioi_pairs(tiny_llama.tokenizer, 30, seed=0)  # word-level tokenizer: every word is one token
-    assert len(pairs) == 30 * len(voc["template"]) >= 100
+    pairs = A.ioi_pairs(tiny_llama.tokenizer, 60, seed=0)  # word-level tokenizer: every word is one token
+    per = pairs.groupby(["template", "order"]).size()
+    assert len(per) == 2 * len(voc["template"]) and (per == 60).all()  # both orders, balanced
+    assert not pairs.duplicated(["template", "io", "s", "place", "object"]).any()
     for r in pairs.itertuples():
-        c, p = r.clean_prefix.split(), r.patch_prefix.split()
+        c, p = r.clean_prefix.replace(",", " ,").split(), r.patch_prefix.replace(",", " ,").split()
         diff = [(x, y) for x, y in zip(c, p) if x != y]
         assert len(c) == len(p) and diff == [(r.s, r.io)]  # only the second clause's subject changes
         assert r.clean_answer == " " + r.io and r.patch_answer == " " + r.s and r.io != r.s
-        assert c.count(r.io.strip()) == 1 and c.count(r.s) == 2  # IO once, S twice in the clean prompt
-    assert set(pairs["order"]) == {"ABBA", "BABA"}
-    train, test = A.split_pairs(pairs)
+        assert c.count(r.io) == 1 and c.count(r.s) == 2  # IO once, S twice in the clean prompt
+        names = [w for w in c if w in (r.io, r.s)]
+        assert names[:2] == ([r.io, r.s] if r.order == "ABBA" else [r.s, r.io])  # the order is what it says
+    train, test = A.split_pairs(pairs, n_train=50, seed=0)
     assert not set(train["clean_prefix"]) & set(test["clean_prefix"])
-    assert (train.groupby("template").size() == 15).all()
+    assert (train.groupby(["template", "order"]).size() == 50).all()
+    assert (test.groupby(["template", "order"]).size() == 10).all()
+    with pytest.raises(ValueError, match="none left"):
+        A.split_pairs(pairs, n_train=60)
+
+
+def test_ioi_pairs_refuse_more_pairs_than_the_vocabulary_holds(tiny_llama):
+    voc = {"template": ["when {A} and {B} went to the {place} , {B} gave a {object} to"],
+           "name": ["dallas", "texas"], "place": ["city"], "object": ["key"]}
+    with pytest.raises(ValueError, match="too few distinct"):
+        A.ioi_pairs(tiny_llama.tokenizer, 2, vocabulary=voc)
+    assert len(A.ioi_pairs(tiny_llama.tokenizer, 1, vocabulary=voc)) == 2
 
 
 def test_ioi_curves_on_a_tiny_model(tiny_llama):
@@ -190,16 +302,54 @@ def test_ioi_curves_on_a_tiny_model(tiny_llama):
            "name": ["dallas", "texas", "austin", "boy", "girl", "chef"], "place": ["city", "state"],
            "object": ["key", "dog"]}
     pairs = A.ioi_pairs(tiny_llama.tokenizer, 8, seed=0, vocabulary=voc)
-    train, test = A.split_pairs(pairs)
-    curves, atts = A.ioi_curves(tiny_llama, train, test, sizes=[0, 5, 10**6], n_boot=50)
-    assert set(curves["site"]) == {"mlp_acts", "mlp_out"} and len(atts) == 2
-    full = curves[curves["size"] == 10**6].set_index(["site", "measure"])["value"]
+    train, test = A.split_pairs(pairs, n_train=5)
+    evals, atts = A.ioi_evaluations(tiny_llama, train, test, sizes=[0, 5, 10**6])
+    assert set(atts) == {(site, 0, order) for site in ("mlp_acts", "mlp_out") for order in A.IOI_ORDERS}
+    assert len(evals) == 2 * 2 * 3 * 3  # sites x orders x sizes x test pairs
+    curves = A.ioi_curves(evals, n_boot=50)
+    assert set(curves["order"]) == {"ABBA", "BABA", "pooled"}
+    full = curves[curves["size"] == 10**6].set_index(["site", "order", "measure"])["value"]
     for site in ("mlp_acts", "mlp_out"):
-        assert full[(site, "faithfulness")] == pytest.approx(1.0, abs=1e-4)  # nothing ablated
-        assert full[(site, "completeness")] == pytest.approx(0.0, abs=1e-4)  # everything ablated
+        for order in ("ABBA", "BABA", "pooled"):
+            assert full[(site, order, "faithfulness")] == pytest.approx(1.0, abs=1e-4)  # nothing ablated
+            assert full[(site, order, "completeness")] == pytest.approx(0.0, abs=1e-4)  # everything ablated
+    pooled = curves[curves["order"] == "pooled"]
+    assert (pooled["n_test"] == 6).all() and (pooled["n_train"] == 10).all()
     assert (curves["lo"] <= curves["value"] + 1e-9).all() and (curves["value"] <= curves["hi"] + 1e-9).all()
+    sizes = A.ioi_sizes(evals, n_boot=50)
+    assert len(sizes) == 2 * 3 and (sizes["size"] <= 10**6).all()  # reached at the latest with nothing ablated
+    mixed, mixed_atts = A.ioi_evaluations(tiny_llama, train, test, sizes=[0, 5], sites=("mlp_acts",), by=["template"])
+    assert set(mixed_atts) == {("mlp_acts", 0, "mixed")} and set(mixed["order"]) == {"mixed"}
+    assert len(mixed) == 2 * 6 and (mixed["n_train"] == 10).all()  # one circuit for both orders' test pairs
+    with pytest.raises(ValueError, match="by must be"):
+        A.ioi_evaluations(tiny_llama, train, test, sizes=[0], by=["order"])
     top = A.ioi_top_neurons(tiny_llama, atts, train, n=3)
-    assert len(top) == 3 and top["label"].str.match(r"L\d+/N\d+[+-]").all()
+    assert len(top) == 3 and top["label"].str.match(r"L\d+/N\d+[+-]").all() and set(top["order"]) <= set(A.IOI_ORDERS)
+
+
+def synthetic_evals(reach_at: dict) -> pd.DataFrame:
+    """IOI evaluations whose faithfulness is 0 below ``reach_at[order]`` and 1 from there on (m(M) = 2, m(empty) =
+    0, 10 test pairs per order)."""
+    rows = []
+    for order, k0 in reach_at.items():
+        for k in (1, 10, 100, 1000):
+            for i in range(10):
+                f = 1.0 if k >= k0 else 0.0
+                rows.append({"site": "mlp_acts", "template": 0, "order": order, "size": k, "pair": i,
+                             "m_C": 2 * f, "m_Cbar": 2 * (1 - f), "m_M": 2.0, "m_empty": 0.0, "n_train": 50})
+    return pd.DataFrame(rows)
+
+
+def test_ioi_sizes_per_order_and_pooled():
+    sizes = A.ioi_sizes(synthetic_evals({"ABBA": 10, "BABA": 1000}), n_boot=200).set_index("order")
+    assert sizes.loc["ABBA", "size"] < 10 and sizes.loc["ABBA", "hi"] <= 10  # reached between 1 and 10
+    assert 100 < sizes.loc["BABA", "size"] <= 1000
+    # pooled: Σ numerators / Σ denominators reaches 0.8 only when both orders are faithful
+    assert 100 < sizes.loc["pooled", "size"] <= 1000 and sizes.loc["pooled", "n_test"] == 20
+    assert (sizes["reached"] == 1).all() and (sizes["denominator"] == 2).all()
+    curves = A.ioi_curves(synthetic_evals({"ABBA": 10, "BABA": 1000}), n_boot=50)
+    mid = curves[(curves["size"] == 100) & (curves["measure"] == "faithfulness")].set_index("order")["value"]
+    assert mid["ABBA"] == 1 and mid["BABA"] == 0 and mid["pooled"] == pytest.approx(0.5)
 
 
 # ------------------------------------------------------------------------------------------------ notebook
@@ -236,11 +386,12 @@ def test_appendix_figures_draw_from_tables():
     assert len(heat) == 9
     layers = pd.DataFrame({"family": ["language"] * 2 + ["concept"] * 2, "layer": [0, 1] * 2,
                            "selected": [3, 1, 2, 0], "replicated": [1, 0, 1, 0]})
-    curves = pd.DataFrame({"site": ["mlp_acts"] * 4, "size": [0, 0, 10, 10],
-                           "measure": ["faithfulness", "completeness"] * 2, "value": [0, 1, 0.9, 0.1],
-                           "lo": [0, 1, 0.8, 0.0], "hi": [0, 1, 1.0, 0.2], "n_test": 20, "templates": 1})
+    curves = A.ioi_curves(synthetic_evals({"ABBA": 10, "BABA": 1000}), n_boot=20)
+    df = A.addition_table(9)
+    draws = A.mod_family_null(operand_scores(True), df["a"], df["b"], df["mod10"], threshold=0.8, n_draws=5)
     for fig in (F.fig_addition_auroc_histograms(hist), F.fig_addition_heatmaps(heat),
-                F.fig_features_by_layer(layers), F.fig_ioi_curves(curves)):
+                F.fig_features_by_layer(layers), F.fig_ioi_curves(curves),
+                F.fig_addition_nulls(draws.assign(token="first answer token"))):
         assert fig.axes
         plt.close(fig)
-    assert {"figA1_addition_auroc_histograms", "figA4_ioi_curves"} <= set(F.figure_registry())
+    assert {"figA1_addition_auroc_histograms", "figA4_ioi_curves", "figA5_addition_nulls"} <= set(F.figure_registry())

@@ -169,3 +169,34 @@ def test_edge_rows_are_rendered_from_the_edge_tables(tmp_path):
     assert rows[pool_row] == "within_rc 0.88 [0.62, 1.12]; pooled 0.88 [0.62, 1.12]"
     single = next(b for a, b in rows.items() if "nounpp" in a)
     assert single == "42 neurons: faithfulness 0.50 [0.25, 0.75], completeness 0.10 [0.00, 0.20]"
+
+
+def test_addition_null_and_ioi_size_rows_are_rendered_from_their_tables(tmp_path):
+    import pandas as pd
+
+    from neuronlib.paper.readme import case_study_rows
+
+    nulls = []
+    for token, obs in (("first answer token", 104), ("ones digit (second token)", 7)):
+        for kind, mean, p, verdict in (("operand-balanced", 41.5, 0.005, "replicates"),
+                                       ("label shuffle", 119.25, 0.8, "does not replicate")):
+            nulls.append({"token": token, "pairs": 100, "family": "mod10", "null": kind, "draws": 200,
+                          "replicated": obs, "replicated_null_mean": mean, "replicated_null_lo": mean - 10,
+                          "replicated_null_hi": mean + 10, "replicated_p": p, "verdict": verdict})
+    pd.DataFrame(nulls).to_csv(tmp_path / "addition_mod_null.csv", index=False)
+    sizes = [{"site": site, "template": t, "order": o, "size": k, "lo": k / 2, "hi": k * 2, "n_test": 160,
+              "design": "per template and order"}
+             for site, base in (("mlp_acts", 100.0), ("mlp_out", 1000.0))
+             for t, o, k in (("0", "ABBA", base), ("0", "BABA", 3 * base), ("pooled", "pooled", 2 * base))]
+    sizes.append({"site": "mlp_acts", "template": "pooled", "order": "pooled", "size": float("nan"), "lo": 5000.0,
+                  "hi": float("inf"), "n_test": 160, "design": "orders mixed"})
+    pd.DataFrame(sizes).to_csv(tmp_path / "ioi_sizes.csv", index=False)
+    rows = {a: b for a, b, c in case_study_rows(tmp_path) if c == "06"}
+    first = next(b for a, b in rows.items() if "first answer token" in a)
+    assert first == ("104 vs 41.5 [32, 52] (p = 0.005, 200 draws): **replicates**; label shuffle 119.2 [109, 129] "
+                     "(p = 0.800)")
+    assert next(b for a, b in rows.items() if "ones digit" in a).startswith("7 vs 41.5")
+    per = next(b for a, b in rows.items() if "per template and name order" in a)
+    assert per == "neurons 200 [100, 400] (per stratum 100–300); MLP outputs 2,000 [1,000, 4,000] (per stratum 1,000–3,000)"
+    assert next(a for a in rows if "per template and name order" in a).endswith("(160 test pairs)")
+    assert next(b for a, b in rows.items() if "together" in a) == "neurons — [5,000, ∞]"

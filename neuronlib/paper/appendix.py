@@ -1,4 +1,4 @@
-"""The paper's appendix case studies (issue 16): addition, antonyms (English and multilingual), and indirect-object
+"""The paper's appendix case studies: addition, antonyms (English and multilingual), and indirect-object
 identification (IOI). The analysis behind ``notebooks/06_appendix_case_studies.ipynb``.
 
 Every part states the model's accuracy first (Wilson intervals), then builds circuits with the case-study pipeline
@@ -10,9 +10,11 @@ AUROC of their position-summed attribution across prompts against hypothesis lab
 Selection and evaluation use different prompts: neurons are *selected* by AUROC on one half of the prompts
 (:func:`auroc_groups`), each count is compared with the count under shuffled labels
 (:func:`neuronlib.stats.permutation_null_counts`), and the selected neurons are *checked* on the other half (same
-side of 0.5 and past the threshold again), again against shuffled labels. IOI circuits are attributed on training
-pairs and evaluated (faithfulness, completeness, mean ablation) on test pairs, with bootstrap intervals over the
-test pairs (:func:`neuronlib.stats.bootstrap_ratio`, stratified by template).
+side of 0.5 and past the threshold again), again against shuffled labels. The sum-mod-k families of addition are
+judged against an operand-balanced null that keeps the Latin-square design of the sums (:func:`mod_family_null`),
+the label shuffle beside it. IOI circuits are attributed per template and name order on training pairs and
+evaluated (faithfulness, completeness, mean ablation) on that stratum's test pairs, with bootstrap intervals over
+the test pairs (:func:`neuronlib.stats.bootstrap_ratio`, stratified by template and order when pooled).
 """
 from __future__ import annotations
 
@@ -98,6 +100,22 @@ def _binary_family(labels: pd.DataFrame, fam: str) -> bool:
     return labels[fam].nunique() == 2
 
 
+def testable_labels(labels: pd.DataFrame, families, select, evaluate):
+    """(family, value, labels of the selection prompts, labels of the evaluation prompts) for every one-vs-rest label
+    that has both classes in both halves; a binary family (two values) once (its second value is the mirror image)."""
+    seen_binary = set()
+    for fam, value, y in one_vs_rest(labels, families):
+        if _binary_family(labels, fam):
+            if fam in seen_binary:
+                continue
+            seen_binary.add(fam)
+        ys, ye = y[select], y[evaluate]
+        if not (0 < ys.sum() < len(ys)) or not (0 < ye.sum() < len(ye)):
+            logger.debug(f"label {fam}={value}: one class missing from a half; skipped")
+            continue
+        yield fam, value, ys, ye
+
+
 SUMMARY_COLUMNS = ["family", "value", "n_pos_select", "n_select", "n_pos_eval", "n_eval", "n_selected", "null_mean",
                    "null_q95", "p_value", "n_replicated", "replicated_null_mean", "replicated_null_q95",
                    "replicated_p"]
@@ -131,16 +149,7 @@ def auroc_groups(summed_PLU: torch.Tensor, labels: pd.DataFrame, families, selec
     ranks_ev = None
     rng = np.random.default_rng(seed)
     rows, neuron_rows = [], []
-    seen_binary = set()
-    for fam, value, y in one_vs_rest(labels, families):
-        if _binary_family(labels, fam):
-            if fam in seen_binary:
-                continue
-            seen_binary.add(fam)
-        ys, ye = y[sel], y[ev]
-        if not (0 < ys.sum() < len(ys)) or not (0 < ye.sum() < len(ye)):
-            logger.info(f"label {fam}={value}: one class missing from a half; skipped")
-            continue
+    for fam, value, ys, ye in testable_labels(labels, families, sel, ev):
         null = stats.permutation_null_counts(flat[sel], ys, high=threshold, low=1 - threshold, n_perm=n_perm,
                                              seed=int(rng.integers(1 << 31)))
         a_sel = stats.auroc_per_unit(flat[sel], ys)
@@ -193,18 +202,20 @@ def family_summary(summary: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def auroc_histogram(summed_PLU: torch.Tensor, labels: pd.DataFrame, families, *, bins=None, seed: int = 0
-                    ) -> pd.DataFrame:
+def auroc_histogram(summed_PLU: torch.Tensor, labels: pd.DataFrame, families, *, bins=None, seed: int = 0,
+                    null_labels: pd.DataFrame | None = None) -> pd.DataFrame:
     """Per family, the histogram over neurons of the best folded AUROC over the family's one-vs-rest labels
-    (|AUROC - 0.5| + 0.5), with the real labels and with the prompts' labels shuffled once (the whole label row
-    moves together, so the families keep their structure). Columns family, bin_lo, bin_hi, real, null."""
+    (|AUROC - 0.5| + 0.5), with the real labels and with ``null_labels`` (default: the prompts' labels shuffled
+    once; the whole label row moves together, so the families keep their structure). Columns family, bin_lo,
+    bin_hi, real, null."""
     from scipy.stats import rankdata
 
     bins = np.linspace(0.5, 1.0, 51) if bins is None else np.asarray(bins)
     P, L, U = summed_PLU.shape
     ranks = rankdata(summed_PLU.reshape(P, L * U).double().numpy(), axis=0)
-    perm = np.random.default_rng(seed).permutation(P)
-    shuffled = labels.iloc[perm].reset_index(drop=True)
+    if null_labels is None:
+        null_labels = labels.iloc[np.random.default_rng(seed).permutation(P)]
+    shuffled = null_labels.reset_index(drop=True)
     frames = []
     for fam in families:
         best = {}
@@ -282,6 +293,117 @@ def stratified_split(strata, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
         sel += idx[:half].tolist()
         ev += idx[half:].tolist()
     return np.sort(np.array(sel, dtype=int)), np.sort(np.array(ev, dtype=int))
+
+
+# The sum-mod-k families against a null that keeps the design. On the full 10 x 10 grid every class of the sum mod 10
+# holds every value of a once and every value of b once (a Latin square), so a neuron that tracks one operand cannot
+# separate a class. Shuffling the labels breaks that balance: operand-tuned neurons then pass by chance and inflate
+# the null. The operand-balanced null relabels with (pi(a) + sigma(b)) mod 10 for random permutations pi, sigma
+# (every draw is again a Latin square), derives mod 5 and mod 2 from it, and re-splits exactly as the real labels.
+
+MOD_FAMILIES = ("mod10", "mod5", "mod2")
+NULL_KINDS = ("operand-balanced", "label shuffle")
+
+
+def mod_labels(sum_mod10) -> pd.DataFrame:
+    """The sum-mod-k label families of a sum-mod-10 vector: mod10, mod5 and mod2 (5 and 2 divide 10)."""
+    s = np.asarray(sum_mod10, dtype=int)
+    return pd.DataFrame({"mod10": s, "mod5": s % 5, "mod2": s % 2})
+
+
+def balanced_sum_labels(a, b, rng) -> np.ndarray:
+    """(pi(a) + sigma(b)) mod 10 for random permutations pi, sigma of the digits 0-9 (``rng``: a numpy Generator).
+    On the full grid of digit pairs every class holds every value of a once and every value of b once, as the real
+    sum mod 10 does; on a subset of the grid, every class holds each value of a and of b at most once."""
+    a, b = np.asarray(a, dtype=int), np.asarray(b, dtype=int)
+    if min(a.min(), b.min()) < 0 or max(a.max(), b.max()) > 9:
+        raise ValueError("operands must be digits 0-9")
+    pi, sigma = rng.permutation(10), rng.permutation(10)
+    return (pi[a] + sigma[b]) % 10
+
+
+def null_sum_labels(kind: str, a, b, sum_mod10, rng) -> np.ndarray:
+    """One null draw of the sum mod 10: ``"operand-balanced"`` (:func:`balanced_sum_labels`) or ``"label shuffle"``
+    (the real labels permuted across the pairs: class sizes kept, operand balance broken)."""
+    if kind == "operand-balanced":
+        return balanced_sum_labels(a, b, rng)
+    if kind == "label shuffle":
+        return rng.permutation(np.asarray(sum_mod10, dtype=int))
+    raise ValueError(f"null kind must be one of {NULL_KINDS}, got {kind!r}")
+
+
+def mod_family_counts(flat_PU: np.ndarray, sum_mod10, *, threshold: float, split_seed: int = 0,
+                      families=MOD_FAMILIES) -> dict[str, tuple[int, int]]:
+    """Per family: (neuron-label pairs selected, of them replicated), with the rule of :func:`auroc_groups` (AUROC >=
+    ``threshold`` or <= 1 - ``threshold`` on the selection half, the same side again on the evaluation half) and
+    the halves made from these labels by :func:`stratified_split` (within classes of the sum mod 10)."""
+    from scipy.stats import rankdata
+
+    labels = mod_labels(sum_mod10)
+    sel, ev = stratified_split(labels["mod10"], seed=split_seed)
+    ranks_sel, ranks_ev = rankdata(flat_PU[sel], axis=0), rankdata(flat_PU[ev], axis=0)
+    out = {fam: (0, 0) for fam in families}
+    for fam, _, ys, ye in testable_labels(labels, families, sel, ev):
+        a_sel = stats.auroc_from_ranks(ranks_sel, ys)
+        chosen = np.flatnonzero((a_sel >= threshold) | (a_sel <= 1 - threshold))
+        a_ev = stats.auroc_from_ranks(ranks_ev[:, chosen], ye)
+        again = np.where(a_sel[chosen] >= 0.5, a_ev >= threshold, a_ev <= 1 - threshold)
+        out[fam] = (out[fam][0] + len(chosen), out[fam][1] + int(again.sum()))
+    return out
+
+
+def addition_null_labels(df: pd.DataFrame, labels: pd.DataFrame, *, seed: int = 0) -> pd.DataFrame:
+    """One null draw of :func:`addition_labels`' frame for the AUROC histogram: the sum-mod-k columns from one
+    operand-balanced draw, every other column (tens digit, operands) from one shuffle of the pairs' label rows."""
+    rng = np.random.default_rng(seed)
+    out = labels.iloc[rng.permutation(len(labels))].reset_index(drop=True)
+    mods = mod_labels(balanced_sum_labels(df["a"], df["b"], rng))
+    for fam in MOD_FAMILIES:
+        if fam in out:
+            out[fam] = mods[fam].to_numpy()
+    return out
+
+
+def mod_family_null(summed_PLU: torch.Tensor, a, b, sum_mod10, *, threshold: float, n_draws: int = 200,
+                    seed: int = 0, split_seed: int = 0, kinds=NULL_KINDS, families=MOD_FAMILIES) -> pd.DataFrame:
+    """The sum-mod-k families' selected and replicated counts with the real labels (draw -1) and under ``n_draws``
+    draws of each null kind (:func:`null_sum_labels`), each draw re-split by :func:`stratified_split` with
+    ``split_seed`` as the real labels are. Long table: kind, draw, family, n_selected, n_replicated."""
+    P = summed_PLU.shape[0]
+    flat = summed_PLU.reshape(P, -1).double().numpy()
+    flat = flat[:, flat.std(axis=0) > 0]  # a constant column has AUROC 0.5 under every labelling: it never passes
+    rows = []
+
+    def add(kind, draw, labels):
+        for fam, (n_sel, n_rep) in mod_family_counts(flat, labels, threshold=threshold, split_seed=split_seed,
+                                                     families=families).items():
+            rows.append({"kind": kind, "draw": draw, "family": fam, "n_selected": n_sel, "n_replicated": n_rep})
+
+    add("observed", -1, sum_mod10)
+    for k, kind in enumerate(kinds):
+        rng = np.random.default_rng([seed, k])
+        for d in range(n_draws):
+            add(kind, d, null_sum_labels(kind, a, b, sum_mod10, rng))
+    return pd.DataFrame(rows, columns=["kind", "draw", "family", "n_selected", "n_replicated"])
+
+
+def mod_null_summary(draws: pd.DataFrame, **keys) -> pd.DataFrame:
+    """Per (family, null kind): the observed counts against the null's mean, 95% range (2.5-97.5%) and one-sided
+    p = (1 + #{null >= observed}) / (1 + draws), for the selected and the replicated counts; ``verdict`` from the
+    replicated count's p (<= 0.05: "replicates")."""
+    obs = draws[draws["kind"] == "observed"].set_index("family")
+    rows = []
+    for (fam, kind), g in draws[draws["kind"] != "observed"].groupby(["family", "kind"], sort=False):
+        row = {**keys, "family": fam, "null": kind, "draws": len(g)}
+        for what in ("selected", "replicated"):
+            o, null = int(obs.loc[fam, f"n_{what}"]), g[f"n_{what}"].to_numpy()
+            row |= {f"{what}": o, f"{what}_null_mean": float(null.mean()),
+                    f"{what}_null_lo": float(np.quantile(null, 0.025)),
+                    f"{what}_null_hi": float(np.quantile(null, 0.975)),
+                    f"{what}_p": float((1 + (null >= o).sum()) / (1 + len(null)))}
+        row["verdict"] = "replicates" if row["replicated_p"] <= 0.05 else "does not replicate"
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def addition_prompt(a: int, b: int, tokenizer=None, *, question: str = ADDITION_QUESTION,
@@ -477,51 +599,68 @@ def single_token_words(tokenizer, words) -> list[str]:
     return [w for w in words if len(tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1]
 
 
-def ioi_pairs(tokenizer, n_per_template: int, *, seed: int = 0, vocabulary: dict | None = None) -> pd.DataFrame:
-    """``n_per_template`` IOI pairs per template (community record format plus template, io, s, place, object).
+IOI_ORDERS = ("ABBA", "BABA")  # the first clause's names: IO first (ABBA) or S first (BABA)
+IOI_STRATA = ["template", "order"]
+
+
+def ioi_pairs(tokenizer, n_per_order: int, *, seed: int = 0, vocabulary: dict | None = None) -> pd.DataFrame:
+    """``n_per_order`` IOI pairs per template and name order (community record format plus template, order, io, s,
+    place, object).
 
     Clean: "When {A} and {B} went to the {place}, {B} gave a {object} to" -> " {A}" (the indirect object); patch:
     the same sentence with the second {B} replaced by {A} -> " {B}" (the subject of the second clause changes, so
-    the indirect object does). The order of the two names in the first clause is random (ABBA and BABA). Only
-    names, places and objects that are one token (with a leading space) are used, so the prompts of a template all
-    have one token length and the clean and patch prompts of a pair too."""
+    the indirect object does). Order ABBA: the first clause names IO first; BABA: S first. The two orders put the
+    names at swapped positions, so a position's attribution has opposite signs in them: circuits are attributed
+    and evaluated per (template, order). Only names, places and objects that are one token (with a leading space)
+    are used, so the prompts of a template all have one token length and the clean and patch prompts of a pair
+    too. No (io, s, place, object) repeats within a template."""
     voc = load_ioi_vocabulary() if vocabulary is None else vocabulary
     names = single_token_words(tokenizer, voc["name"])
     places = single_token_words(tokenizer, voc["place"])
     objects = single_token_words(tokenizer, voc["object"])
     if len(names) < 2 or not places or not objects:
         raise ValueError("the tokenizer leaves too few single-token names, places or objects")
+    if n_per_order > len(names) * (len(names) - 1) * len(places) * len(objects) // len(IOI_ORDERS):
+        raise ValueError(f"{n_per_order} pairs per order: the vocabulary has too few distinct fillers")
     rng = np.random.default_rng(seed)
     rows = []
     for t, template in enumerate(voc["template"]):
         seen = set()
-        while sum(r["template"] == t for r in rows) < n_per_template:
-            io, s = rng.choice(names, 2, replace=False).tolist()
-            place, obj = str(rng.choice(places)), str(rng.choice(objects))
-            key = (io, s, place, obj)
-            if key in seen:
-                continue
-            seen.add(key)
-            first, second = (io, s) if rng.random() < 0.5 else (s, io)
-            clean = template.format(A=first, B=second, place=place, object=obj)
-            # the second clause's subject is {B} in the template; write it as s (clean) / io (patch)
-            head, tail = clean.rsplit(f" {second} gave", 1) if f" {second} gave" in clean else (None, None)
-            if head is None:
-                continue
-            clean = f"{head} {s} gave{tail}"
-            patch = f"{head} {io} gave{tail}"
-            rows.append({"template": t, "clean_prefix": clean, "patch_prefix": patch, "clean_answer": " " + io,
-                         "patch_answer": " " + s, "io": io, "s": s, "place": place, "object": obj,
-                         "order": "ABBA" if first == io else "BABA"})
+        for order in IOI_ORDERS:
+            made = 0
+            while made < n_per_order:
+                io, s = rng.choice(names, 2, replace=False).tolist()
+                place, obj = str(rng.choice(places)), str(rng.choice(objects))
+                if (io, s, place, obj) in seen:
+                    continue
+                seen.add((io, s, place, obj))
+                first, second = (io, s) if order == "ABBA" else (s, io)
+                # the template's second clause has {B} as subject; write it as s (clean) / io (patch)
+                head, sep, tail = template.partition(" {B} gave")
+                if not sep:
+                    raise ValueError(f"template {template!r} has no ' {{B}} gave'")
+                fill = dict(A=first, B=second, place=place, object=obj)
+                head, tail = head.format(**fill), tail.format(**fill)
+                rows.append({"template": t, "order": order, "clean_prefix": f"{head} {s} gave{tail}",
+                             "patch_prefix": f"{head} {io} gave{tail}", "clean_answer": " " + io,
+                             "patch_answer": " " + s, "io": io, "s": s, "place": place, "object": obj})
+                made += 1
     out = pd.DataFrame(rows)
-    out["case"] = out["template"]
+    out["case"] = out["template"].astype(str) + "/" + out["order"]
     return out
 
 
-def split_pairs(pairs: pd.DataFrame, *, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Half of each template's pairs for attribution (train), half for evaluation (test)."""
-    sel, ev = stratified_split(pairs["template"].to_numpy(), seed=seed)
-    return pairs.iloc[sel].reset_index(drop=True), pairs.iloc[ev].reset_index(drop=True)
+def split_pairs(pairs: pd.DataFrame, *, n_train: int, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``n_train`` pairs of each (template, order) for attribution (train), the rest for evaluation (test)."""
+    rng = np.random.default_rng(seed)
+    train, test = [], []
+    for _, g in pairs.groupby(IOI_STRATA, sort=True):
+        if len(g) <= n_train:
+            raise ValueError(f"{len(g)} pairs in a (template, order): none left for evaluation after {n_train}")
+        idx = rng.permutation(g.index.to_numpy())
+        train += idx[:n_train].tolist()
+        test += idx[n_train:].tolist()
+    return pairs.loc[sorted(train)].reset_index(drop=True), pairs.loc[sorted(test)].reset_index(drop=True)
 
 
 def ioi_accuracy(model, pairs: pd.DataFrame) -> pd.DataFrame:
@@ -540,64 +679,117 @@ def ioi_accuracy(model, pairs: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def ioi_curves(model, train: pd.DataFrame, test: pd.DataFrame, *, sites=("mlp_acts", "mlp_out"), sizes,
-               method: str = "relp", mode: str = "mean", batch_size: int = 16, n_boot: int = 1000,
-               progress: bool = False) -> tuple[pd.DataFrame, dict]:
-    """Faithfulness and completeness of the top-k circuits per basis: attribution (``method``, paired, metric
-    logit(IO) - logit(S)) on each template's training pairs, evaluation (``mode`` ablation) on its test pairs;
-    ratios pooled over all test pairs (Σ numerators / Σ denominators) with a bootstrap interval over the test pairs
-    stratified by template. Returns (curves, attributions {(site, template): Attribution})."""
+def ioi_evaluations(model, train: pd.DataFrame, test: pd.DataFrame, *, sites=("mlp_acts", "mlp_out"), sizes,
+                    by=IOI_STRATA, method: str = "relp", mode: str = "mean", batch_size: int = 16,
+                    progress: bool = False) -> tuple[pd.DataFrame, dict]:
+    """Top-k circuits per basis and (template, order): attribution (``method``, paired, metric logit(IO) - logit(S))
+    on the stratum's training pairs, ``mode`` ablation of the top-k nodes (by |mean score|) on its test pairs.
+    ``by=["template"]`` attributes each template's pairs of both orders together (order "mixed"), the design whose
+    signed scores cancel between the orders.
+
+    Returns (per-pair table, attributions {(site, template, order): Attribution}). The table has one row per (site,
+    template, order, size, test pair): m_C (only the circuit kept), m_Cbar (the circuit ablated), m_M (nothing
+    ablated), m_empty (everything ablated), n_train; a size beyond the basis' node count is the whole basis."""
     import neuronlib
 
+    by = list(by)
+    if by not in (IOI_STRATA, ["template"]):
+        raise ValueError(f"by must be {IOI_STRATA} or ['template'], got {by}")
     records = lambda frame: frame[["clean_prefix", "patch_prefix", "clean_answer", "patch_answer", "template"]] \
         .to_dict("records")  # noqa: E731
-    per_site: dict[str, list[pd.DataFrame]] = {s: [] for s in sites}
-    atts = {}
-    for t in sorted(train["template"].unique()):
-        tr, te = train[train["template"] == t], test[test["template"] == t]
+    rows, atts = [], {}
+    for key, tr in train.groupby(by, sort=True):
+        t, order = (key[0], key[1]) if len(by) == 2 else (key[0], "mixed")
+        te = test[(test["template"] == t) & ((test["order"] == order) if len(by) == 2 else True)]
         if not len(te):
             continue
         for site in sites:
             att = neuronlib.attribute(model, records(tr), metric="logit_diff", method=method,
                                       baseline="counterfactual", sites=(site,), batch_size=batch_size,
                                       progress=progress)
-            atts[(site, int(t))] = att
+            atts[(site, int(t), order)] = att
             ev = neuronlib.evaluate_circuit(model, att, records(te), sizes=list(sizes), mode=mode, sites=(site,),
                                             metric="logit_diff", batch_size=batch_size, per_example=True,
                                             progress=progress)
-            ev = ev[ev["group"] == "all"].copy()
-            ev["template"] = int(t)
-            per_site[site].append(ev)
+            ev = ev[ev["group"] == "all"]
+            for k in sizes:
+                r = ev[ev["size"] == min(k, int(ev["size"].max()))].iloc[0]
+                rows.append(pd.DataFrame({"site": site, "template": int(t), "order": order, "size": int(k),
+                                          "pair": np.arange(len(te)), "m_C": r["m_C_ex"], "m_Cbar": r["m_Cbar_ex"],
+                                          "m_M": r["m_M_ex"], "m_empty": r["m_empty_ex"], "n_train": len(tr)}))
+    return pd.concat(rows, ignore_index=True), atts
+
+
+def _ioi_strata(evals: pd.DataFrame):
+    """(site, template, order, frame) per stratum, then (site, "pooled", "pooled", frame) per site."""
+    for (site, t, order), g in evals.groupby(["site", "template", "order"], sort=True):
+        yield site, str(t), order, g
+    for site, g in evals.groupby("site", sort=True):
+        yield site, "pooled", "pooled", g
+
+
+def _ioi_arrays(g: pd.DataFrame):
+    """Sizes, numerators [what][S, n], denominator [n] and strata [n] of one stratum's (or a pooled) table."""
+    g = g.sort_values(["size", "template", "order", "pair"])
+    sizes = np.sort(g["size"].unique())
+    first = g[g["size"] == sizes[0]]
+    m0, den = first["m_empty"].to_numpy(), first["m_M"].to_numpy() - first["m_empty"].to_numpy()
+    nums = {what: np.stack([g.loc[g["size"] == k, col].to_numpy() - m0 for k in sizes])
+            for what, col in (("faithfulness", "m_C"), ("completeness", "m_Cbar"))}
+    strata = (first["template"].astype(str) + "/" + first["order"]).to_numpy()
+    return sizes, nums, den, strata, first
+
+
+def ioi_curves(evals: pd.DataFrame, *, n_boot: int = 1000) -> pd.DataFrame:
+    """Faithfulness (m(C) - m(empty)) / (m(M) - m(empty)) and completeness (m(Cbar) - m(empty)) / (m(M) -
+    m(empty)) per (site, template, order) and pooled over all of them ("pooled": Σ numerators / Σ denominators over
+    every test pair), with 95% bootstrap intervals over test pairs (stratified by template and order when pooled).
+    ``denominator``: the mean of m(M) - m(empty) over the stratum's test pairs."""
     rows = []
-    for site, frames in per_site.items():
-        if not frames:
-            continue
-        strata = np.concatenate([np.full(len(f["m_M_ex"].iloc[0]), f["template"].iloc[0]) for f in frames])
-        for k in sizes:
-            at = [f[f["size"] == min(k, int(f["size"].max()))].iloc[0] for f in frames]
-            m0 = np.concatenate([r["m_empty_ex"] for r in at])
-            den = np.concatenate([r["m_M_ex"] for r in at]) - m0
-            for what, col in (("faithfulness", "m_C_ex"), ("completeness", "m_Cbar_ex")):
-                num = np.concatenate([r[col] for r in at]) - m0
-                b = stats.bootstrap_ratio(num, den, n_boot=n_boot, seed=0, strata=strata)
-                rows.append({"site": site, "size": int(k), "measure": what, "value": float(b["estimate"]),
-                             "lo": float(b["lo"]), "hi": float(b["hi"]), "n_test": len(num),
-                             "templates": len(frames)})
-    return pd.DataFrame(rows), atts
+    for site, t, order, g in _ioi_strata(evals):
+        sizes, nums, den, strata, first = _ioi_arrays(g)
+        for what, num in nums.items():
+            for i, k in enumerate(sizes):
+                b = stats.bootstrap_ratio(num[i], den, n_boot=n_boot, seed=0, strata=strata)
+                rows.append({"site": site, "template": t, "order": order, "size": int(k), "measure": what,
+                             "value": float(b["estimate"]), "lo": float(b["lo"]), "hi": float(b["hi"]),
+                             "n_test": len(den), "n_train": int(first.drop_duplicates(["template", "order"])
+                                                                ["n_train"].sum()),
+                             "denominator": float(den.mean())})
+    return pd.DataFrame(rows)
+
+
+def ioi_sizes(evals: pd.DataFrame, *, threshold: float = 0.8, n_boot: int = 1000) -> pd.DataFrame:
+    """Per (site, template, order) and pooled: the circuit size at which faithfulness first reaches ``threshold``
+    (log-linear between grid sizes, :func:`neuronlib.stats.bootstrap_size_at_threshold`) with a 95% bootstrap
+    interval over test pairs (inf: more than 2.5% of resamples never reach it on the grid); ``reached``: the
+    fraction of resamples that reach it."""
+    rows = []
+    for site, t, order, g in _ioi_strata(evals):
+        sizes, nums, den, strata, first = _ioi_arrays(g)
+        pos = sizes > 0  # log interpolation needs positive sizes
+        b = stats.bootstrap_size_at_threshold(sizes[pos], nums["faithfulness"][pos], den, threshold, n_boot=n_boot,
+                                              seed=0, strata=strata)
+        rows.append({"site": site, "template": t, "order": order, "threshold": threshold,
+                     "size": b["estimate"], "lo": b["lo"], "hi": b["hi"], "reached": b["reached"],
+                     "max_size": int(sizes.max()), "n_test": len(den),
+                     "n_train": int(first.drop_duplicates(["template", "order"])["n_train"].sum()),
+                     "denominator": float(den.mean())})
+    return pd.DataFrame(rows)
 
 
 def ioi_top_neurons(model, atts: dict, train: pd.DataFrame, *, n: int = 10) -> pd.DataFrame:
-    """The ``n`` neuron nodes with the largest |mean attribution| over all templates' training pairs (each
-    template's top nodes pooled, ranked by |score|), with the position's token, the active side (sign of the mean
+    """The ``n`` neuron nodes with the largest |mean attribution| over the training pairs of a (template, order)
+    (each stratum's top nodes pooled, ranked by |score|), with the position's token, the active side (sign of the mean
     activation there over the training prompts) and the :func:`neuronlib.describe` output-lens description."""
     from ..activations import read_sites
 
     frames = []
-    for (site, t), att in atts.items():
+    for (site, t, order), att in atts.items():
         if site != "mlp_acts":
             continue
         top = att.mean().top(n)
-        top["template"] = t
+        top["template"], top["order"] = t, order
         frames.append(top)
     if not frames:
         return pd.DataFrame()
@@ -605,7 +797,7 @@ def ioi_top_neurons(model, atts: dict, train: pd.DataFrame, *, n: int = 10) -> p
     top = top.reindex(top["score"].abs().sort_values(ascending=False).index).head(n).reset_index(drop=True)
     signs = []
     for r in top.itertuples():
-        prompts = list(train.loc[train["template"] == r.template, "clean_prefix"])
+        prompts = list(train.loc[(train["template"] == r.template) & (train["order"] == r.order), "clean_prefix"])
         vals, _ = read_sites(model, model.tokenize(prompts), ("mlp_acts",))
         signs.append("-" if float(vals["mlp_acts"][int(r.layer)][:, int(r.position), int(r.unit)].mean()) < 0 else "+")
     top["sign"] = signs

@@ -377,7 +377,7 @@ def _appendix_family(fam: str) -> str:
 
 def fig_addition_auroc_histograms(hist, *, threshold: float = 0.8, title: str | None = None):
     """One panel per label family (``addition_auroc_hist``): histogram over neurons of the best folded AUROC
-    (|AUROC - 0.5| + 0.5) over the family's one-vs-rest labels, real labels (bars) vs shuffled labels (line)."""
+    (|AUROC - 0.5| + 0.5) over the family's one-vs-rest labels, real labels (bars) vs one null draw (line)."""
     import matplotlib.pyplot as plt
 
     from ..plotting import style
@@ -394,7 +394,7 @@ def fig_addition_auroc_histograms(hist, *, threshold: float = 0.8, title: str | 
             ax.bar(g["bin_lo"], g["real"].clip(lower=0.5), width=width, align="edge", color="#1b6ca8", alpha=0.8,
                    label="real labels")
             ax.step(g["bin_lo"], g["null"].clip(lower=0.5), where="post", color="#d1495b", lw=1.2,
-                    label="shuffled labels")
+                    label="null labels")
             ax.axvline(threshold, color="#444", ls=":", lw=1)
             ax.set_yscale("log")
             ax.set_title(p, fontsize=9)
@@ -464,21 +464,28 @@ def fig_features_by_layer(layers, *, title: str | None = None):
 
 
 def fig_ioi_curves(curves, *, title: str | None = None):
-    """Faithfulness and completeness (95% bootstrap bands over test pairs) vs circuit size, neurons vs MLP outputs
-    (``ioi_curves``); log x axis."""
+    """Faithfulness and completeness vs circuit size, neurons vs MLP outputs (``ioi_curves``): pooled over every
+    (template, name order) with its 95% bootstrap band over test pairs (thick), each (template, order) thin; log x
+    axis."""
     import matplotlib.pyplot as plt
 
     from ..plotting import style
 
     colors = {"mlp_acts": "#1b6ca8", "mlp_out": "#d1495b"}
     names = {"mlp_acts": "MLP neurons", "mlp_out": "MLP outputs"}
+    pooled = curves[curves["order"] == "pooled"]
+    strata = curves[curves["order"] != "pooled"]
     with style():
         fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.6), layout="constrained", sharey=True)
         for ax, what in zip(axes, ("faithfulness", "completeness")):
-            for site, g in curves[curves["measure"] == what].groupby("site", sort=False):
+            for (site, _, _), g in strata[strata["measure"] == what].groupby(["site", "template", "order"]):
+                g = g.sort_values("size")
+                ax.plot(g["size"].clip(lower=0.5), g["value"], color=colors.get(site, "#555"), lw=0.6, alpha=0.35)
+            for site, g in pooled[pooled["measure"] == what].groupby("site", sort=False):
                 g = g.sort_values("size")
                 x = g["size"].clip(lower=0.5)
-                ax.plot(x, g["value"], marker="o", ms=3, color=colors.get(site, "#555"), label=names.get(site, site))
+                ax.plot(x, g["value"], marker="o", ms=3, lw=1.8, color=colors.get(site, "#555"),
+                        label=f"{names.get(site, site)}, pooled")
                 ax.fill_between(x, g["lo"], g["hi"], color=colors.get(site, "#555"), alpha=0.15)
             ax.axhline(1.0 if what == "faithfulness" else 0.0, color="#999", ls=":", lw=1)
             ax.set_xscale("log")
@@ -486,8 +493,43 @@ def fig_ioi_curves(curves, *, title: str | None = None):
             ax.set_title(what)
         axes[0].set_ylabel("ratio (paired, mean ablation)")
         axes[0].legend(fontsize=8)
-        n = int(curves["n_test"].iloc[0]) if len(curves) else 0
-        fig.suptitle(title or f"IOI circuits, {n} held-out pairs (bands: 95% bootstrap over pairs)", fontsize=10)
+        n = int(pooled["n_test"].iloc[0]) if len(pooled) else 0
+        k = len(strata.drop_duplicates(["template", "order"]))
+        fig.suptitle(title or f"IOI circuits per template and name order ({k} strata, thin), pooled over {n} held-out "
+                     "pairs (thick; band: 95% bootstrap over pairs)", fontsize=9)
+    return fig
+
+
+def fig_addition_nulls(draws, *, title: str | None = None):
+    """Per answer token (rows) and sum-mod-k family (columns): the held-out replicated count with the real labels
+    (vertical line) against its operand-balanced and label-shuffle nulls (histograms over draws;
+    ``addition_mod_null_draws``)."""
+    import matplotlib.pyplot as plt
+
+    from ..plotting import style
+
+    colors = {"operand-balanced": "#1b6ca8", "label shuffle": "#d1495b"}
+    tokens = list(dict.fromkeys(draws["token"]))
+    fams = list(dict.fromkeys(draws["family"]))
+    with style():
+        fig, axes = plt.subplots(len(tokens), len(fams), figsize=(3.2 * len(fams), 2.7 * len(tokens)),
+                                 squeeze=False, layout="constrained")
+        for i, token in enumerate(tokens):
+            for j, fam in enumerate(fams):
+                ax = axes[i][j]
+                g = draws[(draws["token"] == token) & (draws["family"] == fam)]
+                observed = int(g.loc[g["kind"] == "observed", "n_replicated"].iloc[0])
+                top = max(observed, int(g["n_replicated"].max()))
+                bins = np.linspace(-0.5, top + 0.5, min(top + 2, 40))
+                for kind, c in colors.items():
+                    ax.hist(g.loc[g["kind"] == kind, "n_replicated"], bins=bins, color=c, alpha=0.5, label=kind)
+                ax.axvline(observed, color="#222", lw=1.5, label="real labels")
+                ax.set_title(f"{_appendix_family(fam)}, {token}", fontsize=8)
+                ax.set_xlabel("neuron-label pairs replicated on held-out pairs", fontsize=7)
+        axes[0][0].set_ylabel("null draws")
+        axes[0][0].legend(fontsize=7)
+        fig.suptitle(title or "Addition: sum-mod-k neurons against the operand-balanced and the label-shuffle null",
+                     fontsize=10)
     return fig
 
 
@@ -498,6 +540,7 @@ APPENDIX_FIGURES = {
     "figA3_antonyms_features_by_layer": (("antonyms_features_by_layer",),
                                           lambda t: fig_features_by_layer(t["antonyms_features_by_layer"])),
     "figA4_ioi_curves": (("ioi_curves",), lambda t: fig_ioi_curves(t["ioi_curves"])),
+    "figA5_addition_nulls": (("addition_mod_null_draws",), lambda t: fig_addition_nulls(t["addition_mod_null_draws"])),
 }
 
 

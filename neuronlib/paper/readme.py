@@ -68,17 +68,54 @@ def case_study_rows(results: str | Path = "results") -> list[tuple[str, str, str
         a = add.set_index(["task", "subset"])
         rows.append(("addition a + b (single digits), whole sum right",
                      _rate(a.loc[("whole sum", "all pairs")], "accuracy", "lo", "hi", n="n", k="correct"), "06"))
-    fam = _read(results, "addition_auroc_families")
-    if fam is not None and "mod10" in set(fam.family):
-        r = fam.set_index("family").loc["mod10"]
-        rows.append(("sum-mod-10 neurons (AUROC ≥ 0.8) replicated on held-out pairs vs label-shuffle null",
-                     f"{int(r.n_replicated)} vs {r.replicated_null_mean:.0f} expected by chance", "06"))
+    nulls = _read(results, "addition_mod_null")
+    if nulls is not None:
+        m10 = nulls[nulls.family == "mod10"]
+        for token, g in m10.groupby("token", sort=False):
+            b = g[g.null == "operand-balanced"].iloc[0]
+            sh = g[g.null == "label shuffle"].iloc[0]
+            rows.append((f"sum-mod-10 neuron-label pairs (AUROC ≥ 0.8, summed over the 10 labels) replicated on "
+                         f"held-out pairs, {token} ({int(b.pairs)} pairs): real labels vs the mean [95% range] of "
+                         "the operand-balanced null (each class holds each operand at most once, as the real ones "
+                         "do), the label-shuffle null beside it",
+                         f"{int(b.replicated)} vs {b.replicated_null_mean:.1f} [{b.replicated_null_lo:.0f}, "
+                         f"{b.replicated_null_hi:.0f}] (p = {b.replicated_p:.3f}, {int(b.draws)} draws): "
+                         f"**{b.verdict}**; label shuffle {sh.replicated_null_mean:.1f} [{sh.replicated_null_lo:.0f}, "
+                         f"{sh.replicated_null_hi:.0f}] (p = {sh.replicated_p:.3f})", "06"))
     ioi = _read(results, "ioi_accuracy")
-    if ioi is not None and "all" in set(ioi.template.astype(str)):
-        r = ioi.set_index(ioi.template.astype(str)).loc["all"]
-        per = ", ".join(f"{_pct(t.accuracy)}" for t in ioi.itertuples() if str(t.template).isdigit())
+    if ioi is not None and "order" in ioi.columns:
+        ioi["template"] = ioi.template.astype(str)
+        r = ioi[(ioi.template == "all") & (ioi.order == "all")].iloc[0]
+        per = "; ".join(f"{order}: " + ", ".join(_pct(t.accuracy) for t in g.itertuples())
+                        for order, g in ioi[ioi.template.str.isdigit()].groupby("order", sort=True))
         rows.append(("IOI: indirect object top-1", _rate(r, "accuracy", "lo", "hi", n="n", k="correct")
-                     + f" (per template: {per})", "06"))
+                     + f" (per template, by name order: {per})", "06"))
+    sizes = _read(results, "ioi_sizes")
+    if sizes is not None:
+        names = {"mlp_acts": "neurons", "mlp_out": "MLP outputs"}
+        per = sizes[sizes.design == "per template and order"]
+        pooled = per[per.order == "pooled"].set_index("site")
+        strata = per[per.order != "pooled"]
+        parts = []
+        for site, name in names.items():
+            if site in pooled.index:
+                r = pooled.loc[site]
+                s = strata[strata.site == site]
+                missed = int(s["size"].isna().sum())
+                parts.append(f"{name} {fmt_size(r['size'], r['lo'], r['hi'])} (per stratum "
+                             f"{fmt_size(s['size'].min())}–{fmt_size(s['size'].max())}"
+                             + (f"; {missed} of {len(s)} strata do not reach it on the grid" if missed else "") + ")")
+        if parts:
+            r = pooled.iloc[0]
+            rows.append((f"IOI nodes for faithfulness 0.8, attributed per template and name order, pooled over "
+                         f"{len(strata.drop_duplicates(['template', 'order']))} (template, order) strata "
+                         f"({int(r.n_test)} test pairs)", "; ".join(parts), "06"))
+        mixed = sizes[(sizes.design == "orders mixed") & (sizes.order == "pooled")].set_index("site")
+        parts = [f"{name} {fmt_size(mixed.loc[site, 'size'], mixed.loc[site, 'lo'], mixed.loc[site, 'hi'])}"
+                 for site, name in names.items() if site in mixed.index]
+        if parts:
+            rows.append(("IOI nodes for faithfulness 0.8, both name orders attributed together (the design whose "
+                         "signed scores can cancel), pooled, same test pairs", "; ".join(parts), "06"))
     reach = _read(results, "edge_reach")
     if reach is not None:
         pooled = reach[reach.template == "pooled"].set_index("weight")
