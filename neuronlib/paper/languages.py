@@ -424,3 +424,50 @@ def steering_controls(model, prompts: list[str], rows: pd.DataFrame, neuron_sets
 def steering_summary(sweeps: pd.DataFrame) -> pd.DataFrame:
     """:func:`neuronlib.paper.multihop.steering_summary` (the answer is the language)."""
     return MH.steering_summary(sweeps, kinds=KINDS)
+
+
+def dose_findings(dose: pd.DataFrame, *, kind: str = "other language") -> pd.DataFrame:
+    """Per (answer, where) of :func:`dose_summary` on ``kind`` pairs: the smallest N whose top-|Δ| success rate is
+    beyond the random nodes' (``first_size``, with its rate, Wilson interval and the random upper bound; ``beyond``
+    False and NaN when no N is), and the rate at the largest N."""
+    rows = []
+    for (answer, where), g in dose[dose["kind"] == kind].groupby(["answer", "where"], sort=False):
+        g = g.sort_values("size")
+        top = g.iloc[-1]
+        hit = g[g["beyond_random"].astype(bool)]
+        first = hit.iloc[0] if len(hit) else None
+        rows.append({"answer": answer, "where": where, "pairs": int(g["pairs"].max()), "beyond": first is not None,
+                     "first_size": int(first["size"]) if first is not None else np.nan,
+                     "success": first["success"] if first is not None else np.nan,
+                     "success_lo": first["success_lo"] if first is not None else np.nan,
+                     "success_hi": first["success_hi"] if first is not None else np.nan,
+                     "random_hi": first["random_hi"] if first is not None else np.nan,
+                     "max_size": int(top["size"]), "success_at_max": top["success"], "lo_at_max": top["success_lo"],
+                     "hi_at_max": top["success_hi"], "random_at_max": top["random_success"]})
+    return pd.DataFrame(rows)
+
+
+def dose_reading(dose: pd.DataFrame | None, verdict: pd.DataFrame | None = None) -> str:
+    """The conclusion the patching supports, in words, from the dose curve (:func:`dose_summary`) and the country
+    group's verdict (:func:`composition_verdict`); every number in it comes from those tables."""
+    parts = []
+    if verdict is not None and len(verdict):
+        hit = verdict[verdict["language_beyond_controls"].astype(bool)]
+        parts.append("the AUROC-selected country group, patched at the city's tokens only, moves the language answer "
+                     "beyond its random and matched controls "
+                     + (f"from {hit['size'].iloc[0]} neurons" if len(hit) else
+                        f"at no size tested (up to {verdict['size'].iloc[-1]} neurons)"))
+    if dose is not None and len(dose):
+        f = dose_findings(dose)
+        for r in f[f["answer"] == "language"].itertuples():
+            parts.append(f"the top {r.first_size} nodes by |Δactivation| at the {r.where} move it beyond random nodes "
+                         f"({r.success:.0%} [{r.success_lo:.0%}, {r.success_hi:.0%}] of {r.pairs} pairs)" if r.beyond
+                         else f"no set of up to {r.max_size} nodes at the {r.where} moves it beyond random nodes "
+                         f"({r.success_at_max:.0%} [{r.lo_at_max:.0%}, {r.hi_at_max:.0%}] at {r.max_size})")
+    if not parts:
+        return "no patching was run."
+    text = "; ".join(parts) + ". "
+    return (text[0].upper() + text[1:] + "Patching the city's tokens moves the city itself (its country and whatever "
+            "else the language is read from), so a success there does not separate composition through the country "
+            "from a direct city → language route; a failure of a small set says the information is spread over more "
+            "nodes than that, not that no country representation exists.")
