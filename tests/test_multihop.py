@@ -254,8 +254,8 @@ def test_notebook_has_a_tagged_parameters_cell_and_no_smoke_outputs():
 
     assert not smoke_outputs(nb), "committed with a SMOKE run's outputs (commit none, or the full run's)"
     text = "".join("".join(c["source"]) for c in code)
-    for fig in ("fig7_texas_circuit", "fig8_capital_steering", "fig8b_state_swap_matrix",
-                "fig8c_capital_steering_controls"):
+    for fig in ("fig7_texas_circuit", "fig8_capital_scaling", "fig8b_state_swap_matrix",
+                "fig8c_capital_knockout_controls", "fig8d_capital_steer_to_state"):
         assert fig in text
     # setup() follows the parameters (after papermill's injected-parameters cell in an executed copy)
     assert any("setup(" in "".join(c["source"]) for c in code[1:3])

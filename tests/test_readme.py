@@ -163,3 +163,33 @@ def test_edge_rows_are_rendered_from_the_edge_tables(tmp_path):
     assert relevance.startswith("4,321 [2,160, ∞] of 123,456 edges") and raw.startswith("98,765 [")
     single = next(b for a, b in rows.items() if "nounpp" in a)
     assert single == "42 neurons: faithfulness 0.50 [0.25, 0.75], completeness 0.10 [0.00, 0.20]"
+
+
+def test_multihop_rows_are_rendered_from_their_tables(tmp_path):
+    import pandas as pd
+
+    from neuronlib.paper.readme import case_study_rows
+
+    acc = [{"task": t, "split": "all", "n": 117, "correct": k, "accuracy": k / 117, "accuracy_lo": 0.1,
+            "accuracy_hi": 0.9} for t, k in (("two_hop", 75), ("two_hop_chat", 13), ("city_to_country", 84),
+                                             ("country_to_language", 95))]
+    pd.DataFrame(acc).to_csv(tmp_path / "languages_accuracy.csv", index=False)
+    pd.DataFrame([{"size": 5, "group": "say a language", "success": 0.6, "success_lo": 0.4, "success_hi": 0.75,
+                   "controls_max": 0.0, "controls_hi": 0.1, "beyond_controls": True}]
+                 ).to_csv(tmp_path / "languages_steer_to_country_verdict.csv", index=False)
+    dose = [{"task": "two_hop", "answer": "language", "kind": "other language", "where": w, "size": n, "pairs": 37,
+             "success": s, "success_lo": max(s - 0.1, 0), "success_hi": min(s + 0.1, 1), "random_success": 0.0,
+             "random_hi": 0.09, "beyond_random": s - 0.1 > 0.09}
+            for w, ss in (("city tokens", (0.0, 0.5)), ("later positions", (0.0, 0.0))) for n, s in zip((10, 3000), ss)]
+    pd.DataFrame(dose).to_csv(tmp_path / "languages_patch_dose.csv", index=False)
+    rows = {a: b for a, b, c in case_study_rows(tmp_path)}
+    acc_row = next(b for a, b in rows.items() if a.startswith("city → country → language"))
+    assert "plain form 75/117 = 64%" in acc_row and "chat form 13/117 = 11%" in acc_row
+    steer = next(b for a, b in rows.items() if a.startswith("steering: say-a-language"))
+    assert steer == "5 neurons: 60% [40%, 75%] vs controls ≤ 10% (beyond controls)"
+    city = next(b for a, b in rows.items() if "dose curve at the city tokens" in a)
+    assert city.startswith("N = 10: 0% [0%, 10%]; N = 3,000: 50% [40%, 60%]")
+    reading = rows["what the patching supports"]
+    assert reading.startswith("The top 3,000 nodes by |Δactivation| at "
+                                                                           "the city tokens move it beyond random")
+    assert "no set of up to 3,000 nodes at the later positions" in reading

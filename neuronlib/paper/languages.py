@@ -444,7 +444,10 @@ def dose_findings(dose: pd.DataFrame, *, kind: str = "other language") -> pd.Dat
                      "random_hi": first["random_hi"] if first is not None else np.nan,
                      "max_size": int(top["size"]), "success_at_max": top["success"], "lo_at_max": top["success_lo"],
                      "hi_at_max": top["success_hi"], "random_at_max": top["random_success"]})
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["first_size"] = out["first_size"].astype("Int64")  # a size, or <NA> where none is beyond random
+    return out
 
 
 def dose_reading(dose: pd.DataFrame | None, verdict: pd.DataFrame | None = None) -> str:
@@ -460,10 +463,10 @@ def dose_reading(dose: pd.DataFrame | None, verdict: pd.DataFrame | None = None)
     if dose is not None and len(dose):
         f = dose_findings(dose)
         for r in f[f["answer"] == "language"].itertuples():
-            parts.append(f"the top {r.first_size} nodes by |Δactivation| at the {r.where} move it beyond random nodes "
-                         f"({r.success:.0%} [{r.success_lo:.0%}, {r.success_hi:.0%}] of {r.pairs} pairs)" if r.beyond
-                         else f"no set of up to {r.max_size} nodes at the {r.where} moves it beyond random nodes "
-                         f"({r.success_at_max:.0%} [{r.lo_at_max:.0%}, {r.hi_at_max:.0%}] at {r.max_size})")
+            parts.append(f"the top {int(r.first_size):,} nodes by |Δactivation| at the {r.where} move it beyond random "
+                         f"nodes ({r.success:.0%} [{r.success_lo:.0%}, {r.success_hi:.0%}] of {r.pairs} pairs)" if r.beyond
+                         else f"no set of up to {r.max_size:,} nodes at the {r.where} moves it beyond random nodes "
+                         f"({r.success_at_max:.0%} [{r.lo_at_max:.0%}, {r.hi_at_max:.0%}] at {r.max_size:,})")
     if not parts:
         return "no patching was run."
     text = "; ".join(parts) + ". "
