@@ -190,6 +190,5 @@ def test_multihop_rows_are_rendered_from_their_tables(tmp_path):
     city = next(b for a, b in rows.items() if "dose curve at the city tokens" in a)
     assert city.startswith("N = 10: 0% [0%, 10%]; N = 3,000: 50% [40%, 60%]")
     reading = rows["what the patching supports"]
-    assert reading.startswith("The top 3,000 nodes by |Δactivation| at "
-                                                                           "the city tokens move it beyond random")
+    assert reading.startswith("The top 3,000 nodes by |Δactivation| at the city tokens move it beyond random")
     assert "no set of up to 3,000 nodes at the later positions" in reading

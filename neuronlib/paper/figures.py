@@ -837,19 +837,24 @@ def plot_language_patching(summary, *, kind: str = "other language"):
             dense = g[g["variant"].str.contains("dense")]
             for r, ls in zip(dense.itertuples(), ("--", ":", "-.")):
                 ax.axhline(r.success, color="#444", ls=ls, lw=1, label=f"{r.variant}: {r.success:.0%}")
-            ax.set_xscale("log")
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_xlabel("neurons patched at the city's tokens")
-            n = int(g["pairs"].max()) if len(g) else 0
-            ax.set_title(f"{answer} answer ({task.replace('_', ' ')} prompt), {n} {kind} pairs", fontsize=9)
-            ax.legend(fontsize=7, loc="upper left")
+            _patch_panel(ax, g, answer, task, kind, "neurons patched at the city's tokens")
         axes[0].set_ylabel("top answer = the target city's")
     return fig
 
 
+def _patch_panel(ax, g, answer: str, task: str, kind: str, xlabel: str):
+    """Axes, title and legend of one panel of a patching figure (success rate vs patch size, log x)."""
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(xlabel)
+    n = int(g["pairs"].max()) if len(g) else 0
+    ax.set_title(f"{answer} answer ({task.replace('_', ' ')} prompt), {n} {kind} pairs", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+
+
 def plot_language_steering(summary):
-    """Steering say-an-answer neurons and controls at the last position (``languages_steering_summary``,
-    ``capitals_steering_controls_summary``): one panel per neuron set, mean p(kind) (language, country, city, or
+    """Scaling say-an-answer neurons and controls at the last position (``languages_knockout_controls``,
+    ``capitals_knockout_controls``): one panel per neuron set, mean p(kind) (language, country, city, or
     capital, state, city) with bootstrap intervals and the fraction of prompts whose top answer changed (Wilson),
     vs multiplier."""
     import matplotlib.pyplot as plt
@@ -934,12 +939,7 @@ def plot_patch_dose(dose, *, kind: str = "other language"):
                     yerr = None if lo is None else np.vstack([h[col] - h[lo], h[hi] - h[col]])
                     ax.errorbar(h["size"], h[col], yerr=yerr, marker="o", ms=3, ls=ls, color=color, capsize=2,
                                 label=f"{lab} at the {where}")
-            ax.set_xscale("log")
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_xlabel("nodes patched (layer, position, neuron)")
-            n = int(g["pairs"].max()) if len(g) else 0
-            ax.set_title(f"{answer} answer ({task.replace('_', ' ')} prompt), {n} {kind} pairs", fontsize=9)
-            ax.legend(fontsize=7, loc="upper left")
+            _patch_panel(ax, g, answer, task, kind, "nodes patched (layer, position, neuron)")
         axes[0].set_ylabel("top answer = the target city's")
     return fig
 

@@ -565,21 +565,29 @@ def steering_sweep(model, prompts: list[str], df: pd.DataFrame, nodes_per_prompt
             res = neuronlib.steer(model, [prompts[i] for i in have], [nodes_per_prompt[i] for i in have],
                                   multiplier=float(mult), positions="circuit", metric=None, batch_size=batch_size)
             logits[have] = res.logits.float()
-        probs = logits.softmax(-1)
-        top = probs.argmax(-1)
-        frame = df[list(kinds)].reset_index(drop=True).copy()
-        frame.insert(0, "example", range(len(prompts)))
+        frame = answer_frame(df, logits.softmax(-1), kind_ids, tok)
         frame.insert(0, "multiplier", float(mult))
-        frame["n_steered"] = [len(n) for n in nodes_per_prompt]
-        for k in kinds:
-            frame[f"p_{k}"] = probs.gather(-1, kind_ids[k][:, None])[:, 0].numpy()
-        top_is = np.full(len(prompts), "other", dtype=object)
-        for k in reversed(kinds):  # the first kind wins ties of first tokens
-            top_is[(top == kind_ids[k]).numpy()] = k
-        frame["top_is"] = top_is
-        frame["top_token"] = [tok.decode([t]) for t in top.tolist()]
+        frame.insert(len(kinds) + 2, "n_steered", [len(n) for n in nodes_per_prompt])
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def answer_frame(rows: pd.DataFrame, probs: torch.Tensor, kind_ids: dict, tok) -> pd.DataFrame:
+    """One row per prompt: ``example``, the names of each kind (columns of ``rows``), first-token p(kind) for each
+    kind of ``kind_ids`` (kind -> [P] token ids), ``top_is`` (the kind whose first token is the top token, the
+    first kind winning ties; else "other") and ``top_token``."""
+    kinds = list(kind_ids)
+    top = probs.argmax(-1)
+    frame = rows[kinds].reset_index(drop=True).copy()
+    frame.insert(0, "example", range(len(frame)))
+    for k in kinds:
+        frame[f"p_{k}"] = probs.gather(-1, kind_ids[k][:, None])[:, 0].numpy()
+    top_is = np.full(len(frame), "other", dtype=object)
+    for k in reversed(kinds):  # the first kind wins ties of first tokens
+        top_is[(top == kind_ids[k]).numpy()] = k
+    frame["top_is"] = top_is
+    frame["top_token"] = [tok.decode([t]) for t in top.tolist()]
+    return frame
 
 
 def flip_fraction(sweep: pd.DataFrame, *, source: str = "capital", target: str = "state") -> pd.DataFrame:
@@ -914,17 +922,9 @@ def set_group_test(model, prompts: list[str], rows: pd.DataFrame, neuron_sets: d
         donor = last_activations(model, donor_prompts, neurons, batch_size=batch_size).mean(0)
         probs = set_at_last(model, prompts, neurons, donor, batch_size=batch_size).softmax(-1)
         top = probs.argmax(-1)
-        frame = rows[list(kinds)].reset_index(drop=True).copy()
-        frame.insert(0, "example", range(len(prompts)))
+        frame = answer_frame(rows, probs, kind_ids, tok)
         frame.insert(0, "set", name)
-        frame["n_neurons"] = len(neurons)
-        for k in kinds:
-            frame[f"p_{k}"] = probs.gather(-1, kind_ids[k][:, None])[:, 0].numpy()
-        top_is = np.full(len(prompts), "other", dtype=object)
-        for k in reversed(kinds):  # the first kind wins ties of first tokens
-            top_is[(top == kind_ids[k]).numpy()] = k
-        frame["top_is"] = top_is
-        frame["top_token"] = [tok.decode([t]) for t in top.tolist()]
+        frame.insert(len(kinds) + 2, "n_neurons", len(neurons))
         frame["changed"] = (top != base_top).numpy()
         frame["success"] = (top == kind_ids[target]).numpy()
         frames.append(frame)
