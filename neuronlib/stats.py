@@ -184,10 +184,28 @@ def auroc_from_ranks(ranks_PU: np.ndarray, labels_P) -> np.ndarray:
     return (ranks_PU[pos].sum(axis=0) - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
+def permute_within(labels, strata, rng) -> np.ndarray:
+    """``labels`` shuffled within each stratum (a stratum's multiset of labels is kept; ``strata=None``: one
+    stratum). For a paired design (each state gives one prompt of each label) this flips each pair's labels with
+    probability 1/2 and never moves a label from one state to another."""
+    labels = np.asarray(labels)
+    if strata is None:
+        return rng.permutation(labels)
+    strata = np.asarray(strata, dtype=object)
+    if len(strata) != len(labels):
+        raise ValueError(f"{len(labels)} labels but {len(strata)} strata")
+    out = labels.copy()
+    for s in dict.fromkeys(strata.tolist()):
+        idx = np.flatnonzero(strata == s)
+        out[idx] = labels[rng.permutation(idx)]
+    return out
+
+
 def permutation_null_counts(scores_PU, labels_P, *, high: float | None = None, low: float | None = None,
-                            n_perm: int = 200, seed: int = 0) -> dict[str, object]:
+                            n_perm: int = 200, seed: int = 0, strata=None) -> dict[str, object]:
     """How many units pass an AUROC threshold (``>= high`` and/or ``<= low``) with the real labels, and with
-    ``n_perm`` shuffles of them. Returns {"observed": int, "null": int array [n_perm], "null_mean", "null_q95",
+    ``n_perm`` shuffles of them (within ``strata``, e.g. the state of each prompt, when given: see
+    :func:`permute_within`). Returns {"observed": int, "null": int array [n_perm], "null_mean", "null_q95",
     "p_value"} where ``p_value`` = (1 + #{null >= observed}) / (1 + n_perm)."""
     if high is None and low is None:
         raise ValueError("give high and/or low")
@@ -208,7 +226,7 @@ def permutation_null_counts(scores_PU, labels_P, *, high: float | None = None, l
 
     rng = np.random.default_rng(seed)
     observed = count(labels)
-    null = np.array([count(rng.permutation(labels)) for _ in range(n_perm)], dtype=np.int64)
+    null = np.array([count(permute_within(labels, strata, rng)) for _ in range(n_perm)], dtype=np.int64)
     return {"observed": observed, "null": null, "null_mean": float(null.mean()) if n_perm else float("nan"),
             "null_q95": float(np.quantile(null, 0.95)) if n_perm else float("nan"),
             "p_value": float((1 + (null >= observed).sum()) / (1 + n_perm))}

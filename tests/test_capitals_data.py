@@ -84,3 +84,10 @@ def test_first_token_ids(tok):
     assert {"Salt Lake City", "New York", "New Jersey"} <= set(res.multi_token)
     assert res.shared[res.ids[2]] == ["New York", "New Jersey"]
     assert res.ids[0] not in res.shared
+
+
+def test_frame_prompts_differ_only_in_relation_name_and_kind():
+    from neuronlib.data.capitals import frame_capital_prompt, frame_state_prompt
+
+    assert frame_capital_prompt("Texas") == "The capital of Texas is located in the city of"
+    assert frame_state_prompt("Dallas") == "The city of Dallas is located in the state of"

@@ -12,6 +12,7 @@ import neuronlib
 from neuronlib.data import languages as LD
 from neuronlib.paper import languages as LG
 from neuronlib.paper import multihop as MH
+from neuronlib.sites import Node
 from neuronlib.stats import auroc_per_unit, permutation_null_counts
 
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "05_city_language.ipynb"
@@ -297,3 +298,62 @@ def test_notebook_has_a_tagged_parameters_cell_and_no_smoke_outputs():
 
     assert not smoke_outputs(nb), "committed with a SMOKE run's outputs (commit none, or the full run's)"
     assert max(len("".join(c["source"]).splitlines()) for c in code) <= 30
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the patch dose curve
+
+
+def test_rank_by_delta_and_random_nodes_on_a_hand_made_grid():
+    delta = torch.zeros(2, 5, 3)
+    delta[1, 3, 2], delta[0, 4, 0], delta[0, 1, 1] = -5.0, 4.0, 9.0  # position 1 is outside the set
+    got = LG.rank_by_delta(delta, [3, 4], 2)
+    assert got == [Node("mlp_acts", 1, 3, 2), Node("mlp_acts", 0, 4, 0)]
+    assert len(LG.rank_by_delta(delta, [3, 4], 100)) == 2 * 2 * 3
+    rnd = LG.random_nodes(delta.shape, [3, 4], 7, np.random.default_rng(0))
+    assert len(set(rnd)) == 7 and {n.position for n in rnd} <= {3, 4}
+    assert all(0 <= n.layer < 2 and 0 <= n.unit < 3 for n in rnd)
+    assert LG.patch_positions(9, [4, 5]) == {"city tokens": [4, 5], "later positions": [6, 7, 8]}
+
+
+def test_delta_patch_sweep_patches_the_largest_differences(tiny_llama):
+    model = tiny_llama
+    tok = model.tokenizer
+    pairs = pd.DataFrame([{"source": "dallas", "target": "austin", "source_country": "texas",
+                           "target_country": "state", "source_language": "capital", "target_language": "city",
+                           "kind": "other language"}])
+    got = LG.delta_patch_sweep(model, pairs, [3, 40], progress=False)
+    assert len(got) == 2 * 2 * 2 * 2  # tasks x where x selection x sizes
+    from neuronlib.activations import read_sites
+
+    build = LG.TASKS["two_hop"][0]
+    src, tgt = build({"city": "dallas"}, tok), build({"city": "austin"}, tok)
+    vals, _ = read_sites(model, model.tokenize([src, tgt]), ("mlp_acts",))
+    acts = torch.stack([v.float() for v in vals["mlp_acts"]])
+    delta = acts[:, 1] - acts[:, 0]
+    pos = LG.patch_positions(delta.shape[1], LG.city_positions(LG.prompt_tokens(tok, src), "dallas"))
+    for where in LG.WHERE:
+        nodes = LG.rank_by_delta(delta, pos[where], 3)
+        assert abs(float(delta[nodes[0].layer, nodes[0].position, nodes[0].unit])) == pytest.approx(
+            float(delta[:, pos[where]].abs().max()))
+        q = neuronlib.patch(model, [src], [tgt], nodes, metric=None).logits.float().softmax(-1)[0]
+        row = got[(got["task"] == "two_hop") & (got["where"] == where) & (got["size"] == 3)
+                  & (got["selection"] == "top |Δ|")].iloc[0]
+        assert row["p_target"] == pytest.approx(float(q[MH._name_ids(tok, "city")[0]]), abs=1e-6)
+        assert row["n_positions"] == len(pos[where]) and row["n_neurons"] == 3
+    summ = LG.dose_summary(got)
+    assert len(summ) == 2 * 2 * 2 and {"success", "random_success", "random_hi", "beyond_random"} <= set(summ.columns)
+
+
+def test_dose_summary_calls_a_verdict_from_intervals():
+    rows = []
+    for sel, k in (("top |Δ|", 19), ("random", 1)):
+        for n, kk in ((10, 0), (3000, k)):
+            for j in range(20):
+                rows.append({"task": "two_hop", "answer": "language", "kind": "other language", "where": "city tokens",
+                             "size": n, "selection": sel, "variant": f"{sel} {n}", "n_neurons": n, "pair": j,
+                             "p_source": 0.5, "p_target": 0.1, "success": j < kk, "source_kept": j >= kk,
+                             "prefers_target": j < kk})
+    d = LG.dose_summary(pd.DataFrame(rows)).set_index("size")
+    assert d.loc[3000, "beyond_random"] and not d.loc[10, "beyond_random"]
+    assert d.loc[3000, "success"] == pytest.approx(0.95) and d.loc[3000, "random_success"] == pytest.approx(0.05)

@@ -254,10 +254,152 @@ def test_notebook_has_a_tagged_parameters_cell_and_no_smoke_outputs():
 
     assert not smoke_outputs(nb), "committed with a SMOKE run's outputs (commit none, or the full run's)"
     text = "".join("".join(c["source"]) for c in code)
-    for fig in ("fig7_texas_circuit", "fig8_capital_steering", "fig8b_state_swap_matrix",
-                "fig8c_capital_steering_controls"):
+    for fig in ("fig7_texas_circuit", "fig8_capital_scaling", "fig8b_state_swap_matrix",
+                "fig8c_capital_knockout_controls", "fig8d_capital_steer_to_state"):
         assert fig in text
     # setup() follows the parameters (after papermill's injected-parameters cell in an executed copy)
     assert any("setup(" in "".join(c["source"]) for c in code[1:3])
     assert "'" not in source  # papermill cannot parse quotes in comments
     assert "MH.plot_" not in text and "write_table" in text  # figures come from paper/figures.py, tables from results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# one-frame contrast, its null, steering toward a target, controls
+
+
+def test_permute_within_keeps_each_stratum_and_the_paired_null_sees_a_confound():
+    from neuronlib.stats import permutation_null_counts, permute_within
+
+    rng = np.random.default_rng(0)
+    labels = np.array([0, 1, 0, 1, 1, 1, 0])
+    strata = np.array(["a", "a", "b", "b", "c", "c", "d"])
+    for _ in range(20):
+        p = permute_within(labels, strata, rng)
+        for s in set(strata):
+            assert sorted(p[strata == s]) == sorted(labels[strata == s])
+    assert sorted(permute_within(labels, None, rng)) == sorted(labels)
+    with pytest.raises(ValueError):
+        permute_within(labels, strata[:3], rng)
+    # states whose prompts all carry label 1 score high: a state effect, not a label effect. A free shuffle calls
+    # it signal; a shuffle inside each state keeps every label where it is, so the null equals the observed count.
+    n = 20
+    strata = np.repeat(np.arange(n), 2)
+    labels = np.repeat(np.arange(n) % 2, 2)
+    scores = (labels[:, None] + 0.01 * rng.standard_normal((2 * n, 5))).astype(float)
+    free = permutation_null_counts(scores, labels, high=0.9, n_perm=50, seed=0)
+    paired = permutation_null_counts(scores, labels, high=0.9, n_perm=50, seed=0, strata=strata)
+    assert free["observed"] == paired["observed"] == 5
+    assert free["p_value"] < 0.05 and paired["p_value"] == 1.0
+    # a label effect inside each state: one prompt of each label per state, the label-1 prompt scores higher
+    labels = np.tile([0, 1], n)
+    scores = (labels[:, None] + 0.01 * rng.standard_normal((2 * n, 5))).astype(float)
+    assert permutation_null_counts(scores, labels, high=0.9, n_perm=50, seed=0, strata=strata)["p_value"] < 0.05
+
+
+def test_frame_tasks_share_one_frame(tiny_llama):
+    from neuronlib.data.capitals import FRAME
+
+    df = pd.DataFrame({"city": ["dallas"], "state": ["texas"], "capital": ["austin"]})
+    cap = MH.task_prompts(df, tiny_llama.tokenizer, "frame_capital")[0]
+    st = MH.task_prompts(df, tiny_llama.tokenizer, "frame_state")[0]
+    assert cap == FRAME.format(relation="capital", name="texas", kind="city")
+    assert st == FRAME.format(relation="city", name="dallas", kind="state")
+    assert MH.TASKS["frame_capital"][1] == "capital" and MH.TASKS["frame_state"][1] == "state"
+
+
+@pytest.mark.parametrize("per_prompt", [False, True])
+def test_set_at_last_matches_a_torch_hook(tiny_llama, per_prompt):
+    model = tiny_llama
+    prompts = ["the capital of the state of texas is the city of", "dallas is in texas and the"]
+    neurons = [(0, 3), (1, 7), (0, 5)]
+    values = np.array([[2.0, -1.0, 0.5], [-3.0, 4.0, 1.5]]) if per_prompt else np.array([2.0, -1.0, 0.5])
+    got = MH.set_at_last(model, prompts, neurons, values).softmax(-1)
+    inputs = model.tokenize(prompts)
+    vals = values if per_prompt else np.stack([values] * 2)
+
+    def setter(layer):
+        def f(v):
+            v = v.clone()
+            for j, (l, u) in enumerate(neurons):
+                if l == layer:
+                    v[:, -1, u] = torch.tensor(vals[:, j], dtype=v.dtype)
+            return v
+        return f
+
+    logits, _, _ = hooked_forward(model, inputs, ("mlp_acts",), replace={("mlp_acts", 0): setter(0),
+                                                                        ("mlp_acts", 1): setter(1)})
+    want = logits.detach().float().softmax(-1)
+    assert torch.allclose(got, want, atol=1e-6)
+    plain = MH.last_logits(model, prompts).softmax(-1)
+    assert (got - plain).abs().max() > 1e-4  # the neurons matter, so the test can fail
+    with pytest.raises(ValueError):
+        MH.set_at_last(model, prompts, neurons, np.zeros(2))
+
+
+def test_set_group_test_sets_the_donor_mean_and_scores_the_target(tiny_llama):
+    model = tiny_llama
+    prompts = ["the capital of the state of texas is the city of", "dallas is in texas and the"]
+    donors = ["dallas is a city in the state of", "the city of austin is in the state of texas and"]
+    rows = pd.DataFrame({"capital": ["austin", "city"], "state": ["texas", "state"], "city": ["dallas", "dallas"]})
+    sets = {"g 2": [(0, 3), (1, 7)], "random 2": [(1, 1), (0, 9)]}
+    got = MH.set_group_test(model, prompts, rows, sets, donors, target="state")
+    assert len(got) == 4 and got.attrs["target"] == "state"
+    g = got[got["set"] == "g 2"].reset_index(drop=True)
+    mean = MH.last_activations(model, donors, sets["g 2"]).mean(0)
+    q = MH.set_at_last(model, prompts, sets["g 2"], mean).softmax(-1)
+    tok = model.tokenizer
+    for i in range(2):
+        sid = MH._name_ids(tok, rows["state"][i])[0]
+        assert g["p_state"][i] == pytest.approx(float(q[i, sid]), abs=1e-6)
+        assert g["success"][i] == (int(q[i].argmax()) == sid)
+    summ = MH.set_group_summary(got)
+    assert list(summ["role"]) == ["g", "random"] and list(summ["size"]) == [2, 2]
+    assert summ["success"].tolist() == got.groupby("set", sort=False)["success"].mean().tolist()
+
+
+def test_control_sets_and_beyond_controls():
+    strength = np.arange(12, dtype=float).reshape(3, 4)
+    ranked = [(2, 3), (2, 2), (0, 0)]
+    sets = MH.control_sets("say a capital", ranked, [1, 3, 10], strength, seed=0)
+    assert list(sets) == ["say a capital 1", "random 1", "matched 1", "say a capital 3", "random 3", "matched 3"]
+    assert sets["say a capital 3"] == ranked
+    assert not set(sets["random 3"]) & set(ranked)
+    assert sets["matched 1"] == [(2, 2)]  # nearest strength to 11 (itself excluded)
+    from neuronlib.stats import wilson_interval
+
+    rows = []
+    for role, k in (("say a capital", 18), ("random", 1), ("matched", 3)):
+        lo, hi = wilson_interval(k, 20)
+        rows.append({"role": role, "size": 5, "success": k / 20, "success_lo": lo, "success_hi": hi})
+        lo, hi = wilson_interval(4, 20)
+        rows.append({"role": role, "size": 50, "success": 0.2, "success_lo": lo, "success_hi": hi})
+    v = MH.beyond_controls(pd.DataFrame(rows)).set_index("size")
+    assert v.loc[5, "beyond_controls"] and not v.loc[50, "beyond_controls"]
+    assert v.loc[5, "controls_max"] == pytest.approx(0.15)
+
+
+def test_swap_variants_are_fixed_neuron_sets():
+    strength = np.zeros((2, 5))
+    strength[1, 4], strength[0, 2] = 3.0, 2.0
+    pick = MH.top_at_position(strength, 6, 2)
+    assert pick("a", "b") == pick("c", "d") == [Node("mlp_acts", 1, 6, 4), Node("mlp_acts", 0, 6, 2)]
+    rnd = MH.random_at_position((2, 5), 6, 3, seed=1)("a", "b")
+    assert len(set(rnd)) == 3 and all(n.position == 6 for n in rnd)
+
+
+def test_group_circuit_names_groups_by_what_selected_them(tiny_llama):
+    model = tiny_llama
+    tokens = ["the", " capital", " of", " texas", " is", " dallas", " of"]
+    circuit = pd.DataFrame({"layer": [0, 1, 0, 1, 1, 0], "position": [0, 3, 1, 6, 5, 6],
+                            "unit": [1, 2, 3, 4, 5, 6], "score": [1.0] * 6})
+    auc = np.full((model.n_layers, model.d_mlp), 0.5)
+    auc[1, 4] = 0.95
+    auc_state = np.full_like(auc, 0.99)  # a which-state AUROC no longer makes a group
+    # the capital's first token must not be among the promoted tokens of these neurons
+    cap = next(t for t in ("austin", "city", "state") if all(
+        MH._name_ids(model.tokenizer, t)[0] not in ids for ids in MH.promoted_tokens(
+            model, circuit["layer"], circuit["unit"], ["+"] * 6, k=MH.GroupRules.lens_k)))
+    g = MH.group_circuit(model, circuit, tokens, activations=np.ones(6), auc_capital=auc, auc_state=auc_state,
+                         state="texas", capital=cap, city="dallas")
+    assert g["group"].fillna("-").tolist() == ["first token", "at ' texas'", "at ' capital'", "say a capital (AUROC)",
+                                               "at ' dallas'", "-"]

@@ -171,32 +171,30 @@ def test_edge_rows_are_rendered_from_the_edge_tables(tmp_path):
     assert single == "42 neurons: faithfulness 0.50 [0.25, 0.75], completeness 0.10 [0.00, 0.20]"
 
 
-def test_addition_null_and_ioi_size_rows_are_rendered_from_their_tables(tmp_path):
+def test_multihop_rows_are_rendered_from_their_tables(tmp_path):
     import pandas as pd
 
     from neuronlib.paper.readme import case_study_rows
 
-    nulls = []
-    for token, obs in (("first answer token", 104), ("ones digit (second token)", 7)):
-        for kind, mean, p, verdict in (("operand-balanced", 41.5, 0.005, "replicates"),
-                                       ("label shuffle", 119.25, 0.8, "does not replicate")):
-            nulls.append({"token": token, "pairs": 100, "family": "mod10", "null": kind, "draws": 200,
-                          "replicated": obs, "replicated_null_mean": mean, "replicated_null_lo": mean - 10,
-                          "replicated_null_hi": mean + 10, "replicated_p": p, "verdict": verdict})
-    pd.DataFrame(nulls).to_csv(tmp_path / "addition_mod_null.csv", index=False)
-    sizes = [{"site": site, "template": t, "order": o, "size": k, "lo": k / 2, "hi": k * 2, "n_test": 160,
-              "design": "per template and order"}
-             for site, base in (("mlp_acts", 100.0), ("mlp_out", 1000.0))
-             for t, o, k in (("0", "ABBA", base), ("0", "BABA", 3 * base), ("pooled", "pooled", 2 * base))]
-    sizes.append({"site": "mlp_acts", "template": "pooled", "order": "pooled", "size": float("nan"), "lo": 5000.0,
-                  "hi": float("inf"), "n_test": 160, "design": "orders mixed"})
-    pd.DataFrame(sizes).to_csv(tmp_path / "ioi_sizes.csv", index=False)
-    rows = {a: b for a, b, c in case_study_rows(tmp_path) if c == "06"}
-    first = next(b for a, b in rows.items() if "first answer token" in a)
-    assert first == ("104 vs 41.5 [32, 52] (p = 0.005, 200 draws): **replicates**; label shuffle 119.2 [109, 129] "
-                     "(p = 0.800)")
-    assert next(b for a, b in rows.items() if "ones digit" in a).startswith("7 vs 41.5")
-    per = next(b for a, b in rows.items() if "per template and name order" in a)
-    assert per == "neurons 200 [100, 400] (per stratum 100–300); MLP outputs 2,000 [1,000, 4,000] (per stratum 1,000–3,000)"
-    assert next(a for a in rows if "per template and name order" in a).endswith("(160 test pairs)")
-    assert next(b for a, b in rows.items() if "together" in a) == "neurons — [5,000, ∞]"
+    acc = [{"task": t, "split": "all", "n": 117, "correct": k, "accuracy": k / 117, "accuracy_lo": 0.1,
+            "accuracy_hi": 0.9} for t, k in (("two_hop", 75), ("two_hop_chat", 13), ("city_to_country", 84),
+                                             ("country_to_language", 95))]
+    pd.DataFrame(acc).to_csv(tmp_path / "languages_accuracy.csv", index=False)
+    pd.DataFrame([{"size": 5, "group": "say a language", "success": 0.6, "success_lo": 0.4, "success_hi": 0.75,
+                   "controls_max": 0.0, "controls_hi": 0.1, "beyond_controls": True}]
+                 ).to_csv(tmp_path / "languages_steer_to_country_verdict.csv", index=False)
+    dose = [{"task": "two_hop", "answer": "language", "kind": "other language", "where": w, "size": n, "pairs": 37,
+             "success": s, "success_lo": max(s - 0.1, 0), "success_hi": min(s + 0.1, 1), "random_success": 0.0,
+             "random_hi": 0.09, "beyond_random": s - 0.1 > 0.09}
+            for w, ss in (("city tokens", (0.0, 0.5)), ("later positions", (0.0, 0.0))) for n, s in zip((10, 3000), ss)]
+    pd.DataFrame(dose).to_csv(tmp_path / "languages_patch_dose.csv", index=False)
+    rows = {a: b for a, b, c in case_study_rows(tmp_path)}
+    acc_row = next(b for a, b in rows.items() if a.startswith("city → country → language"))
+    assert "plain form 75/117 = 64%" in acc_row and "chat form 13/117 = 11%" in acc_row
+    steer = next(b for a, b in rows.items() if a.startswith("steering: say-a-language"))
+    assert steer == "5 neurons: 60% [40%, 75%] vs controls ≤ 10% (beyond controls)"
+    city = next(b for a, b in rows.items() if "dose curve at the city tokens" in a)
+    assert city.startswith("N = 10: 0% [0%, 10%]; N = 3,000: 50% [40%, 60%]")
+    reading = rows["what the patching supports"]
+    assert reading.startswith("The top 3,000 nodes by |Δactivation| at the city tokens move it beyond random")
+    assert "no set of up to 3,000 nodes at the later positions" in reading

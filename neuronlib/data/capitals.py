@@ -46,6 +46,22 @@ def state_to_capital_prompt(state: str) -> str:
     return f"The capital of the state of {state} is the city of"
 
 
+FRAME = "The {relation} of {name} is located in the {kind} of"
+
+
+def frame_capital_prompt(state: str) -> str:
+    """One frame, two answers: this prompt's answer is a capital ("The capital of Texas is located in the city
+    of"); :func:`frame_state_prompt` puts a city in the same frame and its answer is a state. The pair differs
+    only in the relation word, the name and the kind word, so a neuron that separates them reads the kind of
+    answer, not a template."""
+    return FRAME.format(relation="capital", name=state, kind="city")
+
+
+def frame_state_prompt(city: str) -> str:
+    """The :data:`FRAME` prompt whose answer is a state ("The city of Dallas is located in the state of")."""
+    return FRAME.format(relation="city", name=city, kind="state")
+
+
 class FirstTokenIds(NamedTuple):
     """``ids[i]``: first token of ``" " + names[i]``. Multi-token answers (``multi_token``) are
     scored by that first token only, so names sharing a first token (``shared``: token id ->

@@ -804,15 +804,21 @@ def plot_swap_matrix(swaps: pd.DataFrame, *, variants=None, value: str = "p_targ
             fig.colorbar(im, ax=list(axes[0][:len(variants)]), shrink=0.8, pad=0.01, label="p(target's capital)")
         if sweep is not None:
             ax = axes[0][-1]
-            for col, lab, c in (("success_rate", "top answer = target's capital", "#1b6ca8"),
-                                ("prefers_target", "p(target cap.) > p(source cap.)", "#d1495b")):
-                ax.plot(sweep["mean_nodes"], sweep[col], marker="o", color=c, label=lab)
+            roles = sweep["variant"].str.rsplit("-", n=1).str[0]
+            for role, ls in zip(dict.fromkeys(roles), ("-", "--", ":")):
+                g = sweep[roles == role]
+                for col, lab, c in (("success_rate", "top answer = target's capital", "#1b6ca8"),
+                                    ("prefers_target", "p(target cap.) > p(source cap.)", "#d1495b")):
+                    ax.plot(g["mean_nodes"], g[col], marker="o", color=c if role == "top" else "#999", ls=ls,
+                            label=f"{role}: {lab}")
+            ticks = sorted(set(sweep["mean_nodes"]))
             ax.set_xscale("log")
-            ax.set_xticks(sweep["mean_nodes"].tolist())
-            ax.set_xticklabels([f"{v:.0f}" for v in sweep["mean_nodes"]], fontsize=7)
+            ax.set_xticks(ticks)
+            ax.set_xticklabels([f"{v:.0f}" for v in ticks], fontsize=7)
             ax.minorticks_off()
             ax.set_ylim(-0.02, 1.02)
-            ax.set_xlabel("neurons patched at the state token (top |attribution|)", fontsize=8)
+            ax.set_xlabel("neurons patched at the state token (top: mean |attribution| on selection states)",
+                          fontsize=8)
             ax.set_ylabel("fraction of pairs", fontsize=8)
             ax.set_title(f"how many neurons carry the state? ({int(sweep['pairs'].iloc[0])} pairs)", fontsize=8)
             ax.legend(fontsize=7, loc="upper left")
@@ -874,19 +880,24 @@ def plot_language_patching(summary, *, kind: str = "other language"):
             dense = g[g["variant"].str.contains("dense")]
             for r, ls in zip(dense.itertuples(), ("--", ":", "-.")):
                 ax.axhline(r.success, color="#444", ls=ls, lw=1, label=f"{r.variant}: {r.success:.0%}")
-            ax.set_xscale("log")
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_xlabel("neurons patched at the city's tokens")
-            n = int(g["pairs"].max()) if len(g) else 0
-            ax.set_title(f"{answer} answer ({task.replace('_', ' ')} prompt), {n} {kind} pairs", fontsize=9)
-            ax.legend(fontsize=7, loc="upper left")
+            _patch_panel(ax, g, answer, task, kind, "neurons patched at the city's tokens")
         axes[0].set_ylabel("top answer = the target city's")
     return fig
 
 
+def _patch_panel(ax, g, answer: str, task: str, kind: str, xlabel: str):
+    """Axes, title and legend of one panel of a patching figure (success rate vs patch size, log x)."""
+    ax.set_xscale("log")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(xlabel)
+    n = int(g["pairs"].max()) if len(g) else 0
+    ax.set_title(f"{answer} answer ({task.replace('_', ' ')} prompt), {n} {kind} pairs", fontsize=9)
+    ax.legend(fontsize=7, loc="upper left")
+
+
 def plot_language_steering(summary):
-    """Steering say-an-answer neurons and controls at the last position (``languages_steering_summary``,
-    ``capitals_steering_controls_summary``): one panel per neuron set, mean p(kind) (language, country, city, or
+    """Scaling say-an-answer neurons and controls at the last position (``languages_knockout_controls``,
+    ``capitals_knockout_controls``): one panel per neuron set, mean p(kind) (language, country, city, or
     capital, state, city) with bootstrap intervals and the fraction of prompts whose top answer changed (Wilson),
     vs multiplier."""
     import matplotlib.pyplot as plt
@@ -913,6 +924,66 @@ def plot_language_steering(summary):
             ax.set_ylim(-0.02, 1.02)
         axes[0][0].set_ylabel("probability / fraction")
         axes[0][0].legend(fontsize=7)
+    return fig
+
+
+ROLE_COLORS = {"random": "#999999", "matched": "#e39b2d"}
+
+
+def plot_set_group(summary, *, target: str, title: str | None = None):
+    """Steering toward a target (:func:`neuronlib.paper.multihop.set_group_summary`): per group size, the fraction
+    of prompts whose top answer becomes the ``target`` (Wilson 95% intervals) for the group and its random and
+    matched controls (one panel per ``template`` when the table has that column)."""
+    import matplotlib.pyplot as plt
+
+    from ..plotting import style
+
+    panels = list(dict.fromkeys(summary["template"])) if "template" in summary else [None]
+    with style():
+        fig, axes = plt.subplots(1, len(panels), figsize=(4.8 * len(panels), 3.8), squeeze=False,
+                                 layout="constrained", sharey=True)
+        for ax, panel in zip(axes[0], panels):
+            g = summary if panel is None else summary[summary["template"] == panel]
+            for shift, role in zip((1.0, 0.9, 1.1), dict.fromkeys(g["role"])):
+                h = g[g["role"] == role].sort_values("size")
+                err = np.vstack([h["success"] - h["success_lo"], h["success_hi"] - h["success"]])
+                ax.errorbar(h["size"] * shift, h["success"], yerr=err, marker="o", capsize=2,
+                            color=ROLE_COLORS.get(role, "#1b6ca8"), label=role)
+            ax.set_xscale("log")
+            ax.set_ylim(-0.02, 1.02)
+            ax.set_xlabel("neurons set at the last position")
+            n = int(g["n"].max()) if len(g) else 0
+            ax.set_title(f"{panel or ''} (n = {n} prompts)".strip(), fontsize=9)
+            ax.legend(fontsize=7, loc="upper left")
+        axes[0][0].set_ylabel(f"top answer = the {target}")
+        if title:
+            fig.suptitle(title, fontsize=10)
+    return fig
+
+
+def plot_patch_dose(dose, *, kind: str = "other language"):
+    """The patch dose curve (``languages_patch_dose``): success rate (top answer = the target city's) vs the
+    number of nodes patched, top |activation difference| vs random nodes at the same positions, at the city's
+    tokens (solid) and at the later positions (dashed), with Wilson intervals; language answer left, country
+    answer right."""
+    import matplotlib.pyplot as plt
+
+    from ..plotting import style
+
+    d = dose[dose["kind"] == kind]
+    with style():
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4), layout="constrained", sharey=True)
+        for ax, (task, answer) in zip(axes, (("two_hop", "language"), ("city_to_country", "country"))):
+            g = d[d["task"] == task]
+            for where, ls in zip(dict.fromkeys(g["where"]), ("-", "--")):
+                h = g[g["where"] == where].sort_values("size")
+                for col, lo, hi, color, lab in (("success", "success_lo", "success_hi", "#1b6ca8", "top |Δ|"),
+                                                ("random_success", None, "random_hi", "#999999", "random")):
+                    yerr = None if lo is None else np.vstack([h[col] - h[lo], h[hi] - h[col]])
+                    ax.errorbar(h["size"], h[col], yerr=yerr, marker="o", ms=3, ls=ls, color=color, capsize=2,
+                                label=f"{lab} at the {where}")
+            _patch_panel(ax, g, answer, task, kind, "nodes patched (layer, position, neuron)")
+        axes[0].set_ylabel("top answer = the target city's")
     return fig
 
 

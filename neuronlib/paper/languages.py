@@ -1,4 +1,4 @@
-"""City -> country -> language (issue 14): the paper's case-study pipeline on a two-hop task the default model does.
+"""City -> country -> language: the paper's case-study pipeline on a two-hop task the default model does.
 
 The analysis behind ``notebooks/05_city_language.ipynb``; it reuses :mod:`neuronlib.paper.multihop` (prompt
 evaluation, RelP circuits, AUROC, steering) and adds what a referee would ask for:
@@ -11,9 +11,12 @@ evaluation, RelP circuits, AUROC, steering) and adds what a referee would ask fo
    language vs say a country), each count beside a permutation null.
 4. :func:`patch_pairs` / :func:`patch_sweep` -- the intermediate hop: patch a country group at the city's tokens
    from a city of another country and measure p(target language) vs p(source language), and the country answer on
-   the city -> country prompt, against random, |attribution|-matched and dense controls.
+   the city -> country prompt, against random, |attribution|-matched and dense controls; :func:`delta_patch_sweep`
+   -- a dose curve: the top-N nodes by |activation difference| between the two prompts, at the city's tokens and
+   at the later positions, against N random nodes at the same positions.
 5. :func:`steering_controls` -- scaling say-a-language neurons (and random and matched controls) at the last
-   position; p(language), p(country), p(city), fraction whose top answer changes.
+   position (x0 is a knock-out: necessity); :func:`neuronlib.paper.multihop.set_group_test` -- steering proper:
+   set them to their values on prompts whose answer is a country; does the top answer become the city's country?
 
 Every function returns a tidy DataFrame; the notebook writes them to ``results/`` and the figures in
 :mod:`neuronlib.paper.figures` draw from those tables.
@@ -207,32 +210,130 @@ def patch_sweep(model, pairs: pd.DataFrame, variants: dict, *, batch_size: int =
     at the source city's token positions in each task's prompt. One row per (variant, task, pair): p(source
     answer), p(target answer) (first tokens), ``success`` (top token = the target's answer's first token),
     ``prefers_target`` and ``source_kept`` (top token still the source's answer)."""
-    tok = model.tokenizer
     rows = []
-    for task, kind in (("two_hop", "language"), ("city_to_country", "country")):
-        build = TASKS[task][0]
-        src_prompts = [build({"city": c}, tok) for c in pairs["source"]]
-        tgt_prompts = [build({"city": c}, tok) for c in pairs["target"]]
-        toks = [prompt_tokens(tok, p) for p in src_prompts]
-        pos = [city_positions(ts, c) for ts, c in zip(toks, pairs["source"])]
-        src_id = [MH._name_ids(tok, x)[0] for x in pairs[f"source_{kind}"]]
-        tgt_id = [MH._name_ids(tok, x)[0] for x in pairs[f"target_{kind}"]]
+    for task, kind, src_prompts, tgt_prompts, pos in _pair_prompts(model.tokenizer, pairs):
         for variant, make in tqdm(list(variants.items()), desc=f"patch ({task})", disable=not progress):
             made = [make(r) for r in pairs.to_dict("records")]
             nodes = [f(p) for (_, f), p in zip(made, pos)]
-            probs = patch(model, src_prompts, tgt_prompts, nodes, metric=None,
-                          batch_size=batch_size).logits.float().softmax(-1)
-            top = probs.argmax(-1).tolist()
-            for j, r in enumerate(pairs.itertuples()):
-                rows.append({"variant": variant, "task": task, "answer": kind, "pair": j, "kind": r.kind,
-                             "source": r.source, "target": r.target, "n_neurons": made[j][0],
-                             "n_positions": len(pos[j]),
-                             "p_source": float(probs[j, src_id[j]]), "p_target": float(probs[j, tgt_id[j]]),
-                             "top_token": tok.decode([top[j]]),
-                             "success": top[j] == tgt_id[j] and tgt_id[j] != src_id[j],
-                             "source_kept": top[j] == src_id[j],
-                             "prefers_target": bool(probs[j, tgt_id[j]] > probs[j, src_id[j]])})
+            rows += _patch_rows(model, pairs, task, kind, src_prompts, tgt_prompts, nodes,
+                                {"variant": variant}, n_neurons=[m[0] for m in made],
+                                n_positions=[len(p) for p in pos], batch_size=batch_size)
     return pd.DataFrame(rows)
+
+
+PATCH_TASKS = (("two_hop", "language"), ("city_to_country", "country"))
+
+
+def _pair_prompts(tok, pairs: pd.DataFrame):
+    """Per patched task: (task, answer kind, source prompts, target prompts, the source city's positions)."""
+    for task, kind in PATCH_TASKS:
+        build = TASKS[task][0]
+        src_prompts = [build({"city": c}, tok) for c in pairs["source"]]
+        tgt_prompts = [build({"city": c}, tok) for c in pairs["target"]]
+        pos = [city_positions(prompt_tokens(tok, p), c) for p, c in zip(src_prompts, pairs["source"])]
+        yield task, kind, src_prompts, tgt_prompts, pos
+
+
+def _patch_rows(model, pairs, task, kind, src_prompts, tgt_prompts, nodes, labels: dict, *, n_neurons, n_positions,
+                batch_size) -> list[dict]:
+    """Patch each pair's ``nodes`` and describe the answers: one record per pair."""
+    tok = model.tokenizer
+    src_id = [MH._name_ids(tok, x)[0] for x in pairs[f"source_{kind}"]]
+    tgt_id = [MH._name_ids(tok, x)[0] for x in pairs[f"target_{kind}"]]
+    probs = patch(model, src_prompts, tgt_prompts, nodes, metric=None, batch_size=batch_size).logits.float().softmax(-1)
+    top = probs.argmax(-1).tolist()
+    rows = []
+    for j, r in enumerate(pairs.itertuples()):
+        rows.append({**labels, "task": task, "answer": kind, "pair": j, "kind": r.kind,
+                     "source": r.source, "target": r.target, "n_neurons": n_neurons[j], "n_positions": n_positions[j],
+                     "p_source": float(probs[j, src_id[j]]), "p_target": float(probs[j, tgt_id[j]]),
+                     "top_token": tok.decode([top[j]]),
+                     "success": top[j] == tgt_id[j] and tgt_id[j] != src_id[j],
+                     "source_kept": top[j] == src_id[j],
+                     "prefers_target": bool(probs[j, tgt_id[j]] > probs[j, src_id[j]])})
+    return rows
+
+
+WHERE = ("city tokens", "later positions")
+
+
+def patch_positions(n_tokens: int, city_pos: list[int]) -> dict[str, list[int]]:
+    """The position sets of the dose curve: the city's tokens, and every position after them (to the last)."""
+    return {"city tokens": list(city_pos), "later positions": list(range(max(city_pos) + 1, n_tokens))}
+
+
+def _flat_nodes(flat, positions: list[int], U: int) -> list[Node]:
+    """Nodes of flat indices into an [L, len(positions), U] grid."""
+    P = len(positions)
+    return [Node("mlp_acts", int(i) // (P * U), int(positions[(int(i) // U) % P]), int(i) % U) for i in flat]
+
+
+def rank_by_delta(delta_LTU: torch.Tensor, positions: list[int], n: int) -> list[Node]:
+    """The ``n`` mlp_acts Nodes at ``positions`` with the largest |activation difference| (``delta_LTU``: target
+    minus source, [L, T, U]), largest first (ties: lower flat index first)."""
+    d = delta_LTU[:, positions, :].abs().reshape(-1).double().numpy()
+    order = np.argsort(-d, kind="stable")[:n]
+    return _flat_nodes(order, positions, delta_LTU.shape[2])
+
+
+def random_nodes(shape_LTU, positions: list[int], n: int, rng) -> list[Node]:
+    """``n`` distinct mlp_acts Nodes drawn uniformly at ``positions`` of an [L, T, U] grid."""
+    L, _, U = shape_LTU
+    size = L * len(positions) * U
+    return _flat_nodes(rng.choice(size, size=min(n, size), replace=False), positions, U)
+
+
+def delta_patch_sweep(model, pairs: pd.DataFrame, sizes, *, where=WHERE, seed: int = 0, batch_size: int = 16,
+                      progress: bool = True) -> pd.DataFrame:
+    """The patch dose curve. For each pair and task (two-hop: the language; city -> country: the country), the
+    N nodes (layer, position, neuron) with the largest |activation(target prompt) - activation(source prompt)| at
+    the positions ``where`` (the city's tokens, the later positions) are set to their values on the target's
+    prompt, for each N of ``sizes``; control: N nodes drawn at random (seeded per pair) from the same positions.
+    The ranking reads only the two prompts' activations, never the answer. One row per (where, selection, N,
+    task, pair), with :func:`patch_sweep`'s columns plus ``where``, ``selection`` ("top |Δ|" or "random"),
+    ``size``."""
+    from ..activations import read_sites
+
+    sizes = sorted(int(n) for n in sizes)
+    rows = []
+    for task, kind, src_prompts, tgt_prompts, pos in _pair_prompts(model.tokenizer, pairs):
+        ranked: dict[tuple[str, str], list[list[Node]]] = {(w, s): [] for w in where for s in ("top |Δ|", "random")}
+        n_pos: dict[str, list[int]] = {w: [] for w in where}
+        for j in tqdm(range(len(pairs)), desc=f"activation differences ({task})", disable=not progress):
+            vals, _ = read_sites(model, model.tokenize([src_prompts[j], tgt_prompts[j]]), ("mlp_acts",))
+            acts = torch.stack([v.float().cpu() for v in vals["mlp_acts"]])  # [L, 2, T, U]; equal lengths: no padding
+            delta = acts[:, 1] - acts[:, 0]
+            sets = patch_positions(delta.shape[1], pos[j])
+            rng = np.random.default_rng(seed + j)
+            for w in where:
+                ranked[(w, "top |Δ|")].append(rank_by_delta(delta, sets[w], sizes[-1]))
+                ranked[(w, "random")].append(random_nodes(delta.shape, sets[w], sizes[-1], rng))
+                n_pos[w].append(len(sets[w]))
+        for (w, sel), lists in ranked.items():
+            for n in tqdm(sizes, desc=f"patch {sel} at {w} ({task})", disable=not progress):
+                nodes = [nl[:n] for nl in lists]
+                rows += _patch_rows(model, pairs, task, kind, src_prompts, tgt_prompts, nodes,
+                                    {"variant": f"{sel} {n} at {w}", "where": w, "selection": sel, "size": n},
+                                    n_neurons=[len(x) for x in nodes], n_positions=n_pos[w], batch_size=batch_size)
+    return pd.DataFrame(rows)
+
+
+def dose_summary(patches: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, pair kind, where, N): the top-|Δ| nodes' success rate (top answer = the target's) with its Wilson
+    interval beside the random nodes', and ``beyond_random`` (the top-|Δ| lower bound above the random upper
+    bound)."""
+    summ = patch_summary(patches, by=("task", "kind", "where", "size", "selection"))
+    out = []
+    for (task, kind, where), g in summ.groupby(["task", "kind", "where"], sort=False):
+        v = MH.beyond_controls(g.rename(columns={"selection": "role"}), group_of="top |Δ|", controls=("random",))
+        out.append(v.drop(columns="group").rename(columns={"controls_max": "random_success",
+                                                           "controls_hi": "random_hi",
+                                                           "beyond_controls": "beyond_random"})
+                   .assign(task=task, answer=g["answer"].iloc[0], kind=kind, where=where,
+                           pairs=int(g["pairs"].max())))
+    cols = ["task", "answer", "kind", "where", "size", "pairs"]
+    out = pd.concat(out, ignore_index=True)
+    return out[cols + [c for c in out.columns if c not in cols]]
 
 
 def neuron_variant(neurons_of_pair, label=None):
@@ -255,16 +356,16 @@ def dense_variant(model, site: str, layers=None):
         Node("mlp_acts", l, int(p), u) for p in positions for l in layers for u in range(model.d_mlp)])
 
 
-def patch_summary(patches: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, pair kind, variant): pairs, success rate (top answer = the target's) with its Wilson interval,
-    the rate at which the source's answer survives, p(target) > p(source), and mean p(target), p(source) with
-    bootstrap intervals over pairs."""
+def patch_summary(patches: pd.DataFrame, *, by=("task", "kind", "variant")) -> pd.DataFrame:
+    """Per (task, pair kind, variant) (or the columns ``by``): pairs, success rate (top answer = the target's) with
+    its Wilson interval, the rate at which the source's answer survives, p(target) > p(source), and mean
+    p(target), p(source) with bootstrap intervals over pairs."""
     from ..stats import wilson_interval
 
     rows = []
-    for (task, kind, variant), g in patches.groupby(["task", "kind", "variant"], sort=False):
+    for key, g in patches.groupby(list(by), sort=False):
         n = len(g)
-        row = {"task": task, "answer": g["answer"].iloc[0], "kind": kind, "variant": variant, "pairs": n,
+        row = {**dict(zip(by, key)), "answer": g["answer"].iloc[0], "pairs": n,
                "n_neurons": float(g["n_neurons"].mean())}
         for col in ("success", "source_kept", "prefers_target"):
             k = int(g[col].sum())
@@ -323,3 +424,53 @@ def steering_controls(model, prompts: list[str], rows: pd.DataFrame, neuron_sets
 def steering_summary(sweeps: pd.DataFrame) -> pd.DataFrame:
     """:func:`neuronlib.paper.multihop.steering_summary` (the answer is the language)."""
     return MH.steering_summary(sweeps, kinds=KINDS)
+
+
+def dose_findings(dose: pd.DataFrame, *, kind: str = "other language") -> pd.DataFrame:
+    """Per (answer, where) of :func:`dose_summary` on ``kind`` pairs: the smallest N whose top-|Δ| success rate is
+    beyond the random nodes' (``first_size``, with its rate, Wilson interval and the random upper bound; ``beyond``
+    False and NaN when no N is), and the rate at the largest N."""
+    rows = []
+    for (answer, where), g in dose[dose["kind"] == kind].groupby(["answer", "where"], sort=False):
+        g = g.sort_values("size")
+        top = g.iloc[-1]
+        hit = g[g["beyond_random"].astype(bool)]
+        first = hit.iloc[0] if len(hit) else None
+        rows.append({"answer": answer, "where": where, "pairs": int(g["pairs"].max()), "beyond": first is not None,
+                     "first_size": int(first["size"]) if first is not None else np.nan,
+                     "success": first["success"] if first is not None else np.nan,
+                     "success_lo": first["success_lo"] if first is not None else np.nan,
+                     "success_hi": first["success_hi"] if first is not None else np.nan,
+                     "random_hi": first["random_hi"] if first is not None else np.nan,
+                     "max_size": int(top["size"]), "success_at_max": top["success"], "lo_at_max": top["success_lo"],
+                     "hi_at_max": top["success_hi"], "random_at_max": top["random_success"]})
+    out = pd.DataFrame(rows)
+    if len(out):
+        out["first_size"] = out["first_size"].astype("Int64")  # a size, or <NA> where none is beyond random
+    return out
+
+
+def dose_reading(dose: pd.DataFrame | None, verdict: pd.DataFrame | None = None) -> str:
+    """The conclusion the patching supports, in words, from the dose curve (:func:`dose_summary`) and the country
+    group's verdict (:func:`composition_verdict`); every number in it comes from those tables."""
+    parts = []
+    if verdict is not None and len(verdict):
+        hit = verdict[verdict["language_beyond_controls"].astype(bool)]
+        parts.append("the AUROC-selected country group, patched at the city's tokens only, moves the language answer "
+                     "beyond its random and matched controls "
+                     + (f"from {hit['size'].iloc[0]} neurons" if len(hit) else
+                        f"at no size tested (up to {verdict['size'].iloc[-1]} neurons)"))
+    if dose is not None and len(dose):
+        f = dose_findings(dose)
+        for r in f[f["answer"] == "language"].itertuples():
+            parts.append(f"the top {int(r.first_size):,} nodes by |Δactivation| at the {r.where} move it beyond random "
+                         f"nodes ({r.success:.0%} [{r.success_lo:.0%}, {r.success_hi:.0%}] of {r.pairs} pairs)" if r.beyond
+                         else f"no set of up to {r.max_size:,} nodes at the {r.where} moves it beyond random nodes "
+                         f"({r.success_at_max:.0%} [{r.lo_at_max:.0%}, {r.hi_at_max:.0%}] at {r.max_size:,})")
+    if not parts:
+        return "no patching was run."
+    text = "; ".join(parts) + ". "
+    return (text[0].upper() + text[1:] + "Patching the city's tokens moves the city itself (its country and whatever "
+            "else the language is read from), so a success there does not separate composition through the country "
+            "from a direct city → language route; a failure of a small set says the information is spread over more "
+            "nodes than that, not that no country representation exists.")

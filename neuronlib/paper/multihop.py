@@ -1,4 +1,5 @@
-"""City -> state -> capital (docs/method.md §6, the paper's figures 7-8): accuracy, circuits, neuron groups, steering.
+"""City -> state -> capital (docs/method.md §6, the paper's figures 7-8): accuracy, circuits, neuron groups,
+knock-outs and steering.
 
 The analysis behind ``notebooks/03_multihop_steering.ipynb``. Every function takes a loaded model and the capitals
 table (:func:`neuronlib.data.capitals.load_capitals`) and returns DataFrames; figure functions take those
@@ -10,12 +11,16 @@ Steps (each a function here):
    (first-token probabilities of the capital, the state and the city; top-1 category checked on the whole name).
 2. :func:`trace_circuits` -- RelP, zero baseline, metric = sum of the top-5 next-token logits, nodes with
    ``|score| >= tau * metric`` (tau = 0.005) at every position, per prompt (:func:`select_circuit`).
-3. :func:`unit_aurocs` / :func:`group_circuit` -- neuron groups from AUROC of position-summed attribution across
-   prompts against hypothesis labels (answer-is-capital vs answer-is-state; which state), plus the output-token
-   lens of :mod:`neuronlib.describe`.
-4. :func:`steering_sweep` -- scale the strongest "say a capital" neurons at their circuit positions; p(capital),
-   p(state), p(city) per prompt; :func:`flip_fraction`.
-5. :func:`swap_matrix` -- set one state's group neurons to their values from another state's prompt; does the
+3. :func:`unit_aurocs` / :func:`group_circuit` -- neuron groups: "say a capital" from the AUROC of last-position
+   attribution, answer-is-capital vs answer-is-state inside one frame (:data:`neuronlib.data.capitals.FRAME`,
+   selection states only, a null that permutes labels within each state); the other groups are named by what
+   selected them (the token they sit on, the token their output promotes).
+4. :func:`steering_sweep` -- scale the strongest "say a capital" neurons at their circuit positions; x0 is a
+   knock-out (necessity), not steering; :func:`flip_fraction`.
+5. :func:`set_group_test` -- steering proper: set a group at the last position to its mean values on prompts with
+   another kind of answer; does the top answer become the chosen target (the state)? With random and matched
+   controls.
+6. :func:`swap_matrix` -- set neurons at the state token to their values from another state's prompt; does the
    answer become the other state's capital?
 """
 from __future__ import annotations
@@ -39,6 +44,8 @@ TASKS = {  # task -> (prompt builder over a row, the expected kind of answer)
     "city_to_state": (lambda row, tok: cap_data.city_to_state_prompt(row["city"]), "state"),
     "state_to_capital": (lambda row, tok: cap_data.state_to_capital_prompt(row["state"]), "capital"),
     "state_to_capital_plain": (lambda row, tok: state_to_capital_plain_prompt(row["state"]), "capital"),
+    "frame_capital": (lambda row, tok: cap_data.frame_capital_prompt(row["state"]), "capital"),
+    "frame_state": (lambda row, tok: cap_data.frame_state_prompt(row["city"]), "state"),
 }
 TAU = 0.005
 
@@ -380,8 +387,12 @@ class GroupRules:
 
     auroc_high: float = 0.9  # answer-is-capital AUROC (last position) for "say a capital"
     auroc_low: float = 0.1  # ... and at most this for "say a state"
-    auroc_state: float = 0.95  # which-state AUROC for the state-identity group
     lens_k: int = 10  # look for the answer among this many promoted tokens
+
+
+def at_token(token: str) -> str:
+    """The label of a group selected by the token it sits on: ``at ' Texas'``."""
+    return f"at {token!r}"
 
 
 def name_positions(tokens: list[str], name: str) -> list[int]:
@@ -401,19 +412,21 @@ def name_positions(tokens: list[str], name: str) -> list[int]:
 def group_circuit(model, circuit: pd.DataFrame, tokens: list[str], *, activations, auc_capital: np.ndarray,
                   auc_state: np.ndarray, state: str, capital: str, city: str | None = None,
                   rules: GroupRules = GroupRules()) -> pd.DataFrame:
-    """Label each node of one prompt's circuit with a group (or None), by these rules, first match wins:
+    """Label each node of one prompt's circuit with a group (or None), named by what selected it; first match wins:
 
     1. ``first token``: position 0 (attention-sink position; large scores that carry no content);
-    2. ``say {capital}``: the active side of the neuron promotes the capital's first token (lens top ``lens_k``);
-    3. ``{state}``: the node sits on the state's name, or its which-state AUROC >= ``auroc_state``
-       (position-summed attribution, :class:`MixedSet`);
-    4. at the last position: ``say a capital`` if the answer-is-capital AUROC (last position) >= ``auroc_high``,
-       ``say a state`` if <= ``auroc_low``;
-    5. earlier positions, by the token the node sits on: ``{city}`` (the city's tokens), ``state`` (the token
-       " state"), ``capital`` (the token " capital").
+    2. ``promotes ' Austin'``: the active side of the neuron promotes the capital's first token (lens top
+       ``lens_k``);
+    3. ``at ' Texas'``: the node sits on the state's name (a which-state AUROC is not used: with at most two
+       prompts per state it does not beat its permutation null);
+    4. at the last position: ``say a capital (AUROC)`` if the answer-is-capital AUROC (last position) >=
+       ``auroc_high``, ``say a state (AUROC)`` if <= ``auroc_low``;
+    5. earlier positions, by the token the node sits on: ``at ' Dallas'`` (the city's tokens), ``at ' state'``,
+       ``at ' capital'``.
 
     Adds columns activation, sign (of the activation: the neuron's active side), label (``L23/N8079-``),
-    auroc_capital, auroc_state, promotes (lens top tokens of the active side), description, group.
+    auroc_capital, auroc_state (descriptive only), promotes (lens top tokens of the active side), description,
+    group.
     """
     from ..neurons import neuron_label
 
@@ -439,18 +452,18 @@ def group_circuit(model, circuit: pd.DataFrame, tokens: list[str], *, activation
         if row.position == 0:
             g = "first token"
         elif cap_id in promoted_ids[i]:
-            g = f"say {capital}"
-        elif row.position in state_pos or row.auroc_state >= rules.auroc_state:
-            g = state
+            g = f"promotes {' ' + capital!r}"
+        elif row.position in state_pos:
+            g = at_token(" " + state)
         elif row.position == last:
             if row.auroc_capital >= rules.auroc_high:
-                g = "say a capital"
+                g = "say a capital (AUROC)"
             elif row.auroc_capital <= rules.auroc_low:
-                g = "say a state"
+                g = "say a state (AUROC)"
         elif row.position in city_pos:
-            g = city
+            g = at_token(" " + city)
         elif word in ("state", "capital"):
-            g = word
+            g = at_token(" " + word)
         groups.append(g)
     out["group"] = groups
     return out
@@ -552,21 +565,29 @@ def steering_sweep(model, prompts: list[str], df: pd.DataFrame, nodes_per_prompt
             res = neuronlib.steer(model, [prompts[i] for i in have], [nodes_per_prompt[i] for i in have],
                                   multiplier=float(mult), positions="circuit", metric=None, batch_size=batch_size)
             logits[have] = res.logits.float()
-        probs = logits.softmax(-1)
-        top = probs.argmax(-1)
-        frame = df[list(kinds)].reset_index(drop=True).copy()
-        frame.insert(0, "example", range(len(prompts)))
+        frame = answer_frame(df, logits.softmax(-1), kind_ids, tok)
         frame.insert(0, "multiplier", float(mult))
-        frame["n_steered"] = [len(n) for n in nodes_per_prompt]
-        for k in kinds:
-            frame[f"p_{k}"] = probs.gather(-1, kind_ids[k][:, None])[:, 0].numpy()
-        top_is = np.full(len(prompts), "other", dtype=object)
-        for k in reversed(kinds):  # the first kind wins ties of first tokens
-            top_is[(top == kind_ids[k]).numpy()] = k
-        frame["top_is"] = top_is
-        frame["top_token"] = [tok.decode([t]) for t in top.tolist()]
+        frame.insert(len(kinds) + 2, "n_steered", [len(n) for n in nodes_per_prompt])
         frames.append(frame)
     return pd.concat(frames, ignore_index=True)
+
+
+def answer_frame(rows: pd.DataFrame, probs: torch.Tensor, kind_ids: dict, tok) -> pd.DataFrame:
+    """One row per prompt: ``example``, the names of each kind (columns of ``rows``), first-token p(kind) for each
+    kind of ``kind_ids`` (kind -> [P] token ids), ``top_is`` (the kind whose first token is the top token, the
+    first kind winning ties; else "other") and ``top_token``."""
+    kinds = list(kind_ids)
+    top = probs.argmax(-1)
+    frame = rows[kinds].reset_index(drop=True).copy()
+    frame.insert(0, "example", range(len(frame)))
+    for k in kinds:
+        frame[f"p_{k}"] = probs.gather(-1, kind_ids[k][:, None])[:, 0].numpy()
+    top_is = np.full(len(frame), "other", dtype=object)
+    for k in reversed(kinds):  # the first kind wins ties of first tokens
+        top_is[(top == kind_ids[k]).numpy()] = k
+    frame["top_is"] = top_is
+    frame["top_token"] = [tok.decode([t]) for t in top.tolist()]
+    return frame
 
 
 def flip_fraction(sweep: pd.DataFrame, *, source: str = "capital", target: str = "state") -> pd.DataFrame:
@@ -603,20 +624,14 @@ def state_to_capital_plain_prompt(state: str) -> str:
 # swapping the state
 
 
-def state_groups(hop2: PromptCircuits, mixed: MixedSet, df: pd.DataFrame, rows, *,
-                 min_auroc: float = GroupRules.auroc_state) -> dict[str, list[Node]]:
-    """Per state (rows of ``df``): its group in its state->capital circuit, as :func:`group_circuit` defines it --
-    the circuit's nodes on the state's name, plus those whose which-state AUROC >= ``min_auroc`` (only the former
-    for a state with no prompt in the AUROC population)."""
+def state_token_nodes(hop2: PromptCircuits, df: pd.DataFrame, rows) -> dict[str, list[Node]]:
+    """Per state (rows of ``df``): the nodes of its state->capital circuit that sit on the state's name (the
+    ``at ' Texas'`` group of :func:`group_circuit`)."""
     out = {}
     for i in rows:
         state = df["state"].iloc[i]
-        auc = np.nan_to_num(mixed.auroc_state(state, missing="nan"), nan=0.0)
         c = hop2.circuit(i)
-        on_name = c["position"].isin(name_positions(hop2.tokens[i], state)).to_numpy()
-        keep = on_name | (auc[c["layer"].to_numpy(), c["unit"].to_numpy()] >= min_auroc)
-        keep &= c["position"].to_numpy() > 0
-        c = c[keep]
+        c = c[c["position"].isin(name_positions(hop2.tokens[i], state)).to_numpy() & (c["position"].to_numpy() > 0)]
         out[state] = [Node("mlp_acts", int(l), int(p), int(u)) for l, p, u in zip(c["layer"], c["position"], c["unit"])]
     return out
 
@@ -626,19 +641,21 @@ def union_of_groups(groups: dict[str, list[Node]]):
     return lambda a, b: list(dict.fromkeys(groups[a] + groups[b]))
 
 
-def top_at_position(scores: dict[str, torch.Tensor], position: int, n: int, *, layers=None):
-    """A swap variant: the ``n`` neurons at ``position`` with the largest |attribution| summed over the source's
-    and the target's prompts (``scores[state]``: [L, U] attribution at that position), optionally within ``layers``."""
-    def pick(a, b):
-        s = scores[a].abs() + scores[b].abs()
-        if layers is not None:
-            mask = torch.zeros_like(s, dtype=torch.bool)
-            mask[list(layers)] = True
-            s = torch.where(mask, s, torch.full_like(s, -1.0))
-        idx = s.flatten().topk(n).indices
-        U = s.shape[1]
-        return [Node("mlp_acts", int(i) // U, position, int(i) % U) for i in idx]
-    return pick
+def top_at_position(strength_LU, position: int, n: int):
+    """A swap variant: the same ``n`` neurons for every pair, those with the largest ``strength`` (e.g. mean
+    |attribution| at the state token over the *selection* states' prompts, so the pairs that evaluate them did not
+    choose them), at ``position``."""
+    s = torch.as_tensor(np.asarray(strength_LU, dtype=np.float64))
+    idx = s.flatten().topk(n).indices
+    U = s.shape[1]
+    nodes = [Node("mlp_acts", int(i) // U, position, int(i) % U) for i in idx]
+    return lambda a, b: nodes
+
+
+def random_at_position(shape, position: int, n: int, *, seed: int = 0):
+    """A swap control: ``n`` random neurons (:func:`random_neurons`) at ``position``, the same for every pair."""
+    nodes = at_positions(random_neurons(n, shape, seed=seed), [position])
+    return lambda a, b: nodes
 
 
 def every_neuron(model, position: int, layers):
@@ -833,15 +850,16 @@ def steering_controls(model, prompts: list[str], rows: pd.DataFrame, neuron_sets
     return pd.concat(frames, ignore_index=True)
 
 
-def steering_summary(sweeps: pd.DataFrame, kinds=KINDS) -> pd.DataFrame:
-    """Per (set, multiplier): mean p(kind) for each of ``kinds`` with bootstrap intervals over prompts, and the
-    fraction of prompts whose top answer changed / is the first kind (``top_is_answer``) / is each other kind
-    (``top_is_{kind}``, e.g. the country when say-a-language neurons are removed), with Wilson intervals."""
+def steering_summary(sweeps: pd.DataFrame, kinds=KINDS, *, by=("set", "multiplier")) -> pd.DataFrame:
+    """Per (set, multiplier) (or the columns ``by``): mean p(kind) for each of ``kinds`` with bootstrap intervals
+    over prompts, and the fraction of prompts whose top answer changed / is the first kind (``top_is_answer``) / is
+    each other kind (``top_is_{kind}``, e.g. the country when say-a-language neurons are removed), with Wilson
+    intervals."""
     from ..stats import wilson_interval
 
     rows = []
-    for (name, mult), g in sweeps.groupby(["set", "multiplier"], sort=False):
-        row = {"set": name, "multiplier": mult, "n": len(g), "n_neurons": int(g["n_neurons"].iloc[0])}
+    for key, g in sweeps.groupby(list(by), sort=False):
+        row = {**dict(zip(by, key)), "n": len(g), "n_neurons": int(g["n_neurons"].iloc[0])}
         for k in kinds:
             m, lo, hi = mean_interval(g[f"p_{k}"].to_numpy())
             row.update({f"p_{k}": m, f"p_{k}_lo": lo, f"p_{k}_hi": hi})
@@ -852,4 +870,117 @@ def steering_summary(sweeps: pd.DataFrame, kinds=KINDS) -> pd.DataFrame:
             lo, hi = wilson_interval(k, len(g))
             row.update({col: k / len(g), f"{col}_lo": lo, f"{col}_hi": hi})
         rows.append(row)
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# steering proper: set a group to the values it takes when the answer is of another kind
+
+
+def set_at_last(model, prompts: list[str], neurons, values, *, batch_size: int = 16) -> torch.Tensor:
+    """Next-token logits [P, V] (float32, CPU) with each of ``neurons`` ((layer, unit) on mlp_acts) set, at each
+    prompt's last position, to ``values`` ([n] for every prompt, or [P, n])."""
+    from ..inputs import prepare
+    from ..interventions import run_with_edits
+
+    neurons = [(int(l), int(u)) for l, u in neurons]
+    vals = torch.as_tensor(np.asarray(values, dtype=np.float32))
+    if vals.dim() == 1:
+        vals = vals[None].expand(len(prompts), -1)
+    if tuple(vals.shape) != (len(prompts), len(neurons)):
+        raise ValueError(f"values must be [{len(neurons)}] or [{len(prompts)}, {len(neurons)}], got {tuple(vals.shape)}")
+    by_layer: dict[int, tuple[list[int], list[int]]] = {}
+    for j, (l, u) in enumerate(neurons):
+        by_layer.setdefault(l, ([], []))[0].append(u)
+        by_layer[l][1].append(j)
+
+    def edit(site, layer, value, rows):
+        if site != "mlp_acts" or layer not in by_layer:
+            return None
+        units, cols = by_layer[layer]
+        out = value.clone()  # left padding: index -1 is every prompt's last token
+        out[:, -1, units] = vals[rows][:, cols].to(out.dtype).to(out.device)
+        return out
+
+    prepared = prepare(model, prompts)
+    return run_with_edits(model, prepared, edits=edit, sites=("mlp_acts",), batch_size=batch_size).logits.float()
+
+
+def set_group_test(model, prompts: list[str], rows: pd.DataFrame, neuron_sets: dict, donor_prompts: list[str], *,
+                   target: str, kinds=KINDS, batch_size: int = 16) -> pd.DataFrame:
+    """Steering toward a chosen answer: each set of ``neuron_sets`` (name -> [(layer, unit)], e.g. say-a-capital
+    neurons and their random and matched controls) is set, at each prompt's last position, to its mean activation
+    at the last position of ``donor_prompts`` (prompts whose answer is of the ``target`` kind, e.g. states). One
+    row per (set, prompt) with p(kind) for each of ``kinds`` (first tokens), ``top_is``, ``changed`` (top token
+    differs from the unsteered one) and ``success`` (the top token is the row's ``target`` name's first token)."""
+    tok = model.tokenizer
+    ids = answer_ids(rows, tok, kinds)
+    kind_ids = {k: torch.tensor(ids[f"{k}_id"].tolist()) for k in kinds}
+    base_top = last_logits(model, prompts, batch_size=batch_size).argmax(-1)
+    frames = []
+    for name, neurons in neuron_sets.items():
+        donor = last_activations(model, donor_prompts, neurons, batch_size=batch_size).mean(0)
+        probs = set_at_last(model, prompts, neurons, donor, batch_size=batch_size).softmax(-1)
+        top = probs.argmax(-1)
+        frame = answer_frame(rows, probs, kind_ids, tok)
+        frame.insert(0, "set", name)
+        frame.insert(len(kinds) + 2, "n_neurons", len(neurons))
+        frame["changed"] = (top != base_top).numpy()
+        frame["success"] = (top == kind_ids[target]).numpy()
+        frames.append(frame)
+    out = pd.concat(frames, ignore_index=True)
+    out.attrs["target"] = target
+    return out
+
+
+def control_sets(name: str, ranked, sizes, strength_LU, *, seed: int = 0) -> dict:
+    """{f"{name} {n}": the top ``n`` of ``ranked`` ((layer, unit) pairs, strongest first), f"random {n}": as many
+    random neurons outside them, f"matched {n}": for each, the neuron nearest in ``strength`` (e.g. mean
+    |attribution|)}, for each n of ``sizes`` (capped at ``len(ranked)``)."""
+    ranked = [(int(l), int(u)) for l, u in ranked]
+    out = {}
+    for n in dict.fromkeys(min(int(n), len(ranked)) for n in sizes):
+        if n < 1:
+            continue
+        top = ranked[:n]
+        out[f"{name} {n}"] = top
+        out[f"random {n}"] = random_neurons(n, np.shape(strength_LU), exclude=top, seed=seed)
+        out[f"matched {n}"] = matched_neurons(strength_LU, top, seed=seed)
+    return out
+
+
+def set_group_summary(tests: pd.DataFrame, kinds=KINDS) -> pd.DataFrame:
+    """Per set: :func:`steering_summary` (by set) plus ``success`` (top answer = the target) with its Wilson
+    interval, and the set's ``role`` (the group, random or matched) and ``size``."""
+    from ..stats import wilson_interval
+
+    out = steering_summary(tests, kinds, by=("set",))
+    rows = []
+    for name, g in tests.groupby("set", sort=False):
+        k = int(g["success"].sum())
+        lo, hi = wilson_interval(k, len(g))
+        rows.append({"success": k / len(g), "success_lo": lo, "success_hi": hi})
+    out = pd.concat([out, pd.DataFrame(rows)], axis=1)
+    out["size"] = [int(s.rsplit(" ", 1)[1]) for s in out["set"]]
+    out["role"] = [s.rsplit(" ", 1)[0] for s in out["set"]]
+    out["target"] = tests.attrs.get("target", "")
+    return out
+
+
+def beyond_controls(summary: pd.DataFrame, *, value: str = "success", group_of=None,
+                    controls=("random", "matched")) -> pd.DataFrame:
+    """Per size of a set summary with ``role`` / ``size`` columns: the group's rate and Wilson interval, the
+    controls' highest upper bound, and ``beyond_controls`` (the group's lower bound above every control's upper
+    bound; a verdict from intervals)."""
+    rows = []
+    for size, g in summary.groupby("size", sort=True):
+        g = g.set_index("role")
+        groups = [r for r in g.index if r not in controls] if group_of is None else [group_of]
+        ctrl = [c for c in controls if c in g.index]
+        for role in groups:
+            hi = max(g.loc[c, f"{value}_hi"] for c in ctrl) if ctrl else float("nan")
+            rows.append({"size": int(size), "group": role, value: g.loc[role, value],
+                         f"{value}_lo": g.loc[role, f"{value}_lo"], f"{value}_hi": g.loc[role, f"{value}_hi"],
+                         "controls_max": max(g.loc[c, value] for c in ctrl) if ctrl else float("nan"),
+                         "controls_hi": hi, "beyond_controls": bool(ctrl) and g.loc[role, f"{value}_lo"] > hi})
     return pd.DataFrame(rows)

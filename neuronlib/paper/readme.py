@@ -38,31 +38,77 @@ def case_study_rows(results: str | Path = "results") -> list[tuple[str, str, str
     acc = _read(results, "capitals_accuracy")
     if acc is not None:
         a = acc.set_index("task")
+        frame = (", one frame (\"The capital of Texas is located in the city of\" / \"The city of Dallas is located "
+                 "in the state of\"): capital " + _rate(a.loc["frame_capital"]) + ", state " + _rate(a.loc["frame_state"])
+                 if "frame_capital" in a.index else "")
         rows.append(("city → state → capital, two-hop prompt: capital top-1",
                      _rate(a.loc["two_hop"], n="n", k="correct") + "; single hops: city → state "
-                     + _rate(a.loc["city_to_state"]) + ", state → capital " + _rate(a.loc["state_to_capital"]), "03"))
-    steer = _read(results, "capitals_steering_controls_summary")
-    if steer is not None:
-        s = steer[(steer.multiplier == 0.0) & (steer.template == "state_to_capital")].set_index("set")
-        if "say a capital" in s.index:
-            ctrl = ", ".join(f"{name} {_rate(r, 'changed', 'changed_lo', 'changed_hi')}" for name, r in s.iterrows()
-                             if name != "say a capital")
-            rows.append(("zeroing the 5 say-a-capital neurons: top answer changes (state → capital prompts)",
-                         _rate(s.loc["say a capital"], "changed", "changed_lo", "changed_hi") + f"; controls: {ctrl}",
-                         "03"))
+                     + _rate(a.loc["city_to_state"]) + ", state → capital " + _rate(a.loc["state_to_capital"]) + frame,
+                     "03"))
+    null = _read(results, "capitals_group_null")
+    if null is not None and "contrast" in null.columns:
+        parts = [f"{r.group.split(' (')[0]}, {r.contrast} (null: {r.null}): {int(r.observed):,} neurons vs "
+                 f"{r.null_mean:,.0f} under the null, p = {r.p_value:.3f}" for r in null.itertuples()]
+        rows.append(("capitals: AUROC neuron groups beside permutation nulls (say a capital from the selection states)",
+                     "; ".join(parts), "03"))
+    for table, study, what, nb in (("capitals_knockout_controls", "say-a-capital", "state → capital prompts", "03"),
+                                   ("languages_knockout_controls", "say-a-language", "two-hop prompts", "05")):
+        ko = _read(results, table)
+        if ko is None:
+            continue
+        ko = ko[ko.multiplier == 0.0]
+        if "template" in ko.columns:
+            ko = ko[ko.template == "state_to_capital"]
+        group = ko[ko.set.str.startswith(study.replace("-", " "))]
+        if not len(group):
+            continue
+        g = group.iloc[0]
+        ctrl = ", ".join(f"{r['set']} {_rate(r, 'changed', 'changed_lo', 'changed_hi')}" for _, r in ko.iterrows()
+                         if r["set"] != g["set"])
+        rows.append((f"knock-out (×0) of the {int(g.n_neurons)} {study} neurons, evaluation {what}: top answer changes "
+                     "(necessity, not steering)", _rate(g, "changed", "changed_lo", "changed_hi") + f"; controls: {ctrl}",
+                     nb))
+    for table, study, target, what, nb in (
+            ("capitals_steer_to_state_verdict", "say-a-capital", "the state", "state-answer", "03"),
+            ("languages_steer_to_country_verdict", "say-a-language", "the country", "country-answer", "05")):
+        v = _read(results, table)
+        if v is None:
+            continue
+        if "template" in v.columns:
+            v = v[v.template == "state_to_capital"]
+        parts = [f"{int(r['size'])} neurons: {_rate(r, 'success', 'success_lo', 'success_hi')} vs controls ≤ "
+                 f"{_pct(r['controls_hi'])} ({'beyond' if bool(r['beyond_controls']) else 'not beyond'} controls)"
+                 for _, r in v.iterrows()]
+        rows.append((f"steering: {study} neurons set to their values on {what} prompts, top answer becomes {target} "
+                     "(evaluation prompts)", "; ".join(parts), nb))
     lang = _read(results, "languages_accuracy")
     if lang is not None:
         a = lang[lang.split == "all"].set_index("task") if "split" in lang.columns else lang.set_index("task")
+        chat = (", chat form " + _rate(a.loc["two_hop_chat"], n="n", k="correct")) if "two_hop_chat" in a.index else ""
         rows.append(("city → country → language, two-hop prompt: language top-1",
-                     _rate(a.loc["two_hop"], n="n", k="correct") + "; city → country " + _rate(a.loc["city_to_country"])
-                     + ", country → language " + _rate(a.loc["country_to_language"]), "05"))
+                     "plain form " + _rate(a.loc["two_hop"], n="n", k="correct") + chat + "; city → country "
+                     + _rate(a.loc["city_to_country"]) + ", country → language " + _rate(a.loc["country_to_language"]),
+                     "05"))
     verdict = _read(results, "languages_composition_verdict")
     if verdict is not None:
         parts = [f"{int(r['size'])} neurons: {_rate(r, 'language_success', 'language_lo', 'language_hi')}"
                  for _, r in verdict.iterrows()]
-        rows.append(("patching the country group (other-language city): language follows the patch",
+        rows.append(("patching the country group at the city's tokens (other-language city): language follows the patch",
                      "; ".join(parts) + " (random / matched controls are listed in results/languages_patch_summary.csv)",
                      "05"))
+    dose = _read(results, "languages_patch_dose")
+    if dose is not None:
+        from .languages import dose_reading
+
+        d = dose[(dose.kind == "other language") & (dose.answer == "language")]
+        for where, g in d.groupby("where", sort=False):
+            g = g.sort_values("size")
+            rows.append((f"patch dose curve at the {where}: the top-N nodes by |Δactivation| (other-language city), "
+                         "language follows the patch",
+                         "; ".join(f"N = {int(r['size']):,}: {_rate(r, 'success', 'success_lo', 'success_hi')}"
+                                   for _, r in g.iterrows())
+                         + f" (N random nodes: at most {_pct(g['random_success'].max())})", "05"))
+        rows.append(("what the patching supports", dose_reading(dose, verdict), "05"))
     add = _read(results, "addition_accuracy")
     if add is not None:
         a = add.set_index(["task", "subset"])
