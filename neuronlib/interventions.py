@@ -88,13 +88,15 @@ def run_with_edits(model, prepared: Prepared, *, edits, metric=None, sites, batc
         inputs = prepared.rows(which, rows)
         if before is not None:
             before(rows)
+        # without keep_logits only the metric leaves the trace (from a remote worker: B floats, not B x vocab)
+        in_trace = metric_fn is not None and not keep_logits
         with torch.no_grad():
-            lg = tracing.run(model, inputs, metric=lambda x: x, sites=sites,
-                             edit=lambda s, l, v, rows=rows: edits(s, l, v, rows))
+            lg = tracing.run(model, inputs, metric=(lambda x, rows=rows: metric_fn(x, rows)) if in_trace else
+                             (lambda x: x), sites=sites, edit=lambda s, l, v, rows=rows: edits(s, l, v, rows))
         if keep_logits:
             logits.append(lg.float().cpu())
         if metric_fn is not None:
-            values.append(metric_fn(lg, rows).float().cpu())
+            values.append((lg if in_trace else metric_fn(lg, rows)).float().cpu())
     return Intervened(torch.cat(logits) if keep_logits else None, torch.cat(values) if values else None,
                       None if metric_fn is None else metric_fn.name, model.tokenizer)
 
