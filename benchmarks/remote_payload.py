@@ -9,7 +9,7 @@ Every verb runs twice on ``examples`` SVA training pairs of one template: locall
 neuronlib, and its saves sent back as ``torch.save`` bytes. Per verb: requests, payload bytes (largest and total),
 result bytes (total), wall time local and through the loopback, and the largest |local - remote| difference of the
 scores (attribution) or logits, and whether the metrics are equal. nnsight's default compression (zstd) is on, as in
-a real remote call. Writes a markdown table.
+a real remote call. Writes a markdown table, and at the default sizes puts it into docs/scale.md.
 """
 from __future__ import annotations
 
@@ -57,6 +57,15 @@ def difference(local, remote) -> tuple[float, bool]:
     if hasattr(local, "scores"):
         return max(float((local[s] - remote[s]).abs().max()) for s in local.scores), same
     return float((local.logits - remote.logits).abs().max()), same
+
+
+def render(doc: Path, table: list[str]) -> None:
+    """Put the table between docs/scale.md's remote-payload markers (the page's numbers come from this run)."""
+    text = doc.read_text()
+    start, end = "<!-- remote-payload:start -->", "<!-- remote-payload:end -->"
+    head, rest = text.split(start)
+    doc.write_text(head + start + "\n" + "\n".join(table) + "\n" + end + rest.split(end)[1])
+    print(f"updated {doc}")
 
 
 def main() -> int:
@@ -110,6 +119,8 @@ def main() -> int:
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print(f"wrote {args.out}")
+    if args.model == "smollm2-135m" and args.examples == 16 and args.template == "simple":
+        render(Path("docs/scale.md"), lines[-2 - len(table):])
     return 0 if bool(table["metrics equal"].all()) and float(table["max abs diff"].max()) <= 1e-6 else 1
 
 
