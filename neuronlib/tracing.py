@@ -3,6 +3,10 @@
 One function, :func:`run`, walks a model's modules in forward order inside an nnsight trace and, at each site, hands
 the site's value to a caller-supplied ``edit`` (read it, add a gradient tap, replace it). The same walk applies the
 RelP replacement-model rules when asked. Everything is undone when the trace ends: nothing is registered on the model.
+
+The same trace can run on a remote worker through nnsight's remote (NDIF) backend (:func:`on_remote`, docs/scale.md):
+its body, :func:`_walk`, reads only its arguments, and what a caller needs back (values, gradients) is returned from
+the trace by ``then``. :class:`Loopback` plays the worker in a separate local process.
 """
 from __future__ import annotations
 
@@ -253,8 +257,8 @@ class Remote:
     """Where a verb's traces run instead of here: nnsight's remote backend, the model named by ``model_key``.
 
     ``model_key``: NDIF's key (``"nnsight.modeling.transformers.TransformersModel:{...}"``); ``host``/``api_key``
-    default to nnsight's config. ``transport``, if given, replaces the network: a callable that takes the request
-    payload nnsight built (bytes) and returns the result blob an NDIF worker would (see :class:`Loopback`).
+    default to nnsight's config. ``transport``, if given, replaces the network: ``transport(payload, compressed)``
+    takes the request payload nnsight built and returns the result blob an NDIF worker would (see :class:`Loopback`).
     """
 
     model_key: str
@@ -350,7 +354,8 @@ class Loopback:
         _write_frame(self.process.stdin, bytes([compress]) + payload)
         status, result = _read_frame(self.process.stdout), _read_frame(self.process.stdout)
         if status != b"ok":
-            raise RemoteError(f"loopback worker: {result.decode(errors='replace')}")
+            why = result.decode(errors="replace") if status else f"exited ({self.process.poll()})"
+            raise RemoteError(f"loopback worker: {why}")
         self.sizes.append((len(payload), len(result)))
         return result
 
