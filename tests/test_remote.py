@@ -15,6 +15,8 @@ from neuronlib import tracing
 from neuronlib.sites import Node
 
 SITES = ("embed", "attn_out", "mlp_acts", "mlp_out", "resid")
+pytestmark = pytest.mark.slow  # worker processes: each starts Python, torch and nnsight afresh
+
 TEST_PAIRS = [
     {"clean_prefix": "the boys near the car", "patch_prefix": "the boy near the car", "clean_answer": " are",
      "patch_answer": " is"},
