@@ -293,7 +293,7 @@ def on_remote(model, remote):
 def _shipped_by_value(module):
     """``module``'s functions and classes travel as source in a request (an NDIF worker has no neuronlib), for the
     duration of one serialization only."""
-    import cloudpickle
+    import cloudpickle  # nnsight's serializer; nnsight requires it (not pinned here on its own)
 
     registered = module.__name__ in cloudpickle.list_registry_pickle_by_value()
     if not registered:
@@ -432,7 +432,7 @@ def _serve(name: str, seed: int) -> None:
             torch.save(saved, buffer)
             result = buffer.getvalue()
             if compress:
-                import zstandard
+                import zstandard  # nnsight's compression; nnsight requires it
 
                 result = zstandard.ZstdCompressor(level=6).compress(result)
             _write_frame(out, b"ok")
