@@ -18,8 +18,8 @@ def read_sites(model, inputs, sites, metric=None):
         values[site].append(v.detach())
 
     with torch.no_grad():
-        m = tracing.run(model, inputs, metric=metric, edit=record, sites=sites)
-    return dict(values), (None if m is None else m.detach().float().cpu())
+        return tracing.run(model, inputs, metric=metric, edit=record, sites=sites,
+                           then=lambda m: (dict(values), None if m is None else m.detach().float().cpu()))
 
 
 def mean_values(model, prepared, sites, *, which: str = "clean", batch_size: int = 32):

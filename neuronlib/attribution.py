@@ -149,6 +149,7 @@ def attribute(
     batch_size: int = 16,
     k: int = 5,
     progress: bool | None = None,
+    remote=None,
 ) -> Attribution:
     """Attribute ``metric`` to every node of ``sites``.
 
@@ -162,7 +163,10 @@ def attribute(
     tensor several times over (an SAE site: 4,608 latents per layer).
     baseline: "counterfactual" (the patch prompts), "zero", or "mean" (per-position mean over ``data``).
     metric: "logit_diff", "logit", "topk_logits" (sum of the top ``k`` next-token logits) or a callable.
+    remote: run every trace through nnsight's remote (NDIF) backend: an NDIF model key, a hub id or a
+    :class:`neuronlib.tracing.Remote` (docs/scale.md); gradients are taken on the worker, scores here.
     """
+    model = tracing.on_remote(model, remote)
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
     if baseline not in BASELINES:
@@ -265,10 +269,11 @@ def _grads(out, deltas, keys):
 def _atp(model, inputs, rows, sites, metric_fn, base_vals, relp):
     keys = value_keys(sites)
     tap, values, deltas = _tap_all(keys)
-    m = tracing.run(model, inputs, metric=lambda lg: metric_fn(lg, rows), edit=tap, sites=sites, relp=relp)
-    grads = _grads(m, deltas, keys)
+    # the gradients are taken inside the trace, where the graph is (so the same call can run remotely)
+    m, values, grads = tracing.run(model, inputs, metric=lambda lg: metric_fn(lg, rows), edit=tap, sites=sites,
+                                   relp=relp, then=lambda m: (m.detach(), values, _grads(m, deltas, keys)))
     scores = {k: torch.stack([_diff(values, base_vals, k, l) * g for l, g in enumerate(grads[k])], 1) for k in keys}
-    return _merge_error_nodes(scores, sites), m.detach().float().cpu()
+    return _merge_error_nodes(scores, sites), m.float().cpu()
 
 
 def _alphas(n_steps, device, dtype):
@@ -322,9 +327,9 @@ def _ig_per_site(model, inputs, rows, sites, metric_fn, base_vals, n_steps, max_
                 return paths[key] + deltas[key] if l == lid and key in paths else None
 
             rep_rows = rows.repeat(g)
-            out = tracing.run(model, _repeat(inputs, g), metric=lambda lg, r=rep_rows: metric_fn(lg, r),
-                              edit=interpolate, sites=(site,))
-            grads = torch.autograd.grad(out.sum(), list(deltas.values()))
+            grads = tracing.run(model, _repeat(inputs, g), metric=lambda lg, r=rep_rows: metric_fn(lg, r),
+                                edit=interpolate, sites=(site,),
+                                then=lambda out, d=deltas: torch.autograd.grad(out.sum(), list(d.values())))
             for key, grad in zip(deltas, grads):
                 summed = grad.view(g, b, *grad.shape[1:]).sum(0)
                 grad_sums[key] = summed if key not in grad_sums else grad_sums[key] + summed
@@ -366,9 +371,9 @@ def _ig_inputs(model, inputs, rows, sites, metric_fn, base_vals, base_embed, n_s
             return tap_site(key, layer, value)
 
         rep_rows = rows.repeat(g)
-        out = tracing.run(model, _repeat(inputs, g), metric=lambda lg, r=rep_rows: metric_fn(lg, r), edit=tap,
-                          sites=read)
-        for k, per_layer in _grads(out, deltas, keys).items():
+        grads = tracing.run(model, _repeat(inputs, g), metric=lambda lg, r=rep_rows: metric_fn(lg, r), edit=tap,
+                            sites=read, then=lambda out, d=deltas: _grads(out, d, keys))
+        for k, per_layer in grads.items():
             summed = [gr.view(g, b, *gr.shape[1:]).sum(0) for gr in per_layer]
             grad_sums[k] = summed if k not in grad_sums else [a + c for a, c in zip(grad_sums[k], summed)]
     scores = {k: torch.stack([_diff(clean_vals, base_vals, k, layer) * (gs / n_steps)

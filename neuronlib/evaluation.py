@@ -14,6 +14,7 @@ from .attribution import Attribution
 from .inputs import prepare
 from .interventions import ablation_runner
 from .sites import check_sites
+from .tracing import on_remote
 
 DEFAULT_SIZES = (0, 1, 2, 5, 10, 20, 50, 100, 200, 300, 400, 500, 1000, 2000, 5000, 10000, 20000, 50000)
 
@@ -59,6 +60,7 @@ def evaluate_circuit(
     group_by: str | None = None,
     progress: bool | None = None,
     per_example: bool = False,
+    remote=None,
 ) -> pd.DataFrame:
     """Faithfulness and completeness of the top-k circuits (by |mean score| over ``scores``' examples).
 
@@ -71,8 +73,10 @@ def evaluate_circuit(
     m_M, m_empty, n_examples. ``per_example=True`` adds the columns ``m_C_ex``, ``m_Cbar_ex``, ``m_M_ex`` and
     ``m_empty_ex``: each cell a float array with the metric of every example of the row's group (test order), so
     intervals can resample examples (:func:`neuronlib.stats.bootstrap_ratio`); the ratios are
-    Σ(m(C) − m(∅)) / Σ(m(M) − m(∅)) over those examples.
+    Σ(m(C) − m(∅)) / Σ(m(M) − m(∅)) over those examples. ``remote``: run the sweep's forwards through nnsight's
+    remote (NDIF) backend (see :func:`neuronlib.tracing.on_remote`).
     """
+    model = on_remote(model, remote)
     if sizes is not None and thresholds is not None:
         raise ValueError("give sizes or thresholds, not both")
     if not isinstance(scores, Attribution):

@@ -88,13 +88,15 @@ def run_with_edits(model, prepared: Prepared, *, edits, metric=None, sites, batc
         inputs = prepared.rows(which, rows)
         if before is not None:
             before(rows)
+        # without keep_logits only the metric leaves the trace (from a remote worker: B floats, not B x vocab)
+        in_trace = metric_fn is not None and not keep_logits
         with torch.no_grad():
-            lg = tracing.run(model, inputs, metric=lambda x: x, sites=sites,
-                             edit=lambda s, l, v, rows=rows: edits(s, l, v, rows))
+            lg = tracing.run(model, inputs, metric=(lambda x, rows=rows: metric_fn(x, rows)) if in_trace else
+                             (lambda x: x), sites=sites, edit=lambda s, l, v, rows=rows: edits(s, l, v, rows))
         if keep_logits:
             logits.append(lg.float().cpu())
         if metric_fn is not None:
-            values.append(metric_fn(lg, rows).float().cpu())
+            values.append((lg if in_trace else metric_fn(lg, rows)).float().cpu())
     return Intervened(torch.cat(logits) if keep_logits else None, torch.cat(values) if values else None,
                       None if metric_fn is None else metric_fn.name, model.tokenizer)
 
@@ -193,13 +195,15 @@ def ablation_runner(model, prepared: Prepared, sites, mode: str, metric, batch_s
 
 
 def ablate(model, data, nodes, *, mode: str = "mean", complement: bool = False, sites=None, metric="auto",
-           batch_size: int = 32, means=None) -> Intervened:
+           batch_size: int = 32, means=None, remote=None) -> Intervened:
     """Ablate ``nodes`` (or, with ``complement=True``, every node of ``sites`` except them).
 
     mode "mean": the per-position mean over the data's counterfactual prompts (docs/method.md §4); "zero": 0.
     ``sites`` defaults to the sites of ``nodes``; with ``complement`` it names the basis whose other nodes go.
     ``nodes`` is one node list for every example, or one list per example.
+    ``remote``: run the traces through nnsight's remote (NDIF) backend (see :func:`neuronlib.tracing.on_remote`).
     """
+    model = tracing.on_remote(model, remote)
     if mode not in MODES:
         raise ValueError(f"unknown ablation mode {mode!r}; use one of {MODES}")
     prepared = data if isinstance(data, Prepared) else prepare(model, data)
@@ -222,13 +226,15 @@ def ablate(model, data, nodes, *, mode: str = "mean", complement: bool = False, 
                           batch_size=batch_size)
 
 
-def patch(model, clean, counterfactual=None, nodes=(), *, metric="auto", batch_size: int = 32) -> Intervened:
+def patch(model, clean, counterfactual=None, nodes=(), *, metric="auto", batch_size: int = 32,
+          remote=None) -> Intervened:
     """Run the clean prompts with ``nodes`` set to their values on the counterfactual prompts (example by example).
 
     ``clean`` may be records in the community format (then ``counterfactual`` is taken from ``patch_prefix``) or a
     list of prompts with ``counterfactual`` a list of prompts of the same token lengths. ``nodes`` is one node list
-    for every example, or one list per example.
+    for every example, or one list per example. ``remote``: as in :func:`ablate`.
     """
+    model = tracing.on_remote(model, remote)
     if counterfactual is not None:
         from .inputs import as_examples
 
@@ -256,15 +262,16 @@ def patch(model, clean, counterfactual=None, nodes=(), *, metric="auto", batch_s
 
 
 def steer(model, prompts, neurons, *, multiplier: float, positions="all", metric="auto",
-          batch_size: int = 32) -> Intervened:
+          batch_size: int = 32, remote=None) -> Intervened:
     """Multiply neurons' activations by ``multiplier``.
 
     neurons: (layer, unit) pairs on ``mlp_acts`` or Nodes (any site); or one list of Nodes per prompt.
     positions: "all" (every position), "circuit" (only the Nodes' own positions) or a list of positions.
-    ``multiplier=1`` is a no-op and ``multiplier=0`` zero-ablates them.
+    ``multiplier=1`` is a no-op and ``multiplier=0`` zero-ablates them. ``remote``: as in :func:`ablate`.
     """
     import math
 
+    model = tracing.on_remote(model, remote)
     try:
         multiplier = float(multiplier)
     except (TypeError, ValueError):

@@ -37,6 +37,7 @@ class Model:
     nn: object = field(repr=False)  # nnsight.NNsight over ``hf``, for users' own traces
     source: str = ""
     saes: dict = field(default_factory=dict, repr=False)  # "sae_mlp_out" -> one SAE per layer
+    remote: object = field(default=None, repr=False)  # a tracing.Remote: traces run there (``tracing.on_remote``)
 
     def attach_saes(self, site: str, saes) -> None:
         """Make ``site`` ("sae_mlp_out", "sae_resid" or "sae_attn_out") available: one SAE per layer, in order."""
