@@ -140,7 +140,9 @@ def code_stamps(modules=None) -> dict[str, str]:
     """:func:`stamp_sources` of ``modules`` (default: :func:`loaded_code`), with the presentation modules' sources
     read too, so the names taken from them count."""
     modules = loaded_code() if modules is None else list(modules)
-    package = Path(__file__).resolve().parents[1]  # read the files: importing them would change loaded_code()
+    import neuronlib
+
+    package = Path(neuronlib.__path__[0])  # read the files: importing them would change loaded_code()
     names = [".".join(("neuronlib", *f.relative_to(package).with_suffix("").parts)).removesuffix(".__init__")
              for f in package.rglob("*.py")]
     presentation = [name for name in names if _presentation(name)]
