@@ -342,7 +342,8 @@ class Loopback:
         import subprocess
         import sys
 
-        code = f"from neuronlib.tracing import _serve; _serve({name!r}, {int(seed)})"
+        # the caller's thread count: float sums split over other threads differ in the last bits
+        code = f"from neuronlib.tracing import _serve; _serve({name!r}, {int(seed)}, {torch.get_num_threads()})"
         self.process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
         self.sizes: list[tuple[int, int]] = []
         ready = _read_frame(self.process.stdout)
@@ -393,8 +394,9 @@ class _NoNeuronlib:
         return None
 
 
-def _serve(name: str, seed: int) -> None:
+def _serve(name: str, seed: int, threads: int) -> None:
     """The loopback worker's loop (see :class:`Loopback`): frames in on stdin, frames out on stdout."""
+    torch.set_num_threads(threads)
     import io
     import os
     import sys

@@ -206,12 +206,17 @@ def test_patch_pairs_rules(tiny_llama):
 # patching and steering bookkeeping
 
 
+def _one_pair() -> pd.DataFrame:
+    """One source/target pair spelled in words the tiny tokenizer knows."""
+    return pd.DataFrame([{"source": "dallas", "target": "austin", "source_country": "texas",
+                          "target_country": "state", "source_language": "capital", "target_language": "city",
+                          "kind": "other language"}])
+
+
 def test_patch_sweep_reports_what_neuronlib_patch_gives(tiny_llama):
     model = tiny_llama
     tok = model.tokenizer
-    pairs = pd.DataFrame([{"source": "dallas", "target": "austin", "source_country": "texas",
-                           "target_country": "state", "source_language": "capital", "target_language": "city",
-                           "kind": "other language"}])
+    pairs = _one_pair()
     neurons = [(0, 3), (1, 7)]
     variants = {"country group 2": LG.neuron_variant(lambda r: neurons),
                 "every layer-0 neuron (dense)": LG.dense_variant(model, "mlp_acts", layers=[0]),
@@ -319,9 +324,7 @@ def test_rank_by_delta_and_random_nodes_on_a_hand_made_grid():
 def test_delta_patch_sweep_patches_the_largest_differences(tiny_llama):
     model = tiny_llama
     tok = model.tokenizer
-    pairs = pd.DataFrame([{"source": "dallas", "target": "austin", "source_country": "texas",
-                           "target_country": "state", "source_language": "capital", "target_language": "city",
-                           "kind": "other language"}])
+    pairs = _one_pair()
     got = LG.delta_patch_sweep(model, pairs, [3, 40], progress=False)
     assert len(got) == 2 * 2 * 2 * 2  # tasks x where x selection x sizes
     from neuronlib.activations import read_sites
