@@ -10,8 +10,8 @@ from __future__ import annotations
 import pandas as pd
 import torch
 
-from .attribution import Attribution
-from .inputs import prepare
+from .attribution import Attribution, check_same_model
+from .inputs import as_int, prepare
 from .interventions import ablation_runner
 from .sites import check_sites
 
@@ -75,11 +75,7 @@ def evaluate_circuit(
     """
     if sizes is not None and thresholds is not None:
         raise ValueError("give sizes or thresholds, not both")
-    if not isinstance(scores, Attribution):
-        raise ValueError(f"scores must be an Attribution (from neuronlib.attribute), got {type(scores).__name__}")
-    if scores.model_name and getattr(model, "name", None) and scores.model_name != model.name:
-        raise ValueError(f"the scores were computed on model {scores.model_name!r} but the circuit is evaluated on "
-                         f"{model.name!r}; attribute on the same model")
+    check_same_model(model, scores, "the circuit is evaluated")
     sites = check_sites(sites) if sites is not None else scores.sites
     missing = [s for s in sites if s not in scores.scores]
     if missing:
@@ -94,11 +90,13 @@ def evaluate_circuit(
     one = scores if scores.n_examples == 1 else scores.mean()
     abs_sorted = torch.cat([one.scores[s][0].flatten() for s in sites]).abs().sort(descending=True).values
     if thresholds is not None:
+        if not len(thresholds):
+            raise ValueError("thresholds is empty: give at least one threshold (or sizes)")
         sweep = [(int((abs_sorted >= t).sum()), float(t)) for t in thresholds]
     else:
-        sizes = DEFAULT_SIZES if sizes is None else sizes
-        if any(not isinstance(k, int) or k < 0 for k in sizes):
-            raise ValueError(f"sizes must be non-negative ints, got {list(sizes)}")
+        sizes = DEFAULT_SIZES if sizes is None else [as_int(k, "each of sizes", minimum=0) for k in sizes]
+        if not sizes:
+            raise ValueError("sizes is empty: give at least one circuit size (or thresholds)")
         sweep = [(min(k, total), float(abs_sorted[k - 1]) if 0 < k <= total else float("nan")) for k in sizes]
     run = ablation_runner(model, prepared, sites, mode, metric, batch_size,
                           progress=(len(sweep) > 1) if progress is None else progress)

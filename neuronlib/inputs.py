@@ -94,6 +94,22 @@ def as_examples(data) -> Examples:
     return examples
 
 
+def as_int(value, what: str, *, minimum: int | None = None) -> int:
+    """``value`` as an int: a Python or numpy integer (not a bool, a float or a string); ValueError naming ``what``
+    and, with ``minimum``, the bound otherwise."""
+    import operator
+
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{what} must be an int, got {value!r} ({type(value).__name__})") from None
+    if minimum is not None and number < minimum:
+        raise ValueError(f"{what} must be {'positive' if minimum == 1 else f'>= {minimum}'}, got {number}")
+    return number
+
+
 # A warning above this estimate (GiB); $NEURONLIB_MEMORY_WARN_GB overrides it.
 MEMORY_WARN_GB = 4.0
 
@@ -193,6 +209,12 @@ def prepare(model, data, *, need_patch: bool = False) -> Prepared:
     prompts = examples.clean + (examples.patch or [])
     if any(not isinstance(p, str) or not p for p in prompts):
         raise ValueError("every prompt must be a non-empty string")
+    for i, p in enumerate(prompts):
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as err:  # lone surrogates: bytes that were not UTF-8 (e.g. a shell argument)
+            raise ValueError(f"prompt {i} is not valid text: {p[max(0, err.start - 10):err.start]!r} is followed by "
+                             "bytes that are not UTF-8; re-encode the prompt as UTF-8") from None
     check_answers(examples)
     enc = model.tokenize(prompts)
     n = len(examples)

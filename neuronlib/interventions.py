@@ -15,6 +15,7 @@ from . import tracing
 from .activations import mean_values, read_sites
 from .inputs import Prepared, prepare
 from .metrics import make_metric
+from .neurons import Neuron
 from .sites import SAE_SITES, Node, check_sites, empty_mask, node_masks, split_key
 
 MODES = ("mean", "zero")
@@ -124,6 +125,8 @@ def _masked_edit(prepared, masks, replacement, mask_of_row=None):
 
 def _per_example(nodes, n_examples: int):
     """(groups, mask of each row): one node list shared by every example, or one list per example."""
+    if nodes is None or isinstance(nodes, (str, Node)):
+        raise ValueError(f"nodes must be a list of Nodes (or one list per example), got {nodes!r}")
     nodes = list(nodes)
     per_example = (len(nodes) == n_examples and n_examples > 0
                    and all(isinstance(g, list) and all(isinstance(x, (list, tuple)) for x in g) for g in nodes))
@@ -209,11 +212,14 @@ def ablate(model, data, nodes, *, mode: str = "mean", complement: bool = False, 
     C = len(groups)
     for site in sites:
         masks.setdefault(site, empty_mask(model, site, prepared.T).expand(C, -1, -1, -1))
+    outside = sorted(set(masks) - set(sites))
+    if outside and complement:
+        raise ValueError(f"complement=True keeps only the nodes of sites {list(sites)}, but some nodes are on "
+                         f"{outside}; add those sites to sites= or drop the nodes")
+    if outside:
+        raise ValueError(f"sites={list(sites)} but some nodes are on {outside}, which would be ablated too; add "
+                         "those sites to sites= or drop the nodes")
     if complement:
-        outside = sorted(set(masks) - set(sites))
-        if outside:
-            raise ValueError(f"complement=True keeps only the nodes of sites {list(sites)}, but some nodes are on "
-                             f"{outside}; add those sites to sites= or drop the nodes")
         masks = {s: ~m for s, m in masks.items() if s in sites}
     if means is None and mode == "mean":
         means = ablation_values(model, prepared, tuple(masks), mode, batch_size)
@@ -259,7 +265,9 @@ def steer(model, prompts, neurons, *, multiplier: float, positions="all", metric
           batch_size: int = 32) -> Intervened:
     """Multiply neurons' activations by ``multiplier``.
 
-    neurons: (layer, unit) pairs on ``mlp_acts`` or Nodes (any site); or one list of Nodes per prompt.
+    neurons: :class:`~neuronlib.Neuron` objects, ``"L0/N813"`` strings or (layer, unit) pairs on ``mlp_acts``
+    (a signed neuron, ``L0/N813-``, is refused: scaling acts on both sides), or Nodes (any site); or one list of
+    Nodes per prompt.
     positions: "all" (every position), "circuit" (only the Nodes' own positions) or a list of positions.
     ``multiplier=1`` is a no-op and ``multiplier=0`` zero-ablates them.
     """
@@ -281,6 +289,12 @@ def steer(model, prompts, neurons, *, multiplier: float, positions="all", metric
 
     def expand(n):
         at = range(T) if positions in ("all", "circuit") else positions
+        if isinstance(n, (str, Neuron)):
+            neuron = Neuron.coerce(n)
+            if neuron.sign:
+                raise ValueError(f"steer scales neuron {neuron}'s whole activation, so its sign has no meaning here "
+                                 f"(it is not ignored either); drop it: {neuron._replace(sign='')}")
+            n = (neuron.layer, neuron.unit)
         if len(n) == 2:
             if positions == "circuit":
                 raise ValueError("positions='circuit' needs Nodes (site, layer, position, unit), not (layer, unit)")

@@ -31,12 +31,12 @@ _held: set[str] = set()  # entries this process is working on (POSIX locks over 
 
 
 @contextmanager
-def temporary(directory: Path, prefix: str, *, folder: bool = False) -> Iterator[Path]:
-    """A new file (or, with ``folder=True``, folder) ``directory/prefix...``, locked while the block runs and
+def temporary(directory: Path, prefix: str, *, folder: bool = False, suffix: str = "") -> Iterator[Path]:
+    """A new file (or, with ``folder=True``, folder) ``directory/prefix...suffix``, locked while the block runs and
     removed after it unless the block moved it away (``os.replace`` into its final place)."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    fd, lock_name = tempfile.mkstemp(prefix=prefix, suffix=LOCK_SUFFIX, dir=directory)
+    fd, lock_name = tempfile.mkstemp(prefix=prefix, suffix=suffix + LOCK_SUFFIX, dir=directory)
     lock = Path(lock_name)
     entry = lock.with_name(lock.name[: -len(LOCK_SUFFIX)])
     try:

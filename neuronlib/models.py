@@ -14,7 +14,16 @@ from pathlib import Path
 import torch
 
 from .architectures import Architecture, architecture_for
-from .registry import DEFAULT_MODEL, PACKAGED, TINY, PackagedModel, _missing, _package_version, known_models  # noqa: F401
+from .registry import (  # noqa: F401
+    DEFAULT_MODEL,
+    PACKAGED,
+    TINY,
+    PackagedModel,
+    _missing,
+    _package_version,
+    check_model_name,
+    known_models,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -37,6 +46,23 @@ class Model:
     nn: object = field(repr=False)  # nnsight.NNsight over ``hf``, for users' own traces
     source: str = ""
     saes: dict = field(default_factory=dict, repr=False)  # "sae_mlp_out" -> one SAE per layer
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
+
+    def fingerprint(self) -> str:
+        """A short hash of the weights (every parameter's name, shape and an evenly spaced sample of its values):
+        tells apart two models of one name (another seed, another checkpoint, a fine-tune). Computed once."""
+        if self._fingerprint is None:
+            import hashlib
+
+            h = hashlib.sha256()
+            with torch.no_grad():
+                for name, p in self.hf.named_parameters():
+                    flat = p.detach().reshape(-1)
+                    sample = flat[:: max(1, flat.numel() // 4096)].float().cpu().contiguous()
+                    h.update(f"{name}{tuple(p.shape)}".encode())
+                    h.update(sample.numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
 
     def attach_saes(self, site: str, saes) -> None:
         """Make ``site`` ("sae_mlp_out", "sae_resid" or "sae_attn_out") available: one SAE per layer, in order."""
@@ -107,8 +133,7 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | None = None, dtype: t
     """
     if device is None:
         device = os.environ.get("NEURONLIB_DEVICE", "cpu")
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    check_model_name(name)
     check_device(device)
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
@@ -117,11 +142,8 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | None = None, dtype: t
         source = f"built in code (seed {seed})"
     elif name in PACKAGED:
         hf, tokenizer, source = _load_packaged(PACKAGED[name])
-    elif Path(name).is_dir() or "/" in name:
-        hf, tokenizer, source = _load_hf(name)
-    else:
-        raise ValueError(f"unknown model {name!r}: use one of {known_models()}, a local Hugging Face directory or a "
-                         "hub id")
+    else:  # a local directory or a hub id (check_model_name let nothing else through)
+        hf, tokenizer, source = _load_hf(str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name)
     return _finish(name, hf, tokenizer, source, device=device, dtype=dtype)
 
 
