@@ -45,8 +45,7 @@ def main() -> None:
             break
     prompt = " ".join(words[: args.words])
     T = len(model.tokenizer(prompt)["input_ids"])
-    estimate = estimate_memory(model, 1, T, backward=True) if "backward" in estimate_memory.__code__.co_varnames \
-        else estimate_memory(model, 1, T)
+    estimate = estimate_memory(model, 1, T, backward=True)
     import gc
 
     gc.collect()

@@ -186,7 +186,7 @@ def attribute(
     batch_size = as_int(batch_size, "batch_size", minimum=1)
     ig_max_rows = None if ig_max_rows is None else as_int(ig_max_rows, "ig_max_rows", minimum=1)
     sites = check_sites(sites)
-    prepared = prepare(model, data, need_patch=baseline == "counterfactual")
+    prepared = prepare(model, data, need_patch=baseline == "counterfactual", batch_size=batch_size, backward=True)
     metric_fn = make_metric(metric, prepared, k=k)
     B, T = len(prepared), prepared.T
     if baseline == "mean" and B < 2:

@@ -355,7 +355,7 @@ def attribute_edges(
     if weight not in WEIGHTS:
         raise ValueError(f"weight must be one of {WEIGHTS}, got {weight!r}")
     batch_size = as_int(batch_size, "batch_size", minimum=1)
-    prepared = data if isinstance(data, Prepared) else prepare(model, data)
+    prepared = data if isinstance(data, Prepared) else prepare(model, data, batch_size=batch_size, backward=True)
     if len(set(prepared.lengths.tolist())) > 1:
         raise ValueError("examples have different token lengths "
                          f"{sorted(set(prepared.lengths.tolist()))}; edges need one length so node positions align "

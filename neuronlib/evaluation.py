@@ -80,7 +80,7 @@ def evaluate_circuit(
     missing = [s for s in sites if s not in scores.scores]
     if missing:
         raise ValueError(f"scores have no site(s) {missing}")
-    prepared = prepare(model, test_data)
+    prepared = prepare(model, test_data, batch_size=batch_size)
     T = scores.scores[sites[0]].shape[2]
     if prepared.T != T or len(set(prepared.lengths.tolist())) > 1:
         raise ValueError(f"test prompts must all have the attribution prompts' token length ({T}); got lengths "

@@ -205,7 +205,7 @@ def ablate(model, data, nodes, *, mode: str = "mean", complement: bool = False, 
     """
     if mode not in MODES:
         raise ValueError(f"unknown ablation mode {mode!r}; use one of {MODES}")
-    prepared = data if isinstance(data, Prepared) else prepare(model, data)
+    prepared = data if isinstance(data, Prepared) else prepare(model, data, batch_size=batch_size)
     groups, mask_of_row = _per_example(nodes, len(prepared))
     masks = _group_masks(model, groups, prepared.T)
     sites = check_sites(sites) if sites is not None else tuple(masks) or ("mlp_acts",)
@@ -244,7 +244,7 @@ def patch(model, clean, counterfactual=None, nodes=(), *, metric="auto", batch_s
             raise ValueError(f"{len(ex)} clean prompts but {len(cf)} counterfactual prompts")
         ex.patch = cf
         clean = ex
-    prepared = prepare(model, clean, need_patch=True)
+    prepared = prepare(model, clean, need_patch=True, batch_size=batch_size)
     groups, mask_of_row = _per_example(nodes, len(prepared))
     masks = _group_masks(model, groups, prepared.T)
     sites = tuple(masks)
@@ -279,7 +279,7 @@ def steer(model, prompts, neurons, *, multiplier: float, positions="all", metric
         raise ValueError(f"multiplier must be a number, got {multiplier!r}") from None
     if not math.isfinite(multiplier):
         raise ValueError(f"multiplier must be finite, got {multiplier}")
-    prepared = prompts if isinstance(prompts, Prepared) else prepare(model, prompts)
+    prepared = prompts if isinstance(prompts, Prepared) else prepare(model, prompts, batch_size=batch_size)
     T = prepared.T
     if positions not in ("all", "circuit"):
         positions = list(positions)

@@ -58,3 +58,56 @@ def test_exports_are_byte_identical_when_scores_move_in_the_last_digits(jitter):
     a, b = attribution_graph(_graph(0.0)), attribution_graph(_graph(jitter))
     assert json.dumps(a) == json.dumps(b)
     assert a["links"][0]["weight"] == 0.3333 and a["nodes"][0]["activation"] == 1.988
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The long-prompt memory warning: calibrated on a measurement, with advice that fits the call.
+
+def _smollm_config():
+    from types import SimpleNamespace
+
+    cfg = SimpleNamespace(num_attention_heads=9, vocab_size=49152, _attn_implementation="sdpa")
+    return SimpleNamespace(config=cfg, n_layers=30, d_model=576, d_mlp=1536, dtype=torch.float32)
+
+
+@pytest.mark.parametrize("tokens, measured_gib", [
+    (2833, 6.45),         # benchmarks/results/memory_long_prompt.md: pass peak above the loaded model's RSS
+    (3300, 8.5 - 0.95),   # the reported 3,300-token prompt: 8.5 GiB in all, less the model's resting 0.95 GiB
+])
+def test_memory_estimate_is_calibrated_on_the_measurements(tokens, measured_gib):
+    from neuronlib.inputs import estimate_memory
+
+    gib = estimate_memory(_smollm_config(), 1, tokens) / 2**30
+    assert gib == pytest.approx(measured_gib, rel=0.1)
+
+
+def _warnings(caplog):
+    return [r.getMessage() for r in caplog.records if "GiB" in r.getMessage()]
+
+
+def test_memory_advice_fits_the_interface(tiny_llama, caplog, monkeypatch, capsys):
+    import logging
+
+    import neuronlib
+    from neuronlib import cli
+    from neuronlib.inputs import estimate_memory
+
+    prompt = "the keys to the cabinet are on the table near the door"
+    one = estimate_memory(tiny_llama, 1, len(prompt.split())) / 2**30
+    monkeypatch.setenv("NEURONLIB_MEMORY_WARN_GB", str(one * 4.5))  # one pass of 4 prompts fits, 16 do not
+    with caplog.at_level(logging.WARNING, logger="neuronlib"):
+        neuronlib.attribute(tiny_llama, [{"prompt": prompt, "answer": " the"}] * 20, metric="logit",
+                            baseline="zero", method="atp")  # batch_size 16
+    said = _warnings(caplog)
+    assert len(said) == 1 and "16 prompt(s)" in said[0] and "pass batch_size=4" in said[0], said
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="neuronlib"):
+        neuronlib.attribute(tiny_llama, [{"prompt": prompt, "answer": " the"}] * 20, metric="logit",
+                            baseline="zero", method="atp", batch_size=4)
+    assert _warnings(caplog) == []  # the advised batch size is quiet
+    monkeypatch.setenv("NEURONLIB_MEMORY_WARN_GB", str(one / 2))  # one prompt alone is too long
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="neuronlib"):
+        assert cli.main(["trace", prompt, "--answer", " the", "--model", "tiny-llama", "--no-describe"]) == 0
+    said = _warnings(caplog) + [line for line in capsys.readouterr().err.splitlines() if "GiB" in line]
+    assert said and all("shorten the prompt" in s and "batch_size" not in s for s in said), said

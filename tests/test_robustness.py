@@ -340,7 +340,7 @@ def test_prompt_longer_than_context(tiny_llama):
 
 
 def test_long_prompt_warns_about_memory(tiny_llama, caplog, monkeypatch):
-    monkeypatch.setenv("NEURONLIB_MEMORY_WARN_GB", "0.00001")
+    monkeypatch.setenv("NEURONLIB_MEMORY_WARN_GB", "0.0000001")  # a forward of 5 tokens of the tiny model: ~6 kB
     with caplog.at_level(logging.WARNING, logger="neuronlib"):
         steer(tiny_llama, ["the keys to the cabinet"], [(0, 1)], multiplier=0.0)
     assert any("GiB" in r.getMessage() for r in caplog.records)
