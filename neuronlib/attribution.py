@@ -6,6 +6,7 @@ Sign convention: a node's score is ``(v(x) - v_baseline) * dm/dv``, its estimate
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 import torch
@@ -16,6 +17,9 @@ from .activations import mean_values, read_sites
 from .inputs import as_int, prepare
 from .metrics import make_metric
 from .sites import ERROR, SAE_SITES, Node, check_sites, site_layers, value_keys
+
+if TYPE_CHECKING:
+    from .models import Model
 
 METHODS = ("atp", "relp", "relp-no-gate", "relp-no-half", "ig", "ig-inputs")
 BASELINES = ("counterfactual", "zero", "mean")
@@ -151,13 +155,17 @@ def check_same_model(model, scores: "Attribution", what: str) -> None:
                          f"{what} on this one; attribute on the same model")
 
 
+Method = Literal["atp", "relp", "relp-no-gate", "relp-no-half", "ig", "ig-inputs"]
+Baseline = Literal["counterfactual", "zero", "mean"]
+
+
 def attribute(
-    model,
+    model: Model,
     data,
     *,
     metric="logit_diff",
-    method: str = "relp",
-    baseline: str = "counterfactual",
+    method: Method = "relp",
+    baseline: Baseline = "counterfactual",
     sites=("mlp_acts",),
     ig_steps: int = 10,
     ig_max_rows: int | None = None,

@@ -7,13 +7,18 @@ node of the basis ablated. Metrics are averaged over the test examples before th
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 import torch
 
 from .attribution import Attribution, check_same_model
 from .inputs import as_int, prepare
-from .interventions import ablation_runner
+from .interventions import AblationMode, ablation_runner
 from .sites import check_sites
+
+if TYPE_CHECKING:
+    from .models import Model
 
 DEFAULT_SIZES = (0, 1, 2, 5, 10, 20, 50, 100, 200, 300, 400, 500, 1000, 2000, 5000, 10000, 20000, 50000)
 
@@ -46,13 +51,13 @@ def _groups(data, group_by, n):
 
 
 def evaluate_circuit(
-    model,
+    model: Model,
     scores: Attribution,
     test_data,
     *,
     sizes=None,
     thresholds=None,
-    mode: str = "mean",
+    mode: AblationMode = "mean",
     sites=None,
     metric="logit_diff",
     batch_size: int = 32,

@@ -6,6 +6,7 @@ result holding the last-position logits, the metric per example and a pandas vie
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 import torch
@@ -18,7 +19,11 @@ from .metrics import make_metric
 from .neurons import Neuron
 from .sites import SAE_SITES, Node, check_sites, empty_mask, node_masks, split_key
 
-MODES = ("mean", "zero")
+if TYPE_CHECKING:
+    from .models import Model
+
+AblationMode = Literal["mean", "zero"]
+MODES: tuple[str, ...] = ("mean", "zero")
 
 
 @dataclass
@@ -135,9 +140,27 @@ def _per_example(nodes, n_examples: int):
     return [nodes], None
 
 
+def _unsigned(item) -> Neuron:
+    """A :class:`Neuron` (or ``"L0/N813"``) as an unsigned Neuron; a signed one is refused, never ignored: these
+    interventions act on the neuron's whole activation."""
+    neuron = Neuron.coerce(item)
+    if neuron.sign:
+        raise ValueError(f"neuron {neuron}: ablate, patch and steer act on the neuron's whole activation, so its sign "
+                         f"has no meaning here (it is not ignored either); drop it: {neuron._replace(sign='')}")
+    return neuron
+
+
+def _as_nodes(item, T: int) -> list:
+    """A Node as itself; a Neuron or ``"L0/N813"`` string as its mlp_acts node at every position."""
+    if isinstance(item, (str, Neuron)):
+        neuron = _unsigned(item)
+        return [Node("mlp_acts", neuron.layer, p, neuron.unit) for p in range(T)]
+    return [item]
+
+
 def _group_masks(model, groups, T: int) -> dict[str, torch.Tensor]:
-    """{site: [G, L, T, U]}: the nodes of each group, in real positions."""
-    per_group = [node_masks(model, g, T) for g in groups]
+    """{site: [G, L, T, U]}: the nodes of each group (Neurons: at every position), in real positions."""
+    per_group = [node_masks(model, [x for n in g for x in _as_nodes(n, T)], T) for g in groups]
     sites = tuple(dict.fromkeys(s for m in per_group for s in m))
     return {s: torch.stack([m.get(s, empty_mask(model, s, T)) for m in per_group]) for s in sites}
 
@@ -195,13 +218,14 @@ def ablation_runner(model, prepared: Prepared, sites, mode: str, metric, batch_s
     return run
 
 
-def ablate(model, data, nodes, *, mode: str = "mean", complement: bool = False, sites=None, metric="auto",
-           batch_size: int = 32, means=None) -> Intervened:
+def ablate(model: Model, data, nodes, *, mode: AblationMode = "mean", complement: bool = False, sites=None,
+           metric="auto", batch_size: int = 32, means=None) -> Intervened:
     """Ablate ``nodes`` (or, with ``complement=True``, every node of ``sites`` except them).
 
     mode "mean": the per-position mean over the data's counterfactual prompts (docs/method.md §4); "zero": 0.
     ``sites`` defaults to the sites of ``nodes``; with ``complement`` it names the basis whose other nodes go.
-    ``nodes`` is one node list for every example, or one list per example.
+    ``nodes`` is one node list for every example, or one list per example; a :class:`~neuronlib.Neuron` or an
+    ``"L0/N813"`` string in it stands for that neuron at every position.
     """
     if mode not in MODES:
         raise ValueError(f"unknown ablation mode {mode!r}; use one of {MODES}")
@@ -228,12 +252,13 @@ def ablate(model, data, nodes, *, mode: str = "mean", complement: bool = False, 
                           batch_size=batch_size)
 
 
-def patch(model, clean, counterfactual=None, nodes=(), *, metric="auto", batch_size: int = 32) -> Intervened:
+def patch(model: Model, clean, counterfactual=None, nodes=(), *, metric="auto", batch_size: int = 32) -> Intervened:
     """Run the clean prompts with ``nodes`` set to their values on the counterfactual prompts (example by example).
 
     ``clean`` may be records in the community format (then ``counterfactual`` is taken from ``patch_prefix``) or a
     list of prompts with ``counterfactual`` a list of prompts of the same token lengths. ``nodes`` is one node list
-    for every example, or one list per example.
+    for every example, or one list per example; a Neuron or ``"L0/N813"`` string stands for that neuron at every
+    position.
     """
     if counterfactual is not None:
         from .inputs import as_examples
@@ -261,8 +286,8 @@ def patch(model, clean, counterfactual=None, nodes=(), *, metric="auto", batch_s
                           batch_size=batch_size, before=read_counterfactual)
 
 
-def steer(model, prompts, neurons, *, multiplier: float, positions="all", metric="auto",
-          batch_size: int = 32) -> Intervened:
+def steer(model: Model, prompts, neurons, *, multiplier: float,
+          positions: Literal["all", "circuit"] | list[int] = "all", metric="auto", batch_size: int = 32) -> Intervened:
     """Multiply neurons' activations by ``multiplier``.
 
     neurons: :class:`~neuronlib.Neuron` objects, ``"L0/N813"`` strings or (layer, unit) pairs on ``mlp_acts``
@@ -290,11 +315,7 @@ def steer(model, prompts, neurons, *, multiplier: float, positions="all", metric
     def expand(n):
         at = range(T) if positions in ("all", "circuit") else positions
         if isinstance(n, (str, Neuron)):
-            neuron = Neuron.coerce(n)
-            if neuron.sign:
-                raise ValueError(f"steer scales neuron {neuron}'s whole activation, so its sign has no meaning here "
-                                 f"(it is not ignored either); drop it: {neuron._replace(sign='')}")
-            n = (neuron.layer, neuron.unit)
+            n = tuple(_unsigned(n)[:2])
         if len(n) == 2:
             if positions == "circuit":
                 raise ValueError("positions='circuit' needs Nodes (site, layer, position, unit), not (layer, unit)")

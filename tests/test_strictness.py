@@ -138,3 +138,39 @@ def test_doctor_into_a_closed_pipe():
                          text=True, timeout=300, env={**os.environ, "NEURONLIB_CACHE": "/nonexistent-cache"})
     assert out.stdout.startswith("python ") and len(out.stdout.splitlines()) == 1
     assert "Broken pipe" not in out.stderr and "BrokenPipeError" not in out.stderr, out.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The verbs speak the project's vocabulary.
+
+def test_verbs_take_neurons_and_their_names(tiny_llama):
+    from neuronlib import Neuron
+
+    T = len(PAIRS[0]["clean_prefix"].split())
+    at_every_position = [Node("mlp_acts", 1, p, 3) for p in range(T)]
+    want = neuronlib.ablate(tiny_llama, PAIRS, at_every_position, mode="zero").metric
+    for nodes in ([Neuron(1, 3)], ["L1/N3"], [Neuron(1, 3, "")]):
+        assert torch.equal(neuronlib.ablate(tiny_llama, PAIRS, nodes, mode="zero").metric, want)
+    assert torch.equal(neuronlib.patch(tiny_llama, PAIRS, nodes=["L1/N3"]).metric,
+                       neuronlib.patch(tiny_llama, PAIRS, nodes=at_every_position).metric)
+    prompts = ["the keys to the cabinet"]
+    pair = neuronlib.steer(tiny_llama, prompts, [(1, 3)], multiplier=2.0).logits
+    for neurons in ([Neuron(1, 3)], ["L1/N3"], [(np.int64(1), np.int64(3))]):
+        assert torch.equal(neuronlib.steer(tiny_llama, prompts, neurons, multiplier=2.0).logits, pair)
+    for verb in (lambda n: neuronlib.ablate(tiny_llama, PAIRS, n), lambda n: neuronlib.patch(tiny_llama, PAIRS, nodes=n),
+                 lambda n: neuronlib.steer(tiny_llama, prompts, n, multiplier=2.0)):
+        for signed in (["L1/N3-"], [Neuron(1, 3, "+")]):
+            with pytest.raises(ValueError, match="sign has no meaning here"):
+                verb(signed)
+
+
+def test_modes_are_literal_types():
+    import typing
+
+    from neuronlib import attribution, interventions
+
+    assert typing.get_args(attribution.Method) == attribution.METHODS
+    assert typing.get_args(attribution.Baseline) == attribution.BASELINES
+    assert typing.get_args(interventions.AblationMode) == interventions.MODES
+    for verb in (neuronlib.attribute, neuronlib.ablate, neuronlib.patch, neuronlib.steer, neuronlib.evaluate_circuit):
+        assert verb.__annotations__["model"] == "Model", verb.__name__
