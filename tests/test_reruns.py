@@ -107,6 +107,7 @@ def test_memory_advice_fits_the_interface(tiny_llama, caplog, monkeypatch, capsy
     assert _warnings(caplog) == []  # the advised batch size is quiet
     monkeypatch.setenv("NEURONLIB_MEMORY_WARN_GB", str(one / 2))  # one prompt alone is too long
     caplog.clear()
+    capsys.readouterr()  # what earlier calls printed (a handler the CLI installed in another test)
     with caplog.at_level(logging.WARNING, logger="neuronlib"):
         assert cli.main(["trace", prompt, "--answer", " the", "--model", "tiny-llama", "--no-describe"]) == 0
     said = _warnings(caplog) + [line for line in capsys.readouterr().err.splitlines() if "GiB" in line]
