@@ -163,15 +163,17 @@ def test_two_pid_namespaces_convert_into_one_empty_cache(tmp_path):
     procs = [subprocess.Popen([*pre, sys.executable, "-c", _CONVERTER, str(go), f".{i}"], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for i, pre in enumerate(([], wrap))]
-    deadline = time.time() + 240
-    while not all(go.with_name(f"go.{i}").exists() for i in range(2)) and time.time() < deadline:
-        assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
-        time.sleep(0.1)
-    # both are mid-write; a third process starting now (another machine's load) removes nothing of theirs
-    models_dir = cache_root / "models"
-    assert models.stale_files(models_dir) == []
-    assert locks.remove_stale(models_dir, "") == []
-    go.write_text("go")
+    try:
+        deadline = time.time() + 240
+        while not all(go.with_name(f"go.{i}").exists() for i in range(2)) and time.time() < deadline:
+            assert all(p.poll() is None for p in procs), [p.communicate() for p in procs]
+            time.sleep(0.1)
+        # both are mid-write; a third process starting now (another machine's load) removes nothing of theirs
+        models_dir = cache_root / "models"
+        assert models.stale_files(models_dir) == []
+        assert locks.remove_stale(models_dir, "") == []
+    finally:
+        go.write_text("go")  # let both finish (or, after a failure above, end)
     outs = [p.communicate(timeout=240) for p in procs]
     for p, (out, err) in zip(procs, outs):
         assert p.returncode == 0 and out.startswith("OK"), err[-3000:]
