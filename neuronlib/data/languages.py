@@ -1,4 +1,4 @@
-"""City -> country -> language two-hop task (issue 14), the capitals task's companion on a task the default model does.
+"""City -> country -> language two-hop task, the capitals task's companion on a task the default model does.
 
 ``data/languages.jsonl`` holds, per country, four to six well-known cities that are *not* its capital, with the
 country and its main language (typed by hand). Several countries share a language (German: Germany and Austria;
@@ -7,8 +7,9 @@ Spanish: Spain, Mexico, Argentina; Portuguese: Portugal and Brazil; Arabic: Egyp
 of one language is a control for a patch between two languages.
 
 The two-hop prompt comes in a plain form and a chat form (the capitals paper's template); each hop has its own
-prompt. Multi-token names ("Mar del Plata", "Saudi Arabia") are scored as :mod:`neuronlib.data.capitals` does:
-first-token probabilities, with the whole name checked by greedy decoding (:func:`first_token_ids`).
+prompt, and the direct city -> language prompt (no country step) is the shortcut control. Multi-token names
+("Mar del Plata", "Saudi Arabia") are scored as :mod:`neuronlib.data.capitals` does: first-token probabilities,
+with the whole name checked by greedy decoding (:func:`first_token_ids`).
 """
 from __future__ import annotations
 
@@ -28,6 +29,8 @@ COUNTRY_TO_LANGUAGE = "The main language spoken in {country} is"
 # The first hop in the two-hop prompt's frame (both end in " is located is"): the contrast for "say a language"
 # neurons, so that the last-position contrast is not a contrast of different final tokens.
 CITY_TO_COUNTRY_MATCHED = "The main country in which {city} is located is"
+# The shortcut control: the language asked of the city directly, with no country step in the prompt.
+DIRECT = "The main language spoken in {city} is"
 
 
 def load_languages(path: str | Path | None = None) -> pd.DataFrame:
@@ -49,6 +52,12 @@ def two_hop_chat_prompt(city: str, tokenizer) -> str:
     with "Answer:"."""
     messages = [{"role": "user", "content": TWO_HOP_QUESTION.format(city=city)}]
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + ANSWER_PREFILL
+
+
+def direct_prompt(city: str) -> str:
+    """City -> language with no country step (:data:`DIRECT`): if the model answers it as well as the two-hop
+    prompt, the task can be solved without composing the hops."""
+    return DIRECT.format(city=city)
 
 
 def city_to_country_prompt(city: str) -> str:

@@ -3,8 +3,10 @@
 The analysis behind ``notebooks/05_city_language.ipynb``; it reuses :mod:`neuronlib.paper.multihop` (prompt
 evaluation, RelP circuits, AUROC, steering) and adds what a referee would ask for:
 
-1. :func:`evaluate` -- accuracy of the two-hop prompt (plain and chat form) and of each hop alone, per split, with
-   Wilson intervals (:func:`accuracy_by_split`).
+1. :func:`evaluate` -- accuracy of the two-hop prompt (plain and chat form), of each hop alone and of the direct
+   city -> language prompt (the shortcut control), per split, with Wilson intervals (:func:`accuracy_by_split`);
+   :func:`shortcut_control` -- the two-hop and direct prompts compared city by city: where the direct prompt does
+   as well, the task admits a shortcut and its accuracy cannot show composition (:func:`shortcut_reading`).
 2. :func:`split_by_city` -- selection and evaluation halves, split by city within each country: neurons are
    chosen on selection prompts only, every rate is measured on evaluation prompts.
 3. :func:`group_counts` -- neuron groups from AUROC of attribution (which country, which language, say a
@@ -44,6 +46,7 @@ TASKS = {  # task -> (prompt builder over a row, the expected kind of answer)
     "city_to_country": (lambda row, tok: lang_data.city_to_country_prompt(row["city"]), "country"),
     "city_to_country_matched": (lambda row, tok: lang_data.city_to_country_matched_prompt(row["city"]), "country"),
     "country_to_language": (lambda row, tok: lang_data.country_to_language_prompt(row["country"]), "language"),
+    "direct": (lambda row, tok: lang_data.direct_prompt(row["city"]), "language"),  # the shortcut control
 }
 
 
@@ -81,6 +84,66 @@ def accuracy_by_split(evals: pd.DataFrame) -> pd.DataFrame:
         for name, g in evals.groupby("split", sort=False):
             frames.append(MH.accuracy_table(g).assign(split=name))
     return pd.concat(frames, ignore_index=True)
+
+
+def shortcut_control(evals: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """The two-hop prompt against the direct city -> language prompt over the same cities (``evals`` of both
+    tasks, rows in the same city order), for all cities and each split: both accuracies with Wilson intervals,
+    the paired counts (both right, two-hop only, direct only, neither), the share of the two-hop prompt's right
+    answers that the direct prompt also gets (Wilson), and the paired difference direct - two-hop with a
+    percentile bootstrap interval over cities. ``shortcut``: the direct prompt gets most of the cities the two-hop
+    prompt gets (the Wilson lower bound of that share above one half) -- the task can mostly be solved without
+    the country step, so the two-hop prompt's accuracy cannot show composition."""
+    from ..stats import bootstrap_indices, wilson_interval
+
+    two = evals[evals["task"] == "two_hop"].reset_index(drop=True)
+    direct = evals[evals["task"] == "direct"].reset_index(drop=True)
+    if len(two) != len(direct) or not (two["city"].to_numpy() == direct["city"].to_numpy()).all():
+        raise ValueError("the two-hop and direct evaluations must cover the same cities in the same order")
+    splits = [("all", np.ones(len(two), dtype=bool))]
+    if "split" in two:
+        splits += [(name, (two["split"] == name).to_numpy()) for name in dict.fromkeys(two["split"])]
+    rows = []
+    for name, m in splits:
+        a, b = two["correct"].to_numpy(bool)[m], direct["correct"].to_numpy(bool)[m]
+        n = len(a)
+        row = {"split": name, "n": n}
+        for label, x in (("two_hop", a), ("direct", b)):
+            lo, hi = wilson_interval(int(x.sum()), n)
+            row.update({f"{label}_correct": int(x.sum()), f"{label}_accuracy": x.mean(), f"{label}_lo": lo,
+                        f"{label}_hi": hi})
+        row.update({"both": int((a & b).sum()), "two_hop_only": int((a & ~b).sum()),
+                    "direct_only": int((~a & b).sum()), "neither": int((~a & ~b).sum())})
+        lo, hi = wilson_interval(row["both"], int(a.sum()))
+        row.update({"direct_given_two_hop": row["both"] / a.sum() if a.sum() else np.nan,
+                    "direct_given_two_hop_lo": lo, "direct_given_two_hop_hi": hi})
+        idx = bootstrap_indices(n, n_boot, seed=seed)
+        diffs = b[idx].mean(1) - a[idx].mean(1)
+        row.update({"difference": b.mean() - a.mean(), "difference_lo": float(np.quantile(diffs, 0.025)),
+                    "difference_hi": float(np.quantile(diffs, 0.975))})
+        row["shortcut"] = bool(row["direct_given_two_hop_lo"] > 0.5)
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def shortcut_reading(row) -> str:
+    """The shortcut control in words, from one row of :func:`shortcut_control` (every number from the row)."""
+    pct = lambda x: f"{100 * x:.0f}%"  # noqa: E731
+    rate = lambda k, lo, hi: f"{pct(row[k])} [{pct(row[lo])}, {pct(row[hi])}]"  # noqa: E731
+    lo, hi = row["difference_lo"], row["difference_hi"]
+    compare = ("about as accurate as" if lo <= 0 <= hi else "less accurate than" if hi < 0 else "more accurate than")
+    text = (f"the direct prompt (\"{lang_data.DIRECT}\", no country step) is right for "
+            f"{int(row['direct_correct'])}/{int(row['n'])} = {rate('direct_accuracy', 'direct_lo', 'direct_hi')} of "
+            f"the cities, the two-hop prompt for {int(row['two_hop_correct'])}/{int(row['n'])} = "
+            f"{rate('two_hop_accuracy', 'two_hop_lo', 'two_hop_hi')}: {compare} the two-hop prompt (paired "
+            f"difference direct − two-hop {100 * row['difference']:+.0f} points [{100 * lo:+.0f}, {100 * hi:+.0f}]); "
+            f"of the two-hop prompt's {int(row['two_hop_correct'])} right answers the direct prompt also gets "
+            f"{int(row['both'])} ({rate('direct_given_two_hop', 'direct_given_two_hop_lo', 'direct_given_two_hop_hi')}). ")
+    if row["shortcut"]:
+        return (text + "The task admits a shortcut: for most cities the model names the language without being "
+                "asked for the country, so the two-hop prompt's accuracy cannot show that it composes the hops.")
+    return (text + "The direct prompt misses too many of the two-hop prompt's answers to call the task a shortcut "
+            "(the share's lower bound is not above one half); this alone does not show how the hops are composed.")
 
 
 def prompt_tokens(tokenizer, prompt: str) -> list[str]:

@@ -87,8 +87,17 @@ def case_study_rows(results: str | Path = "results") -> list[tuple[str, str, str
         chat = (", chat form " + _rate(a.loc["two_hop_chat"], n="n", k="correct")) if "two_hop_chat" in a.index else ""
         rows.append(("city → country → language, two-hop prompt: language top-1",
                      "plain form " + _rate(a.loc["two_hop"], n="n", k="correct") + chat + "; city → country "
-                     + _rate(a.loc["city_to_country"]) + ", country → language " + _rate(a.loc["country_to_language"]),
+                     + _rate(a.loc["city_to_country"]) + ", country → language " + _rate(a.loc["country_to_language"])
+                     + (("; direct city → language (no country step, the shortcut control) "
+                         + _rate(a.loc["direct"], n="n", k="correct")) if "direct" in a.index else ""),
                      "05"))
+    shortcut = _read(results, "languages_shortcut")
+    if shortcut is not None:
+        from .languages import shortcut_reading
+
+        text = shortcut_reading(shortcut.set_index("split").loc["all"])
+        rows.append(("shortcut control: the direct city → language prompt against the two-hop prompt, same cities",
+                     text[0].upper() + text[1:], "05"))
     verdict = _read(results, "languages_composition_verdict")
     if verdict is not None:
         parts = [f"{int(r['size'])} neurons: {_rate(r, 'language_success', 'language_lo', 'language_hi')}"
