@@ -1,4 +1,4 @@
-"""The city -> country -> language study (issue 14): data, the selection/evaluation split, AUROC groups with
+"""The city -> country -> language study: data, the selection/evaluation split, AUROC groups with
 permutation nulls, control neuron sets, patching and steering bookkeeping, on small hand-made cases."""
 import json
 from pathlib import Path
@@ -52,8 +52,45 @@ def test_prompts():
     assert LD.city_to_country_prompt("Munich") == "The city of Munich is located in the country of"
     assert LD.country_to_language_prompt("Germany") == "The main language spoken in Germany is"
     assert LD.city_to_country_matched_prompt("Munich").endswith("Munich is located is")
+    assert LD.direct_prompt("Munich") == "The main language spoken in Munich is"  # no country step
     assert set(LG.TASKS) == {"two_hop", "two_hop_chat", "city_to_country", "city_to_country_matched",
-                             "country_to_language"}
+                             "country_to_language", "direct"}
+
+
+def _paired_evals(two_hop, direct, split=None):
+    cities = [f"c{i}" for i in range(len(two_hop))]
+    frames = [pd.DataFrame({"task": task, "city": cities, "correct": correct})
+              for task, correct in (("two_hop", two_hop), ("direct", direct))]
+    out = pd.concat(frames, ignore_index=True)
+    if split is not None:
+        out["split"] = list(split) * 2
+    return out
+
+
+def test_shortcut_control_pairs_the_cities():
+    # right by both: 24, two-hop only: 6, direct only: 3, neither: 27
+    two_hop = [True] * 30 + [False] * 30
+    direct = [True] * 24 + [False] * 6 + [True] * 3 + [False] * 27
+    split = ["selection", "evaluation"] * 30
+    sc = LG.shortcut_control(_paired_evals(two_hop, direct, split), n_boot=200).set_index("split")
+    a = sc.loc["all"]
+    assert (a.n, a.two_hop_correct, a.direct_correct) == (60, 30, 27)
+    assert (a.both, a.two_hop_only, a.direct_only, a.neither) == (24, 6, 3, 27)
+    assert a.direct_given_two_hop == pytest.approx(0.8) and a.difference == pytest.approx(-0.05)
+    assert a.difference_lo <= -0.05 <= a.difference_hi
+    assert a.direct_given_two_hop_lo > 0.5 and a.shortcut  # most two-hop answers come without the country step
+    assert sc.loc["selection", "n"] + sc.loc["evaluation", "n"] == 60
+    text = LG.shortcut_reading(a)
+    assert "27/60 = 45%" in text and "30/60 = 50%" in text and "admits a shortcut" in text
+    assert "about as accurate as" in text
+
+    none = LG.shortcut_control(_paired_evals(two_hop, [False] * 60), n_boot=200).iloc[0]
+    assert not none.shortcut and none.difference_hi < 0  # the direct prompt gets nothing: no shortcut
+    assert "less accurate than" in LG.shortcut_reading(none) and "admits" not in LG.shortcut_reading(none)
+    shuffled = _paired_evals(two_hop, direct)
+    shuffled.loc[shuffled.task == "direct", "city"] = shuffled.loc[shuffled.task == "direct", "city"].to_numpy()[::-1]
+    with pytest.raises(ValueError, match="same cities"):
+        LG.shortcut_control(shuffled)
 
 
 @pytest.mark.real_model

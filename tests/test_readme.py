@@ -179,7 +179,15 @@ def test_multihop_rows_are_rendered_from_their_tables(tmp_path):
     acc = [{"task": t, "split": "all", "n": 117, "correct": k, "accuracy": k / 117, "accuracy_lo": 0.1,
             "accuracy_hi": 0.9} for t, k in (("two_hop", 75), ("two_hop_chat", 13), ("city_to_country", 84),
                                              ("country_to_language", 95))]
+    acc.append({"task": "direct", "split": "all", "n": 117, "correct": 69, "accuracy": 69 / 117, "accuracy_lo": 0.5,
+                "accuracy_hi": 0.67})
     pd.DataFrame(acc).to_csv(tmp_path / "languages_accuracy.csv", index=False)
+    pd.DataFrame([{"split": "all", "n": 117, "two_hop_correct": 75, "two_hop_accuracy": 75 / 117, "two_hop_lo": 0.55,
+                   "two_hop_hi": 0.72, "direct_correct": 69, "direct_accuracy": 69 / 117, "direct_lo": 0.5,
+                   "direct_hi": 0.67, "both": 65, "two_hop_only": 10, "direct_only": 4, "neither": 38,
+                   "direct_given_two_hop": 65 / 75, "direct_given_two_hop_lo": 0.77, "direct_given_two_hop_hi": 0.93,
+                   "difference": -0.05, "difference_lo": -0.12, "difference_hi": 0.01, "shortcut": True}]
+                 ).to_csv(tmp_path / "languages_shortcut.csv", index=False)
     pd.DataFrame([{"size": 5, "group": "say a language", "success": 0.6, "success_lo": 0.4, "success_hi": 0.75,
                    "controls_max": 0.0, "controls_hi": 0.1, "beyond_controls": True}]
                  ).to_csv(tmp_path / "languages_steer_to_country_verdict.csv", index=False)
@@ -191,6 +199,10 @@ def test_multihop_rows_are_rendered_from_their_tables(tmp_path):
     rows = {a: b for a, b, c in case_study_rows(tmp_path)}
     acc_row = next(b for a, b in rows.items() if a.startswith("city → country → language"))
     assert "plain form 75/117 = 64%" in acc_row and "chat form 13/117 = 11%" in acc_row
+    assert "direct city → language (no country step, the shortcut control) 69/117 = 59% [50%, 67%]" in acc_row
+    shortcut = next(b for a, b in rows.items() if a.startswith("shortcut control"))
+    assert shortcut.startswith("The direct prompt") and "65 (87% [77%, 93%])" in shortcut
+    assert "The task admits a shortcut" in shortcut and "-5 points [-12, +1]" in shortcut
     steer = next(b for a, b in rows.items() if a.startswith("steering: say-a-language"))
     assert steer == "5 neurons: 60% [40%, 75%] vs controls ≤ 10% (beyond controls)"
     city = next(b for a, b in rows.items() if "dose curve at the city tokens" in a)
