@@ -1,15 +1,16 @@
 """A content-addressed cache for expensive results (attributions, sweeps, trained SAEs' stats).
 
 One key scheme: :func:`cache_key` hashes everything a result depends on (model, method, data hash, options), the
-package version and, when the parts name a ``kind``, that kind's code version (:data:`CODE_VERSIONS`; bump it when
-the code that computes that kind changes, so its old entries stop matching). :func:`cached` also stores the kind's
-code version in each entry and treats an entry of another version as a miss.
+package version and the stamp of the code that computes it (:func:`neuronlib.codestamps.dependency_stamp`: the
+kind's module in :data:`KIND_CODE`, or the modules named by ``code=``, and every neuronlib module they import). A
+change to that code changes the key, so old entries stop matching without a version number to bump; a docstring
+or comment change keeps them.
 
 Entries are never unpickled as arbitrary objects. A value is stored as a tree of plain containers (dict, list, str,
 numbers, tensors) written with ``torch.save`` and read with ``torch.load(weights_only=True)``; pandas DataFrames,
 numpy arrays, tuples and neuronlib's own dataclasses and named tuples are encoded into that tree and rebuilt on
 load (only classes defined inside ``neuronlib`` are rebuilt). Any entry that cannot be read (truncated, garbage,
-an old pickled format, another code version) is recomputed with a one-line warning. Writes are atomic (a locked temp
+an old pickled format, another kind) is recomputed with a one-line warning. Writes are atomic (a locked temp
 file + rename, :mod:`neuronlib.locks`); a result that cannot be written (disk full, read-only) is returned uncached.
 :func:`stats` reports hits and misses per kind for this process.
 """
@@ -31,14 +32,15 @@ logger = logging.getLogger(__name__)
 
 FORMAT = 2  # the on-disk entry format (1 = pickled torch.save of arbitrary objects, no longer read)
 
-# Per-kind code version: bump a kind's number when the code that computes it changes.
-CODE_VERSIONS: dict[str, int] = {
-    "sva_attribution": 1,
-    "sva_eval": 1,
-    "prompt_circuits": 1,
-    "neuron_maxima": 1,
-    "edges": 1,
-    "sae_baseline": 1,
+# The module that computes each kind of entry: a key holds the stamp of it and of everything it imports. A kind
+# missing here cannot make a key without ``code=`` (tests/test_cache_keys.py checks every kind the package uses).
+KIND_CODE: dict[str, str] = {
+    "sva_attribution": "neuronlib.paper.sva",
+    "sva_eval": "neuronlib.paper.sva",
+    "prompt_circuits": "neuronlib.paper.multihop",
+    "neuron_maxima": "neuronlib.describe",
+    "edges": "neuronlib.edges",
+    "sae_baseline": "neuronlib.paper.sae_baselines",
 }
 
 _TAG = "__neuronlib_cache__"
@@ -52,23 +54,26 @@ def results_dir() -> Path:
     return cache_dir() / "results"
 
 
-def code_version(kind: str) -> int:
-    return CODE_VERSIONS.get(kind, 1)
-
-
 def data_hash(obj: Any) -> str:
     """A stable hash of JSON-able data (records, prompts, options)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def cache_key(**parts) -> str:
-    """The key of a result: a hash of ``parts``, the package version and (if ``kind`` is a part) its code version."""
-    from . import __version__
+def cache_key(*, code=None, **parts) -> str:
+    """The key of a result: a hash of ``parts``, the package version and the stamp of the code that computes it.
 
-    extra = {"neuronlib": __version__}
-    if "kind" in parts and code_version(str(parts["kind"])) != 1:  # version 1 keeps the keys made before versions
-        extra["code_version"] = code_version(str(parts["kind"]))
-    return data_hash({**parts, **extra})
+    ``code``: the module name(s) that compute the result; default the module of ``parts["kind"]`` in
+    :data:`KIND_CODE` (a kind without one raises ValueError: say which code computes it)."""
+    from . import __version__
+    from .codestamps import dependency_stamp
+
+    if code is None:
+        kind = parts.get("kind")
+        if kind not in KIND_CODE:
+            raise ValueError(f"cache_key: which code computes a {kind!r} entry? pass code= (module names) or add the "
+                             "kind to neuronlib.cache.KIND_CODE")
+        code = KIND_CODE[kind]
+    return data_hash({**parts, "neuronlib": __version__, "code": dependency_stamp(code)})
 
 
 def entry_path(kind: str, key: str, directory: Path | None = None) -> Path:
@@ -225,20 +230,19 @@ def decode(tree: Any) -> Any:
 # ----------------------------------------------------------------------------------------------------------------
 
 def read_entry(path: Path, kind: str | None = None):
-    """The value stored at ``path``; raises on anything unreadable, of another format or another code version."""
+    """The value stored at ``path``; raises on anything unreadable, of another format or another kind."""
     blob = torch.load(path, weights_only=True, map_location="cpu")
     if not isinstance(blob, dict) or blob.get("format") != FORMAT or "value" not in blob:
         raise ValueError("not a neuronlib cache entry of format 2")
-    if kind is not None and (blob.get("kind") != kind or blob.get("code_version") != code_version(kind)):
-        raise ValueError(f"entry of kind {blob.get('kind')!r} version {blob.get('code_version')}, "
-                         f"expected {kind!r} version {code_version(kind)}")
+    if kind is not None and blob.get("kind") != kind:
+        raise ValueError(f"entry of kind {blob.get('kind')!r}, expected {kind!r}")
     return decode(blob["value"])
 
 
 def write_entry(path: Path, kind: str, value) -> None:
     from .locks import remove_stale, temporary
 
-    blob = {"format": FORMAT, "kind": kind, "code_version": code_version(kind), "value": encode(value)}
+    blob = {"format": FORMAT, "kind": kind, "value": encode(value)}
     path.parent.mkdir(parents=True, exist_ok=True)
     remove_stale(path.parent, f".{path.name}.tmp-")  # left by a run killed mid-write
     with temporary(path.parent, f".{path.name}.tmp-") as tmp:
@@ -250,7 +254,7 @@ def cached_entry(kind: str, key: str, compute: Callable[[], Any], *, refresh: bo
                  directory: Path | None = None) -> tuple[Any, bool]:
     """(value, hit): the stored result for (kind, key), or the computed one (then stored) with ``hit=False``.
 
-    An unreadable entry (truncated, garbage bytes, an old pickled entry, another code version of ``kind``) is
+    An unreadable entry (truncated, garbage bytes, an old pickled entry, an entry of another kind) is
     recomputed with a one-line warning (``hit=False``). A value that cannot be stored safely (see the module
     docstring), or that cannot be written (disk full, read-only folder), is returned uncached with a one-line
     warning: a failing cache never fails the computation."""

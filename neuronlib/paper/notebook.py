@@ -46,15 +46,14 @@ class Session:
         """``fn(*args, **kwargs)``, from the results cache when this step already ran on the same inputs.
 
         The key holds the notebook and step names, ``fn``'s name, a fingerprint of every argument (a model by name,
-        device and dtype; frames, arrays and tensors by content) and the stamp of the result-affecting code, so a
-        code change or other inputs recompute. ``REFRESH=True`` recomputes. For steps whose result is a table or a
-        tree of plain values (what :mod:`neuronlib.cache` stores); anything else is returned uncached."""
+        device and dtype; frames, arrays and tensors by content) and the stamp of the code that computes the step
+        (:func:`step_code`, through :func:`neuronlib.cache.cache_key`), so a code change or other inputs recompute.
+        ``REFRESH=True`` recomputes. For steps whose result is a table or a tree of plain values (what
+        :mod:`neuronlib.cache` stores); anything else is returned uncached."""
         from .. import cache
-        from .results import code_stamp
 
-        key = cache.cache_key(kind="notebook_step", notebook=self.name, step=step, fn=fingerprint(fn),
-                              code=code_stamp(),
-                              args=[fingerprint(a) for a in args],
+        key = cache.cache_key(kind="notebook_step", code=step_code(fn, *args, *kwargs.values()), notebook=self.name,
+                              step=step, fn=fingerprint(fn), args=[fingerprint(a) for a in args],
                               kwargs={k: fingerprint(v) for k, v in sorted(kwargs.items())})
         return cache.cached("notebook_step", key, lambda: fn(*args, **kwargs), refresh=self.refresh,
                             directory=self.cache)
@@ -152,6 +151,50 @@ def fingerprint(value):
         return value.item()
     raise TypeError(f"cannot fingerprint a {type(value).__name__} for a cache key; pass plain values, frames, "
                     "arrays or tensors")
+
+
+def step_code(*values) -> list[str]:
+    """The neuronlib modules a notebook step's code comes from, the roots of its cache key's code stamp: the module
+    of each neuronlib function among ``values`` (the step's function and arguments); for a function defined
+    elsewhere (in the notebook), the neuronlib modules and functions its code refers to by global name, nested
+    functions included. A step that reaches no neuronlib code by these rules gets every module of the package."""
+    import types
+
+    from ..codestamps import package_modules
+
+    known = package_modules()
+    found: set[str] = set()
+
+    def visit(value, seen):
+        if id(value) in seen:
+            return
+        seen.add(id(value))
+        if isinstance(value, types.ModuleType):
+            name = value.__name__
+        elif callable(value) and hasattr(value, "__module__"):
+            name = getattr(value, "__module__", None) or ""
+        else:
+            return
+        if name in known:
+            found.add(name)
+        code = getattr(value, "__code__", None)
+        if code is not None and name not in known:  # a function of the notebook: what it calls by global name
+            for global_name in _global_names(code):
+                visit(value.__globals__.get(global_name), seen)
+
+    seen: set[int] = set()
+    for v in values:
+        for item in (v if isinstance(v, (list, tuple)) else v.values() if isinstance(v, dict) else [v]):
+            visit(item, seen)
+    return sorted(found) or sorted(known)
+
+
+def _global_names(code) -> set[str]:
+    names = set(code.co_names)
+    for const in code.co_consts:
+        if hasattr(const, "co_names"):
+            names |= _global_names(const)
+    return names
 
 
 def _code_bytes(code) -> bytes:

@@ -1,6 +1,7 @@
 """Provenance for the paper's tables: every figure and headline table is a tidy CSV in ``results/`` with a JSON
-sidecar saying which run made it (parameters, model, package version, commit, date, a stamp of the
-result-affecting code).
+sidecar saying which run made it (parameters, model, package version, commit, date, torch threads, and the stamp of
+every result-affecting module the run loaded: :func:`neuronlib.codestamps.code_stamps`, the same per-module stamps
+the results cache keys its entries by).
 
 Figures are drawn from these tables (:mod:`neuronlib.paper.figures`), and numbers in the notebooks' prose and the
 README are rendered from them, so a number is never typed by hand.
@@ -8,7 +9,6 @@ README are rendered from them, so a number is never typed by hand.
 from __future__ import annotations
 
 import datetime as _dt
-import hashlib
 import json
 import logging
 import subprocess
@@ -17,143 +17,11 @@ from typing import Any
 
 import pandas as pd
 
+from ..codestamps import code_stamps, loaded_code, stamp_sources  # noqa: F401  (the stamps sidecars record)
+
 logger = logging.getLogger(__name__)
 
-# Modules whose code can move a result: the results cache keys its entries by their stamp.
-RESULT_CODE = (
-    "neuronlib.tracing", "neuronlib.attribution", "neuronlib.activations", "neuronlib.interventions",
-    "neuronlib.evaluation", "neuronlib.metrics", "neuronlib.inputs", "neuronlib.sites", "neuronlib.edges",
-    "neuronlib.graph", "neuronlib.pruning", "neuronlib.saes", "neuronlib.stats", "neuronlib.describe",
-    "neuronlib.architectures", "neuronlib.models", "neuronlib.data.sva", "neuronlib.data.capitals",
-    "neuronlib.paper.sva", "neuronlib.paper.sae_baselines", "neuronlib.paper.multihop", "neuronlib.paper.edges",
-    "neuronlib.paper.languages", "neuronlib.paper.appendix", "neuronlib.data.languages",
-)
-# Modules that cannot move a table: they draw, print, run notebooks or record provenance. A table's stamp leaves
-# them out, except for the names a stamped module imports from them (labels and number formats), which count.
-PRESENTATION = (
-    "neuronlib", "neuronlib.__main__", "neuronlib.cli", "neuronlib.logs", "neuronlib.plotting",
-    "neuronlib.paper", "neuronlib.paper.figures", "neuronlib.paper.readme", "neuronlib.paper.reproduce",
-    "neuronlib.paper.notebook", "neuronlib.paper.results", "neuronlib.viewer",
-)
 RUN_COMMIT_ENV = "NEURONLIB_RUN_COMMIT"  # the commit of the checkout when the run started (set by the runner)
-
-
-def _presentation(module: str) -> bool:
-    return any(module == p or (p == "neuronlib.viewer" and module.startswith(p + ".")) for p in PRESENTATION)
-
-
-def _without_docstrings(tree):
-    import ast
-
-    for node in ast.walk(tree):
-        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
-            first = node.body[0]
-            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant) and \
-                    isinstance(first.value.value, str):
-                node.body = node.body[1:] or [ast.Pass()]
-    return tree
-
-
-def _imported_presentation_names(tree, module: str) -> list[tuple[str, str]]:
-    """(presentation module, name) for every ``from X import name`` in ``tree`` whose X is a presentation module."""
-    import ast
-
-    package = module.split(".")
-    found = []
-    for node in ast.walk(tree):
-        if not isinstance(node, ast.ImportFrom):
-            continue
-        if node.level:
-            base = package[:len(package) - node.level]  # a module's package is its name minus the last part
-            target = ".".join(base + ([node.module] if node.module else []))
-        else:
-            target = node.module or ""
-        if target.startswith("neuronlib") and _presentation(target):
-            found.extend((target, alias.name) for alias in node.names)
-    return found
-
-
-def _definition(tree, name: str):
-    """The top-level statement that defines ``name`` in ``tree`` (a def, class or assignment), or None."""
-    import ast
-
-    for node in tree.body:
-        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.name == name:
-            return node
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(
-            node, (ast.AnnAssign, ast.AugAssign)) else []
-        if any(isinstance(t, ast.Name) and t.id == name for t in targets):
-            return node
-    return None
-
-
-def stamp_sources(sources: dict[str, str]) -> dict[str, str]:
-    """Per-module stamps from ``{module name: source text}``: a hash of the module's syntax tree without docstrings,
-    so comments, docstrings and formatting do not count; plus the definitions it imports from presentation modules
-    (found in ``sources`` too). Presentation modules get no stamp of their own."""
-    import ast
-
-    trees = {}
-    for name, text in sources.items():
-        try:
-            trees[name] = _without_docstrings(ast.parse(text))
-        except SyntaxError:
-            trees[name] = None
-    stamps = {}
-    for name, tree in sorted(trees.items()):
-        if _presentation(name):
-            continue
-        h = hashlib.sha256()
-        if tree is None:
-            h.update(sources[name].encode())
-        else:
-            h.update(ast.dump(tree).encode())
-            for other, imported in _imported_presentation_names(tree, name):
-                node = _definition(trees[other], imported) if trees.get(other) is not None else None
-                h.update(f"{other}.{imported}:".encode() + (ast.dump(node).encode() if node is not None else b"?"))
-        stamps[name] = h.hexdigest()[:16]
-    return stamps
-
-
-def _module_sources(modules) -> dict[str, str]:
-    import importlib.util
-
-    sources = {}
-    for name in modules:
-        try:
-            spec = importlib.util.find_spec(name)
-        except (ImportError, ValueError):
-            spec = None
-        if spec is not None and spec.origin and spec.origin.endswith(".py"):
-            sources[name] = Path(spec.origin).read_text()
-    return sources
-
-
-def loaded_code() -> list[str]:
-    """The neuronlib modules this process has imported: the code that can have produced what it writes."""
-    import sys
-
-    return sorted(name for name in list(sys.modules) if name == "neuronlib" or name.startswith("neuronlib."))
-
-
-def code_stamps(modules=None) -> dict[str, str]:
-    """:func:`stamp_sources` of ``modules`` (default: :func:`loaded_code`), with the presentation modules' sources
-    read too, so the names taken from them count."""
-    modules = loaded_code() if modules is None else list(modules)
-    import neuronlib
-
-    package = Path(neuronlib.__path__[0])  # read the files: importing them would change loaded_code()
-    names = [".".join(("neuronlib", *f.relative_to(package).with_suffix("").parts)).removesuffix(".__init__")
-             for f in package.rglob("*.py")]
-    presentation = [name for name in names if _presentation(name)]
-    return {name: stamp for name, stamp in stamp_sources(_module_sources({*modules, *presentation})).items()
-            if name in modules}
-
-
-def code_stamp(modules=RESULT_CODE) -> str:
-    """One short hash of :func:`code_stamps` of ``modules``: the results cache's key for the result-affecting code."""
-    h = hashlib.sha256(json.dumps(code_stamps(modules), sort_keys=True).encode())
-    return h.hexdigest()[:16]
 
 
 def git_commit(start: Path | None = None) -> str | None:

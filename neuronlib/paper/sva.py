@@ -22,7 +22,8 @@ over the pairs (:mod:`neuronlib.stats`); the across-template line pools the pair
 sweep's grid.
 
 Every attribution and evaluation is stored with :func:`neuronlib.cache.cached` and re-used on a re-run; a changed
-input (model, data, sizes, SAEs) changes the key. The tables (:func:`curve_table`, :func:`headline_table`,
+input (model, data, sizes, SAEs) or a change to the code that computes it (:func:`neuronlib.cache.cache_key`)
+changes the key. The tables (:func:`curve_table`, :func:`headline_table`,
 :func:`score_tables`) are what ``results/`` holds and what :mod:`neuronlib.paper.figures` draws.
 
 Usage::
@@ -74,9 +75,6 @@ THRESHOLDS = (0.8, 0.9)
 EFFECT_FLOOR = 1.0
 N_BOOT = 1000
 SEED = 0
-# Part of every cache key: bump CACHE_VERSION when the attribution changes, EVAL_VERSION when the evaluation does.
-CACHE_VERSION = 1
-EVAL_VERSION = 2
 ALL = 10**12  # "every node of the basis": the requested size of the full circuit (capped to the basis's node count)
 POOLED = "pooled"
 
@@ -340,14 +338,14 @@ def cached_attribution(model, template: str, td: TemplateData, run: Run, sites, 
     train = td.train[:n_train]
     if run.setting == "unpaired":
         train = unpaired(train)
-    parts = dict(benchmark=CACHE_VERSION, model=model.name, template=template, method=run.method,
+    parts = dict(model=model.name, template=template, method=run.method,
                  setting=run.setting, metric=run.metric, baseline=run.baseline, sites=tuple(sites),
                  train=cache.data_hash(train), n_train=n_train,
                  ig_steps=ig_steps if run.method.startswith("ig") else None)
     sae = _sae_part(model, sites)
     if sae is not None:
         parts["saes"] = sae
-    key = cache.cache_key(**parts)
+    key = cache.cache_key(kind="sva_attribution", **parts)
     t0 = time.perf_counter()
     stored, hit = cache.cached_entry("sva_attribution", key, _timed(lambda: _attribute_mean(
         model, train, run, tuple(sites), ig_steps=ig_steps, batch_size=batch_size, chunk=chunk, progress=progress)),
@@ -417,9 +415,9 @@ def run_benchmark(
                 actual = sorted({min(k, total) for k in requested})
                 for eval_metric, ablation in run.evaluations():
                     test = td.test if eval_metric == "logit_diff" else unpaired(td.test)
-                    eparts = dict(parts, eval_version=EVAL_VERSION, basis=basis, ablation=ablation,
+                    eparts = dict(parts, basis=basis, ablation=ablation,
                                   eval_metric=eval_metric, sizes=actual, test=cache.data_hash(test))
-                    ekey = cache.cache_key(**eparts)
+                    ekey = cache.cache_key(kind="sva_eval", **eparts)
                     t0 = time.perf_counter()
                     evaluated, ehit = cache.cached_entry("sva_eval", ekey, _timed(lambda: _evaluate(
                         model, mean, test, basis, actual, ablation, eval_metric, eval_batch_size)),
