@@ -216,10 +216,12 @@ def _synthetic_result(effects=(2.0, 2.0, 0.2), n=30, seed=0):
 def test_headline_pools_ratios_interpolates_and_flags():
     result = _synthetic_result()
     head = sb.headline_table(result, n_boot=500).set_index("template")
-    assert set(head.index) == {"t0", "t1", "t2", sb.POOLED}
+    assert set(head.index) == {"t0", "t1", "t2", sb.POOLED, sb.TEMPLATE_MEAN}
     # the small-effect template is flagged and kept out of the pooled line
     assert head.loc["t2", "below_floor"] and not head.loc["t0", "below_floor"]
     assert head.loc[sb.POOLED, "templates"] == 2 and head.loc[sb.POOLED, "n_test"] == 60
+    # no cluster labels stored: every pair is its own cluster
+    assert head.loc[sb.POOLED, "n_clusters"] == 60 and sb.bootstrap_unit(result) == "test pair"
     ex = [result.examples[(t, "m", "relp", "mlp_acts", "paired", "mean", "logit_diff")] for t in ("t0", "t1")]
     curves = sb.curve_table(result, n_boot=200).set_index(["template", "k"])
     pooled_f = sum((e["m_C"][2] - e["m_empty"]).sum() for e in ex) / sum((e["m_M"] - e["m_empty"]).sum() for e in ex)
@@ -231,7 +233,8 @@ def test_headline_pools_ratios_interpolates_and_flags():
         k = head.loc[t, "k@F>=0.8"]
         assert 10 < k < 100 and head.loc[t, "k@F>=0.8_lo"] <= k <= head.loc[t, "k@F>=0.8_hi"]
         assert head.loc[t, "reached@F>=0.8"] > 0.9
-        assert head.loc[t, "faithfulness_above_1"]  # 1.05 at k = 1000
+        # 1.05 at k = 1000, the interval wholly above 1
+        assert head.loc[t, "faithfulness_above_1"] and head.loc[t, "max_faithfulness_lo"] > 1
         assert not head.loc[t, "falls_back@F>=0.8"]
     assert head.loc["t0", "effect_lo"] < 2.0 < head.loc["t0", "effect_hi"]
     text = sb.pooled_summary(head.reset_index(), method="relp", basis="mlp_acts")
@@ -283,13 +286,21 @@ def test_compare_methods_and_run_validation(tiny_llama, tmp_path):
         sb.Run("relp", eval_metrics=("logit",))
 
 
-def test_ig_check_reports_overlap_and_sizes(tiny_llama, tmp_path):
+def test_ig_check_runs_every_template_and_labels_each_row_by_variant(tiny_llama, tmp_path):
     data = tiny_data(6, 4)
-    table, result = sb.ig_check(tiny_llama, data, templates=("nounpp",), n=3, log_sizes=(1, 4, 16),
-                                linear_sizes=(), cache_dir=tmp_path, n_boot=100)
-    row = table.iloc[0]
-    assert row.template == "nounpp" and row.n_train == 3 and 0 <= row.top10_overlap <= 1
-    assert {"k@F>=0.8 per_site", "k@F>=0.8 inputs", "seconds_per_pair per_site"} <= set(table.columns)
+    table, result = sb.ig_check(tiny_llama, data, n=3, log_sizes=(1, 4, 16), linear_sizes=(), cache_dir=tmp_path,
+                                n_boot=100, floor=0.0)
+    # every template given (the default is all four; the tiny data has two), both variants, then the aggregates
+    assert list(table.template) == ["simple"] * 2 + ["nounpp"] * 2 + [sb.POOLED] * 2 + [sb.TEMPLATE_MEAN] * 2
+    assert list(table.ig_variant) == ["per-site IG", "IG on inputs"] * 4
+    assert (table.n_train == 3).all() and (table.n_clusters[:4] == 4).all()
+    per_template = table[table.template.isin(["simple", "nounpp"])]
+    assert per_template.top10_overlap.between(0, 1).all() and (per_template.seconds_per_pair > 0).all()
+    assert table[table.template == sb.POOLED].spearman.isna().all()
+    # the two rows of a template share its comparison, and differ in their sizes' source
+    simple = per_template[per_template.template == "simple"]
+    assert simple.spearman.nunique() == 1
+    assert {"k@F>=0.8", "k@F>=0.8_lo", "k@F>=0.8_hi", "reached@F>=0.8"} <= set(table.columns)
     assert set(result.curves.method) == {"ig", sb.IG_METHOD}
 
 
