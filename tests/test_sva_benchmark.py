@@ -382,3 +382,112 @@ def test_latent_counts_leave_out_the_error_nodes_of_each_circuit():
     assert (y["latents@F>=0.8"], y["latents@F>=0.8_lo"], y["latents@F>=0.8_hi"]) == (2.0, 2.0, 3.0)
     assert pooled["latents@F>=0.8"] == 2.0 and pooled["latents@F>=0.8_lo"] == 1.5  # (2 + 2) / 2, (1 + 2) / 2
     assert np.isnan(pooled["latents@F>=0.8_hi"]) and np.isnan(out.loc[("mlp_acts", "x"), "latents@F>=0.8"])
+
+
+def _exact_result(curves: dict[str, tuple[float, list[float]]], n=8, clusters=None):
+    """Noise-free curves: every pair of template t has effect eff and faithfulness fractions[i] at size i."""
+    ks = np.array([1, 10, 100, 1000, 10000, 100000, sb.ALL])
+    examples = {}
+    for t, (eff, fractions) in curves.items():
+        mM, m0 = np.full(n, eff), np.zeros(n)
+        mC = np.array([*fractions, 1.0])[:, None] * mM[None]
+        examples[(t, "m", "relp", "mlp_acts", "paired", "mean", "logit_diff")] = {
+            "k": ks, "size": np.minimum(ks, 10**6), "m_C": mC, "m_Cbar": mM[None] - mC, "m_M": mM, "m_empty": m0,
+            "n_train": 10, "total_nodes": 10**6, "clusters": None if clusters is None else clusters(t, n)}
+    return sb.BenchmarkResult(pd.DataFrame(columns=sb.COLUMNS), {}, pd.DataFrame(), pd.DataFrame(), examples)
+
+
+def _log_cross(k0, k1, v0, v1, t=0.9):
+    return float(np.exp(np.log(k0) + (t - v0) / (v1 - v0) * (np.log(k1) - np.log(k0))))
+
+
+def test_headline_reports_both_aggregates_and_both_crossing_rules():
+    # t0 (effect 4) falls back after 10; t1 (effect 1) dips at 1000: the four (aggregate, rule) sizes all differ
+    t0 = [0.2, 0.95, 0.80, 0.95, 0.95, 0.95]
+    t1 = [0.2, 0.90, 0.95, 0.50, 0.95, 0.95]
+    head = sb.headline_table(_exact_result({"t0": (4.0, t0), "t1": (1.0, t1)}), n_boot=50,
+                             thresholds=(0.9,)).set_index("template")
+    pooled = [(4 * a + b) / 5 for a, b in zip(t0, t1)]   # effect-weighted: 0.94 at 10, 0.86 at 1000
+    mean = [(a + b) / 2 for a, b in zip(t0, t1)]         # unweighted: 0.925 at 10, 0.725 at 1000
+    expected = {(sb.POOLED, "first"): _log_cross(1, 10, pooled[0], pooled[1]),
+                (sb.POOLED, "stays"): _log_cross(1000, 10000, pooled[3], pooled[4]),
+                (sb.TEMPLATE_MEAN, "first"): _log_cross(1, 10, mean[0], mean[1]),
+                (sb.TEMPLATE_MEAN, "stays"): _log_cross(1000, 10000, mean[3], mean[4])}
+    for (row, rule), k in expected.items():
+        assert head.loc[row, f"k@F>=0.9|{rule}"] == pytest.approx(k, rel=1e-9)
+        # noise-free pairs: every resample gives the same size
+        assert head.loc[row, f"k@F>=0.9|{rule}_lo"] == pytest.approx(k, rel=1e-9)
+    assert len({round(k, 6) for k in expected.values()}) == 4
+    # the headline (bare) columns are the pooled line's first crossing
+    assert head.loc[sb.POOLED, "k@F>=0.9"] == head.loc[sb.POOLED, "k@F>=0.9|first"]
+    assert (sb.HEADLINE_AGGREGATE, sb.HEADLINE_CROSSING) == ("pooled", "first")
+    assert head.loc[sb.POOLED, "falls_back@F>=0.9"] and head.loc[sb.TEMPLATE_MEAN, "falls_back@F>=0.9"]
+    assert head.loc[sb.TEMPLATE_MEAN, "effect"] == pytest.approx(2.5) and head.loc[sb.POOLED, "effect"] == 2.5
+    view = sb.headline_view(head.reset_index())
+    assert "falls back@0.9" in view.loc[("RelP", "mlp_acts", sb.POOLED), "flags"]
+
+
+def test_float_noise_above_1_or_below_0_is_not_flagged():
+    rng = np.random.default_rng(0)
+    n = 40
+    ks = np.array([1, 10, 100, sb.ALL])
+    m0 = rng.normal(0, 0.1, n)
+    den = rng.uniform(1.7, 5.1, n)
+    mM = m0 + den
+
+    def centred(scale):
+        e = rng.normal(0, scale, n)
+        return e - e.sum() * den / den.sum()  # Σ e = 0: the pooled ratio is exactly the target
+
+    examples = {}
+    for t, top in (("noise", 1 + 4e-8), ("over", 1.3)):
+        mC = m0[None] + np.array([0.3, 0.8, top, 1.0])[:, None] * den[None]
+        mC[:3] += np.stack([centred(0.3) for _ in range(3)])
+        mCb = m0[None] + np.array([0.5, 0.1, -0.001, 0.0])[:, None] * den[None]
+        mCb[:3] += np.stack([centred(0.3) for _ in range(3)])
+        mCb[-1] = m0
+        examples[(t, "m", "relp", "mlp_acts", "paired", "mean", "logit_diff")] = {
+            "k": ks, "size": ks.clip(max=1000), "m_C": mC, "m_Cbar": mCb, "m_M": mM, "m_empty": m0,
+            "n_train": 10, "total_nodes": 1000}
+    result = sb.BenchmarkResult(pd.DataFrame(columns=sb.COLUMNS), {}, pd.DataFrame(), pd.DataFrame(), examples)
+    head = sb.headline_table(result, n_boot=300).set_index("template")
+    noise = head.loc["noise"]
+    assert noise.max_faithfulness > 1 and noise.min_completeness < 0  # the old point-estimate flags would fire
+    assert not noise.faithfulness_above_1 and not noise.completeness_below_0
+    assert noise.max_faithfulness_lo < 1 < noise.max_faithfulness
+    assert head.loc["over", "faithfulness_above_1"] and head.loc["over", "max_faithfulness_lo"] > 1
+
+
+def test_intervals_resample_clean_prefixes():
+    t0 = [0.2, 0.7, 0.9, 0.95, 0.97, 0.98]
+    rng = np.random.default_rng(0)
+
+    def noisy(result):  # per-pair effects vary, so resampling matters
+        for e in result.examples.values():
+            scale = rng.uniform(0.5, 1.5, len(e["m_M"]))
+            for name in ("m_C", "m_Cbar"):
+                e[name] = e[name] * scale[None]
+            e["m_M"] = e["m_M"] * scale
+        return result
+
+    # 10 prefixes, each carrying 4 pairs (identical pairs within a prefix)
+    per_prefix = noisy(_exact_result({"t0": (2.0, t0)}, n=10))
+    e = per_prefix.examples[("t0", "m", "relp", "mlp_acts", "paired", "mean", "logit_diff")]
+    dup = np.repeat(np.arange(10), 4)
+    dup_e = {**e, "m_C": e["m_C"][:, dup], "m_Cbar": e["m_Cbar"][:, dup], "m_M": e["m_M"][dup],
+             "m_empty": e["m_empty"][dup], "clusters": np.array([f"The x{i}" for i in dup], dtype=object)}
+    clustered = sb.BenchmarkResult(per_prefix.curves, {}, pd.DataFrame(), pd.DataFrame(),
+                                   {("t0", "m", "relp", "mlp_acts", "paired", "mean", "logit_diff"): dup_e})
+    assert sb.bootstrap_unit(clustered) == "clean prefix" and sb.bootstrap_unit(per_prefix) == "test pair"
+    a = sb.curve_table(clustered, n_boot=200).query("template == 't0'").reset_index(drop=True)
+    b = sb.curve_table(per_prefix, n_boot=200).query("template == 't0'").reset_index(drop=True)
+    np.testing.assert_allclose(a.faithfulness_lo, b.faithfulness_lo, rtol=1e-9)
+    np.testing.assert_allclose(a.faithfulness_hi, b.faithfulness_hi, rtol=1e-9)
+    assert (a.n_test == 40).all() and (a.n_clusters == 10).all()
+    # the same 40 rows resampled as independent pairs: narrower, wrongly
+    rows = {**dup_e, "clusters": None}
+    naive = sb.BenchmarkResult(per_prefix.curves, {}, pd.DataFrame(), pd.DataFrame(),
+                               {("t0", "m", "relp", "mlp_acts", "paired", "mean", "logit_diff"): rows})
+    c = sb.curve_table(naive, n_boot=200).query("template == 't0'").reset_index(drop=True)
+    inner = slice(1, -1)  # the full circuit (faithfulness 1 in every resample) has no width
+    assert ((a.faithfulness_hi - a.faithfulness_lo)[inner] > (c.faithfulness_hi - c.faithfulness_lo)[inner]).all()
