@@ -244,7 +244,7 @@ def test_headline_pools_ratios_interpolates_and_flags():
 @pytest.mark.slow  # slow on 2 cores: left out of `make test-fast`
 def test_tables_and_figures_from_frames(bench, tmp_path):
     from neuronlib.paper import figures
-    from neuronlib.paper.results import read_table
+    from neuronlib.paper.results import read_provenance, read_table
 
     model, data, cache_dir = bench
     result = sb.run_benchmark(model, data, cache_dir=cache_dir, **KW)  # cached by the test above, or computed
@@ -254,6 +254,12 @@ def test_tables_and_figures_from_frames(bench, tmp_path):
     assert sb.POOLED in set(curves.template) and set(curves.k) >= {1, 4, 16, sb.ALL}
     head = tables["sva_headline"]
     assert {"k@F>=0.8", "k@F>=0.8_lo", "k@F>=0.8_hi", "completeness@F>=0.8", "k@F>=0.9", "effect"} <= set(head.columns)
+    assert {"k@F>=0.9|first", "k@F>=0.9|stays_hi", "reached@F>=0.8|stays"} <= set(head.columns)
+    # the runner stores each test pair's clean prefix; the sidecars say what the intervals resample
+    params = read_provenance("sva_headline", tmp_path / "results")["parameters"]
+    assert params["bootstrap_unit"] == "clean prefix" == read_provenance(
+        "sva_curves", tmp_path / "results")["parameters"]["bootstrap_unit"]
+    assert (params["headline_aggregate"], params["headline_crossing"]) == ("pooled", "first")
     scores = tables["sva_scores_concentration"]
     assert set(scores.basis) == {"mlp_acts", "resid"} and scores.share.between(0, 1 + 1e-9).all()
     steps = read_table("sva_steps", tmp_path / "results")  # what each step cost, stable across cached re-runs

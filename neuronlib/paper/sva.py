@@ -17,9 +17,10 @@ add, as a labelled extra, the single-answer evaluation (``eval_metric == "logit"
 prompts, zero ablation or the mean over the clean test prompts).
 
 Every ratio is a pooled ratio over test pairs, Σ(m(C) − m(∅)) / Σ(m(M) − m(∅)), with a seeded bootstrap interval
-over the pairs (:mod:`neuronlib.stats`); the across-template line pools the pairs of every template whose effect
-|m(M) − m(∅)| is above :data:`EFFECT_FLOOR`. Sizes at a faithfulness threshold are interpolated log-linearly on the
-sweep's grid.
+that resamples clean prefixes (:data:`BOOTSTRAP_UNIT`; :mod:`neuronlib.stats`); the across-template lines take the
+templates whose effect |m(M) − m(∅)| is above :data:`EFFECT_FLOOR`, pooled (effect-weighted, the headline) and as the
+unweighted mean of their curves. Sizes at a faithfulness threshold are interpolated log-linearly on the sweep's grid,
+at the first crossing (the headline) and where the curve stays above the threshold.
 
 Every attribution and evaluation is stored with :func:`neuronlib.cache.cached` and re-used on a re-run; a changed
 input (model, data, sizes, SAEs) changes the key. The tables (:func:`curve_table`, :func:`headline_table`,
@@ -28,7 +29,7 @@ input (model, data, sizes, SAEs) changes the key. The tables (:func:`curve_table
 Usage::
 
     model = neuronlib.load_model("smollm2-135m")
-    data = load_templates(model, n_train=300, n_test=40)
+    data = load_templates(model, n_train=300, n_test=40)   # split_rule="prefixes": 40 distinct test prefixes
     result = run_benchmark(model, data, plan=default_plan())
     curves = curve_table(result)          # per template and pooled, with bootstrap intervals
     headline = headline_table(result)     # k at faithfulness 0.8 / 0.9 per template, with intervals and flags
