@@ -431,6 +431,10 @@ def test_headline_reports_both_aggregates_and_both_crossing_rules():
     assert head.loc[sb.TEMPLATE_MEAN, "effect"] == pytest.approx(2.5) and head.loc[sb.POOLED, "effect"] == 2.5
     view = sb.headline_view(head.reset_index())
     assert "falls back@0.9" in view.loc[("RelP", "mlp_acts", sb.POOLED), "flags"]
+    agg = sb.aggregate_view(head.reset_index(), thresholds=(0.9,)).set_index("aggregate")
+    assert agg.loc[sb.POOLED, "k@F≥0.9 (first)"].endswith("(headline)")
+    assert agg.loc[sb.TEMPLATE_MEAN, "k@F≥0.9 (stays)"].startswith(f"{expected[(sb.TEMPLATE_MEAN, 'stays')]:,.0f} [")
+    assert "headline" not in agg.loc[sb.TEMPLATE_MEAN, "k@F≥0.9 (first)"]
 
 
 def test_float_noise_above_1_or_below_0_is_not_flagged():

@@ -704,6 +704,30 @@ def add_latent_counts(headline: pd.DataFrame, attributions: dict, *, thresholds=
     return out
 
 
+def aggregate_view(headline: pd.DataFrame, *, method: str = "relp", basis: str = "mlp_acts", setting: str = "paired",
+                   eval_metric: str = "logit_diff", thresholds=THRESHOLDS) -> pd.DataFrame:
+    """k at each threshold across templates, by aggregate (rows: "pooled", "template mean") and crossing rule
+    (columns), as "k [lo, hi]"; the headline cell (:data:`HEADLINE_AGGREGATE`, :data:`HEADLINE_CROSSING`) is marked
+    with "(headline)"."""
+    sel = headline[(headline.method == method) & (headline.basis == basis) & (headline.setting == setting)
+                   & (headline.eval_metric == eval_metric)]
+    rows = []
+    for aggregate, template in AGGREGATE_ROWS.items():
+        r = sel[sel.template == template]
+        if not len(r):
+            continue
+        r = r.iloc[0]
+        row = {"aggregate": template, "templates": int(r.templates), "n_clusters": int(r.n_clusters)}
+        for t in thresholds:
+            for rule in stats.CROSSING_RULES:
+                col = f"k@F>={t}|{rule}"
+                cell = fmt_size(r[col], r[f"{col}_lo"], r[f"{col}_hi"])
+                headline_cell = aggregate == HEADLINE_AGGREGATE and rule == HEADLINE_CROSSING
+                row[f"k@F≥{t:g} ({rule})"] = cell + (" (headline)" if headline_cell else "")
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
 def pooled_summary(headline: pd.DataFrame, *, method: str = "relp", basis: str = "mlp_acts",
                    setting: str = "paired", thresholds=THRESHOLDS) -> str:
     """One Markdown sentence from the pooled line of ``headline`` (numbers rendered from the table)."""
