@@ -179,6 +179,9 @@ def test_prefix_rule_without_tokenizer_and_its_errors(tmp_path):
         assert summary[t]["test_prefixes"] == len({r["clean_prefix"] for r in test}) == 30
     with pytest.raises(ValueError, match="distinct clean prefixes"):
         write_sva_files(tmp_path, n_train=50, n_test=20)
+    # a smoke run may lower the floor explicitly (as seed_headlines does below 30 test pairs)
+    smoke = write_sva_files(tmp_path, n_train=20, n_test=6, min_test_prefixes=6)
+    assert all(v["test_prefixes"] == 6 for v in smoke.values())
     # the skeleton rule accepts it (and repeats prefixes)
     small = write_sva_files(tmp_path, n_train=50, n_test=20, split_rule="skeleton")
     assert small["simple"]["test_prefixes"] < 20

@@ -832,19 +832,26 @@ SEED_COLUMNS = ("k@F>=0.8", "k@F>=0.9", "completeness@F>=0.8", "completeness@F>=
 def seed_headlines(model, seeds, *, directory, templates=TEMPLATES, n_train: int = 300, n_test: int = 40,
                    run: Run | None = None, log_sizes=LOG_SIZES, linear_sizes=LINEAR_SIZES, cache_dir=None,
                    refresh: bool = False, n_boot: int = N_BOOT, seed: int = SEED,
-                   floor: float = EFFECT_FLOOR) -> pd.DataFrame:
+                   floor: float = EFFECT_FLOOR, split_rule: str = DEFAULT_SPLIT_RULE) -> pd.DataFrame:
     """The headline table of ``run`` (default: RelP on the neurons, paired) once per data seed: each seed is a
-    different draw and noun-group split of the generator (:func:`neuronlib.data.sva.write_sva_files`), written to
-    ``directory/seed{s}`` and loaded as community-format files. Returns the rows of :func:`headline_table` with a
-    ``data_seed`` column; :func:`seed_summary` turns them into median [min, max] per template."""
+    different draw and noun-group split of the generator (:func:`neuronlib.data.sva.write_sva_files` under
+    ``split_rule``), written to ``directory/seed{s}`` and loaded as community-format files. Returns the rows of
+    :func:`headline_table` with a ``data_seed`` column; :func:`seed_summary` turns them into median [min, max] per
+    template. Below :data:`~neuronlib.data.sva.MIN_TEST_PREFIXES` test pairs (a smoke run) the files are written with
+    ``n_test`` distinct prefixes, the most there can be."""
     from ..data.sva import write_sva_files
+
+    if n_test < MIN_TEST_PREFIXES:
+        logger.warning("n_test = %d: the data seeds' test splits hold fewer than %d clean prefixes", n_test,
+                       MIN_TEST_PREFIXES)
 
     run = run or Run("relp", ("mlp_acts",), linear=("mlp_acts",))
     frames = []
     for s in seeds:
         folder = Path(directory) / f"seed{s}"
         if not all((folder / f"{t}_{split}.jsonl").exists() for t in templates for split in ("train", "test")):
-            write_sva_files(folder, n_train=n_train, n_test=n_test, seed=int(s), tokenizer=model.tokenizer)
+            write_sva_files(folder, n_train=n_train, n_test=n_test, seed=int(s), tokenizer=model.tokenizer,
+                            split_rule=split_rule, min_test_prefixes=min(n_test, MIN_TEST_PREFIXES))
         data = load_templates(model, templates, n_train=n_train, n_test=n_test, data_dir=folder)
         result = run_benchmark(model, data, plan=[run], log_sizes=log_sizes, linear_sizes=linear_sizes,
                                cache_dir=cache_dir, refresh=refresh)
