@@ -62,7 +62,6 @@ def auroc(scores, labels) -> float:
 N_BOOT = 1000
 CONFIDENCE = 0.95
 AGGREGATES = ("pooled", "mean")
-CROSSING_RULES = ("first", "stays")
 
 
 def wilson_interval(successes, n, confidence: float = CONFIDENCE) -> tuple[float, float]:
@@ -197,29 +196,18 @@ def bootstrap_ratio(numerator, denominator, *, n_boot: int = N_BOOT, seed: int =
             "samples": samples}
 
 
-def size_at_threshold(sizes, values, threshold: float, *, rule: str = "first") -> float:
-    """The circuit size at which a curve reaches ``threshold``, interpolated log-linearly on the grid.
+def size_at_threshold(sizes, values, threshold: float) -> float:
+    """The circuit size at which a curve first reaches ``threshold``, interpolated log-linearly on the grid.
 
-    ``rule="first"``: the first grid point at or above the threshold; ``rule="stays"``: the first grid point from
-    which the curve stays at or above it up to the largest size on the grid (the two differ on a curve that falls
-    back under the threshold). ``sizes`` ascending (> 0), ``values`` the curve there. Between the grid point before
-    it (k0, v0) and that point (k1, v1): log k = log k0 + (t − v0) / (v1 − v0) · (log k1 − log k0). The first grid
-    point itself if the rule's point is the first; NaN if there is none."""
-    if rule not in CROSSING_RULES:
-        raise ValueError(f"unknown crossing rule {rule!r}; use one of {CROSSING_RULES}")
+    ``sizes`` ascending (> 0), ``values`` the curve there. Between the last grid point below the threshold (k0, v0)
+    and the first one at or above it (k1, v1): log k = log k0 + (t − v0) / (v1 − v0) · (log k1 − log k0). The first
+    grid point itself if the curve starts at or above the threshold; NaN if it never reaches it."""
     sizes = np.asarray(sizes, dtype=np.float64)
     values = np.asarray(values, dtype=np.float64)
-    above = values >= threshold
-    if rule == "first":
-        hit = np.flatnonzero(above)
-        if not len(hit):
-            return float("nan")
-        i = int(hit[0])
-    else:
-        below = np.flatnonzero(~above)
-        i = int(below[-1]) + 1 if len(below) else 0
-        if i >= len(values):
-            return float("nan")
+    hit = np.flatnonzero(values >= threshold)
+    if not len(hit):
+        return float("nan")
+    i = int(hit[0])
     if i == 0:
         return float(sizes[0])
     k0, k1, v0, v1 = sizes[i - 1], sizes[i], values[i - 1], values[i]
@@ -227,6 +215,23 @@ def size_at_threshold(sizes, values, threshold: float, *, rule: str = "first") -
         return float(k1)
     frac = (threshold - v0) / (v1 - v0)
     return float(np.exp(np.log(k0) + frac * (np.log(k1) - np.log(k0))))
+
+
+def size_staying_above(sizes, values, threshold: float) -> float:
+    """The circuit size from which a curve stays at or above ``threshold`` to the end of the grid, interpolated
+    log-linearly between the last grid point below it and the next one (as :func:`size_at_threshold`). The first
+    grid point if no point is below; NaN if the last one is."""
+    values = np.asarray(values, dtype=np.float64)
+    below = np.flatnonzero(~(values >= threshold))
+    if not len(below):
+        return float(np.asarray(sizes, dtype=np.float64)[0])
+    j = int(below[-1])
+    if j == len(values) - 1:
+        return float("nan")
+    return size_at_threshold(np.asarray(sizes)[j:], values[j:], threshold)
+
+
+CROSSING_RULES = {"first": size_at_threshold, "stays_above": size_staying_above}
 
 
 def falls_back(values, threshold: float) -> bool:
@@ -250,12 +255,16 @@ def interval_beyond(lo, hi, *, above: float | None = None, below: float | None =
 
 def sizes_at_threshold(sizes, boot: dict, threshold: float, *, rule: str = "first",
                        confidence: float = CONFIDENCE) -> dict[str, object]:
-    """Size at ``threshold`` of a bootstrapped curve (:func:`bootstrap_ratio` over sizes): the estimate, its interval
-    and the per-resample sizes. A resample whose curve never reaches the threshold counts as +inf (so the upper bound
+    """Size at ``threshold`` of a bootstrapped curve (:func:`bootstrap_ratio` over sizes) by a crossing rule of
+    :data:`CROSSING_RULES` ("first": :func:`size_at_threshold`; "stays_above": :func:`size_staying_above`): the
+    estimate, its interval and the per-resample sizes. A resample whose curve never reaches the threshold counts as +inf (so the upper bound
     is inf when more than (1 − confidence)/2 of them miss). Returns {"estimate", "lo", "hi", "reached", "per"}
     (``per``: per resample, NaN where not reached)."""
-    estimate = size_at_threshold(sizes, boot["estimate"], threshold, rule=rule)
-    per = np.array([size_at_threshold(sizes, s, threshold, rule=rule) for s in boot["samples"]])
+    if rule not in CROSSING_RULES:
+        raise ValueError(f"unknown crossing rule {rule!r}; use one of {tuple(CROSSING_RULES)}")
+    at = CROSSING_RULES[rule]
+    estimate = at(sizes, boot["estimate"], threshold)
+    per = np.array([at(sizes, s, threshold) for s in boot["samples"]])
     if not len(per):
         return {"estimate": estimate, "lo": float("nan"), "hi": float("nan"), "reached": float("nan"), "per": per}
     per_inf = np.where(np.isnan(per), np.inf, per)
@@ -270,8 +279,8 @@ def bootstrap_size_at_threshold(sizes, numerator, denominator, threshold: float,
                                 rule: str = "first", confidence: float = CONFIDENCE) -> dict[str, float]:
     """Size at ``threshold`` of the ratio curve (:func:`bootstrap_ratio`) and its bootstrap interval.
 
-    ``numerator``: ``[S, n]`` (one row per size of ``sizes``), ``denominator``: ``[n]``; ``rule``: see
-    :func:`size_at_threshold`. Returns {"estimate", "lo", "hi", "reached"} (see :func:`sizes_at_threshold`)."""
+    ``numerator``: ``[S, n]`` (one row per size of ``sizes``), ``denominator``: ``[n]``; ``rule``: a key of
+    :data:`CROSSING_RULES`. Returns {"estimate", "lo", "hi", "reached"} (see :func:`sizes_at_threshold`)."""
     boot = bootstrap_ratio(numerator, denominator, n_boot=n_boot, seed=seed, strata=strata, clusters=clusters,
                            aggregate=aggregate, confidence=confidence)
     out = sizes_at_threshold(sizes, boot, threshold, rule=rule, confidence=confidence)

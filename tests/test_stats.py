@@ -206,22 +206,28 @@ def test_pooled_aggregate_weights_by_effect_mean_aggregate_does_not():
         aggregate_ratio(num, den, aggregate="median")
 
 
-def test_crossing_rules_first_and_stays_differ_on_a_curve_that_falls_back():
-    from neuronlib.stats import size_at_threshold
+def test_crossing_rules_first_and_stays_above_differ_on_a_curve_that_falls_back():
+    from neuronlib.stats import CROSSING_RULES, bootstrap_size_at_threshold, size_at_threshold, size_staying_above
 
     sizes = [1, 10, 100, 1000, 10000]
     curve = [0.5, 0.95, 0.85, 0.88, 0.92]
     first = size_at_threshold(sizes, curve, 0.9)
-    stays = size_at_threshold(sizes, curve, 0.9, rule="stays")
+    stays = size_staying_above(sizes, curve, 0.9)
     assert first == pytest.approx(10 ** ((0.9 - 0.5) / (0.95 - 0.5)))
     assert stays == pytest.approx(10 ** (3 + (0.9 - 0.88) / (0.92 - 0.88)))
-    # a curve that never falls back: the two rules agree; one that ends below: "stays" never holds
-    assert size_at_threshold(sizes, [0.5, 0.95, 0.96, 0.97, 0.98], 0.9, rule="stays") == pytest.approx(
-        size_at_threshold(sizes, [0.5, 0.95, 0.96, 0.97, 0.98], 0.9))
-    assert np.isnan(size_at_threshold(sizes, [0.5, 0.95, 0.96, 0.97, 0.8], 0.9, rule="stays"))
-    assert size_at_threshold(sizes, [0.95, 0.95, 0.96, 0.97, 0.98], 0.9, rule="stays") == 1
+    # a curve that never falls back: the two rules agree; one that ends below: "stays above" never holds
+    rising = [0.5, 0.95, 0.96, 0.97, 0.98]
+    assert size_staying_above(sizes, rising, 0.9) == pytest.approx(size_at_threshold(sizes, rising, 0.9))
+    assert np.isnan(size_staying_above(sizes, [0.5, 0.95, 0.96, 0.97, 0.8], 0.9))
+    assert size_staying_above(sizes, [0.95, 0.95, 0.96, 0.97, 0.98], 0.9) == 1
+    assert set(CROSSING_RULES) == {"first", "stays_above"}
+    # through the bootstrap: noise-free pairs, so every resample has the curve's own sizes
+    num, den = np.array(curve)[:, None] * np.ones((1, 6)), np.ones(6)
+    for rule, k in (("first", first), ("stays_above", stays)):
+        b = bootstrap_size_at_threshold(sizes, num, den, 0.9, rule=rule, n_boot=20, clusters=list("aabbcc"))
+        assert b["estimate"] == pytest.approx(k) and b["lo"] == pytest.approx(k) and b["reached"] == 1
     with pytest.raises(ValueError, match="crossing rule"):
-        size_at_threshold(sizes, curve, 0.9, rule="last")
+        bootstrap_size_at_threshold(sizes, num, den, 0.9, rule="last")
 
 
 def test_flags_come_from_intervals_not_point_estimates():

@@ -254,7 +254,7 @@ def test_tables_and_figures_from_frames(bench, tmp_path):
     assert sb.POOLED in set(curves.template) and set(curves.k) >= {1, 4, 16, sb.ALL}
     head = tables["sva_headline"]
     assert {"k@F>=0.8", "k@F>=0.8_lo", "k@F>=0.8_hi", "completeness@F>=0.8", "k@F>=0.9", "effect"} <= set(head.columns)
-    assert {"k@F>=0.9|first", "k@F>=0.9|stays_hi", "reached@F>=0.8|stays"} <= set(head.columns)
+    assert {"k@F>=0.9|first", "k@F>=0.9|stays_above_hi", "reached@F>=0.8|stays_above"} <= set(head.columns)
     # the runner stores each test pair's clean prefix; the sidecars say what the intervals resample
     params = read_provenance("sva_headline", tmp_path / "results")["parameters"]
     assert params["bootstrap_unit"] == "clean prefix" == read_provenance(
@@ -416,9 +416,9 @@ def test_headline_reports_both_aggregates_and_both_crossing_rules():
     pooled = [(4 * a + b) / 5 for a, b in zip(t0, t1)]   # effect-weighted: 0.94 at 10, 0.86 at 1000
     mean = [(a + b) / 2 for a, b in zip(t0, t1)]         # unweighted: 0.925 at 10, 0.725 at 1000
     expected = {(sb.POOLED, "first"): _log_cross(1, 10, pooled[0], pooled[1]),
-                (sb.POOLED, "stays"): _log_cross(1000, 10000, pooled[3], pooled[4]),
+                (sb.POOLED, "stays_above"): _log_cross(1000, 10000, pooled[3], pooled[4]),
                 (sb.TEMPLATE_MEAN, "first"): _log_cross(1, 10, mean[0], mean[1]),
-                (sb.TEMPLATE_MEAN, "stays"): _log_cross(1000, 10000, mean[3], mean[4])}
+                (sb.TEMPLATE_MEAN, "stays_above"): _log_cross(1000, 10000, mean[3], mean[4])}
     for (row, rule), k in expected.items():
         assert head.loc[row, f"k@F>=0.9|{rule}"] == pytest.approx(k, rel=1e-9)
         # noise-free pairs: every resample gives the same size
@@ -433,7 +433,8 @@ def test_headline_reports_both_aggregates_and_both_crossing_rules():
     assert "falls back@0.9" in view.loc[("RelP", "mlp_acts", sb.POOLED), "flags"]
     agg = sb.aggregate_view(head.reset_index(), thresholds=(0.9,)).set_index("aggregate")
     assert agg.loc[sb.POOLED, "k@F≥0.9 (first)"].endswith("(headline)")
-    assert agg.loc[sb.TEMPLATE_MEAN, "k@F≥0.9 (stays)"].startswith(f"{expected[(sb.TEMPLATE_MEAN, 'stays')]:,.0f} [")
+    assert agg.loc[sb.TEMPLATE_MEAN, "k@F≥0.9 (stays_above)"].startswith(
+        f"{expected[(sb.TEMPLATE_MEAN, 'stays_above')]:,.0f} [")
     assert "headline" not in agg.loc[sb.TEMPLATE_MEAN, "k@F≥0.9 (first)"]
 
 

@@ -604,7 +604,7 @@ def headline_table(result: BenchmarkResult, *, thresholds=THRESHOLDS, n_boot: in
                    aggregates=stats.AGGREGATES) -> pd.DataFrame:
     """Per (curve, template) and across templates: the effect m(M) − m(∅) with its interval, and for each threshold
     t and each crossing rule (:data:`neuronlib.stats.CROSSING_RULES`: ``first`` = where the curve first reaches t,
-    ``stays`` = from where it stays at or above t up to the largest size tested) the circuit size k at faithfulness
+    ``stays_above`` = from where it stays at or above t up to the largest size tested) the circuit size k at faithfulness
     t (log-linear interpolation on the grid, full circuit excluded) with its bootstrap interval, the fraction of
     resamples that reach t, and the completeness there (interpolated the same way, with an interval from the same
     resamples): columns ``k@F>=t|rule`` etc.; the bare ``k@F>=t`` columns are the headline rule
@@ -1016,8 +1016,8 @@ def write_tables(result: BenchmarkResult, directory, *, prefix: str = "sva", suf
         "curves": "faithfulness / completeness per (curve, template, size) and pooled, 95% bootstrap over clean "
                   "prefixes (bootstrap_unit) within each template",
         "headline": "k at faithfulness 0.8 / 0.9 (log-linear interpolation) with bootstrap intervals, completeness "
-                    "there, m(M) - m(empty), flags; k@F>=t|first = first crossing, k@F>=t|stays = stays at or above t "
-                    "from there on, bare k@F>=t = headline_crossing; template 'pooled' = pairs of templates above the "
+                    "there, m(M) - m(empty), flags; k@F>=t|first = first crossing, k@F>=t|stays_above = stays at or above "
+                    "t from there on, bare k@F>=t = headline_crossing; template 'pooled' = pairs of templates above the "
                     "effect floor summed (effect-weighted), 'template mean' = unweighted mean of their curves; "
                     "F>1 / C<0 flags from intervals wholly beyond 1 / 0; SAE bases: latents@F>=t = that size without "
                     "the error nodes among its nodes",
