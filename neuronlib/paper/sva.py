@@ -513,8 +513,7 @@ def _pool(entries: list[dict]):
     m_0 = np.concatenate([e["m_empty"] for e in entries])
     size = np.mean([e["size"][p] for e, p in zip(entries, pick)], axis=0)
     strata = np.concatenate([np.full(len(e["m_M"]), i) for i, e in enumerate(entries)])
-    cl = np.concatenate([_clusters_of(e) for e in entries])
-    return np.array(common), size, m_C, m_Cbar, m_M, m_0, strata, cl
+    return np.array(common), size, m_C, m_Cbar, m_M, m_0, strata
 
 
 @dataclass
@@ -541,7 +540,8 @@ def _curves(items, floor: float, aggregates) -> list[_Curve]:
                   _clusters_of(e), abs(_effect(e)) < floor, e["total_nodes"]) for t, e in items]
     kept = [e for t, e in items if abs(_effect(e)) >= floor]
     if kept:
-        k, size, m_C, m_Cbar, m_M, m_0, strata, cl = _pool(kept)
+        k, size, m_C, m_Cbar, m_M, m_0, strata = _pool(kept)
+        cl = np.concatenate([_clusters_of(e) for e in kept])  # in _pool's order of pairs
         for agg in aggregates:
             out.append(_Curve(AGGREGATE_ROWS[agg], k, size, m_C, m_Cbar, m_M, m_0, strata, cl, False, np.nan, agg))
     return out
