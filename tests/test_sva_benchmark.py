@@ -308,6 +308,7 @@ def test_ig_check_runs_every_template_and_labels_each_row_by_variant(tiny_llama,
     assert simple.spearman.nunique() == 1
     assert {"k@F>=0.8", "k@F>=0.8_lo", "k@F>=0.8_hi", "reached@F>=0.8"} <= set(table.columns)
     assert set(result.curves.method) == {"ig", sb.IG_METHOD}
+    assert sb.statistics_parameters(result)["bootstrap_unit"] == "clean prefix"
 
 
 def test_load_templates_from_a_directory_of_community_files(tiny_llama, tmp_path):

@@ -991,6 +991,17 @@ def ig_check(model, data: dict[str, TemplateData], *, templates=TEMPLATES, n: in
 # ------------------------------------------------------------------------------------------------------------- results
 
 
+def statistics_parameters(result: BenchmarkResult, *, n_boot: int = N_BOOT, seed: int = SEED,
+                          floor: float = EFFECT_FLOOR) -> dict:
+    """What a table's intervals and headline choices were made with, for its sidecar: resamples, seed, effect floor,
+    ``bootstrap_unit`` (:func:`bootstrap_unit`), the across-template rows per aggregate and the crossing rules, and
+    which of them the headline columns hold. :func:`write_tables` records it; a notebook writing another table of
+    ``result`` (e.g. :func:`ig_check`'s, the data seeds') passes it too."""
+    return {"n_boot": n_boot, "seed": seed, "effect_floor": floor, "bootstrap_unit": bootstrap_unit(result),
+            "aggregates": dict(AGGREGATE_ROWS), "headline_aggregate": HEADLINE_AGGREGATE,
+            "crossing_rules": list(stats.CROSSING_RULES), "headline_crossing": HEADLINE_CROSSING}
+
+
 def write_tables(result: BenchmarkResult, directory, *, prefix: str = "sva", suffix: str = "",
                  parameters: dict | None = None, score_methods=("relp",), n_boot: int = N_BOOT, seed: int = SEED,
                  floor: float = EFFECT_FLOOR) -> dict[str, pd.DataFrame]:
@@ -1001,10 +1012,7 @@ def write_tables(result: BenchmarkResult, directory, *, prefix: str = "sva", suf
     from .results import write_table
 
     model = ", ".join(sorted(set(result.curves.model)))
-    params = {"n_boot": n_boot, "seed": seed, "effect_floor": floor, "bootstrap_unit": bootstrap_unit(result),
-              "aggregates": dict(AGGREGATE_ROWS), "headline_aggregate": HEADLINE_AGGREGATE,
-              "crossing_rules": list(stats.CROSSING_RULES), "headline_crossing": HEADLINE_CROSSING,
-              **(parameters or {})}
+    params = {**statistics_parameters(result, n_boot=n_boot, seed=seed, floor=floor), **(parameters or {})}
     tables = {f"{prefix}_curves{suffix}": curve_table(result, n_boot=n_boot, seed=seed, floor=floor),
               f"{prefix}_headline{suffix}": add_latent_counts(
                   headline_table(result, n_boot=n_boot, seed=seed, floor=floor), result.attributions),
