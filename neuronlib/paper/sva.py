@@ -516,10 +516,11 @@ class Refine:
     first ``coarse`` (the sizes of the full grid among them, plus the grid's smallest and largest size and the
     full circuit), then, across the templates of one curve together, the full grid's sizes inside every segment
     between coarse neighbours where the faithfulness curve comes within ``margin`` of a threshold of ``thresholds``
-    (:func:`neuronlib.stats.crossing_brackets`): of every template, of the pooled line (templates above ``floor``)
-    and of each of their ``n_boot`` bootstrap resamples (``seed``; :func:`headline_table`'s defaults), so the
-    headline's sizes and intervals (first crossing, and the size from which the curve stays above t) are
-    interpolated between the same grid points as on the full grid. What it gives up: a dip or a spike of more than
+    (:func:`neuronlib.stats.crossing_brackets`): of every template, of every across-template aggregate (templates
+    above ``floor``) and of each of their ``n_boot`` bootstrap resamples (``seed``; :func:`headline_table`'s
+    defaults), so the headline's sizes and intervals under both crossing rules are interpolated between the same grid
+    points as on the full grid (on notebook 02's saved curves, margin 0.1 and decades: all 400 point estimates the
+    same, 62 % of the sizes evaluated; with the resamples' bands, about 77 %). What it gives up: a dip or a spike of more than
     ``margin`` that the coarse grid steps over is not seen, so ``falls_back``, ``max_faithfulness`` and
     ``min_completeness`` are read on the refined grid only."""
 
