@@ -520,9 +520,9 @@ class Refine:
     above ``floor``) and of each of their ``n_boot`` bootstrap resamples (``seed``; :func:`headline_table`'s
     defaults), so the headline's sizes and intervals under both crossing rules are interpolated between the same grid
     points as on the full grid (on notebook 02's saved curves, margin 0.1 and decades: all 400 point estimates the
-    same, 62 % of the sizes evaluated; with the resamples' bands, about 77 %). What it gives up: a dip or a spike of more than
-    ``margin`` that the coarse grid steps over is not seen, so ``falls_back``, ``max_faithfulness`` and
-    ``min_completeness`` are read on the refined grid only."""
+    same, 62 % of the sizes evaluated; with the 95 % bands in place of the resamples, about 77 %). What it gives
+    up: a dip or a spike of more than ``margin`` that the coarse grid steps over is not seen, so ``falls_back``,
+    ``max_faithfulness`` and ``min_completeness`` are read on the refined grid only."""
 
     curves: tuple[tuple[str, str], ...]
     coarse: tuple[int, ...] = (1, 10, 100, 1000, 10000, 100000)
