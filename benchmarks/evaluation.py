@@ -12,6 +12,7 @@ logits computed (``logits_to_keep=1``), no hooks, no edits;
 (b) the same rows through :func:`neuronlib.tracing.run` with nothing edited (the cost of the nnsight trace alone);
 (c) :func:`neuronlib.evaluate_circuit` on each basis of ``--bases`` (ablation means, masks, edits, metric included);
 (d) the masks of one sweep built alone (what ``ablation_runner`` stacks and pads per batch).
+Every round runs each variant once, in turn (``--repeats`` rounds, median per variant).
 
 The machine is shared: the load average before and after is written with the table, and only ratios measured in one
 run are compared (per prompt row). Writes benchmarks/results/evaluation.md.
@@ -21,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -50,6 +52,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pairs", type=int, default=40)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--bases", nargs="+", default=["mlp_acts", "mlp_out"])
+    parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "evaluation.md"))
     args = parser.parse_args(argv)
     torch.manual_seed(0)
@@ -88,19 +91,23 @@ def main(argv=None) -> int:
         evaluate_circuit(model, att, td.test, sites=(basis,), sizes=sizes[basis], mode="mean", metric="logit_diff",
                          batch_size=args.batch, progress=False)
 
+    variants = [("(a) floor: bare batched forward, last-position logits only", floor, R),
+                ("(b) the same rows through tracing.run, nothing edited", traced, R)]
+    for basis in args.bases:
+        n_rows = (2 + 2 * len(sizes[basis])) * args.pairs  # a basis with fewer sizes than the floor's has fewer rows
+        variants.append((f"(c) evaluate_circuit, {basis}, mean ablation ({len(sizes[basis])} sizes)",
+                         lambda basis=basis: evaluate(basis), n_rows))
+        variants.append((f"(d) masks of the {basis} sweep alone", lambda basis=basis: masks(basis), n_rows))
     load_before = os.getloadavg()
     floor()  # warm-up
-    # (variant, seconds, prompt rows it stands for): a basis with fewer sizes than the floor's has fewer rows
-    rows = [("(a) floor: bare batched forward, last-position logits only", timed(floor), R),
-            ("(b) the same rows through tracing.run, nothing edited", timed(traced), R)]
-    for basis in args.bases:
-        n_rows = (2 + 2 * len(sizes[basis])) * args.pairs
-        rows.append((f"(c) evaluate_circuit, {basis}, mean ablation ({len(sizes[basis])} sizes)",
-                     timed(lambda: evaluate(basis)), n_rows))
-        rows.append((f"(d) masks of the {basis} sweep alone", timed(lambda: masks(basis)), n_rows))
-    rows.append(("(a) floor again (after the others: load drift)", timed(floor), R))
+    # interleaved: every round runs each variant once, in turn, so a change of load hits all of them alike
+    times = [[] for _ in variants]
+    for _ in range(args.repeats):
+        for i, (_, fn, _) in enumerate(variants):
+            times[i].append(timed(fn))
     load_after = os.getloadavg()
-    per_row = (rows[0][1] + rows[-1][1]) / 2 / R  # the floor's seconds per prompt row
+    rows = [(name, statistics.median(t), n) for (name, _, n), t in zip(variants, times)]
+    per_row = rows[0][1] / R  # the floor's seconds per prompt row
     for name, sec, n in rows:
         print(f"{name}: {sec:.2f} s ({sec / n / per_row:.3f} x floor per row)", flush=True)
     threads = f" with OMP_NUM_THREADS={os.environ['OMP_NUM_THREADS']}" if "OMP_NUM_THREADS" in os.environ else ""
@@ -109,12 +116,13 @@ def main(argv=None) -> int:
         "",
         f"One sweep of notebook 02: template `{args.template}`, {args.pairs} test pairs of {td.T} tokens, {n_sizes} "
         f"sizes -> {C} circuits (full, empty, C and C-bar per size) = {R:,} prompt rows, {args.batch} rows per "
-        "forward, float32 on CPU, one timing per variant in one process.",
+        f"forward, float32 on CPU; median of {args.repeats} interleaved rounds (each runs every variant once, in "
+        "turn) in one process.",
         f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, "
         f"threads {torch.get_num_threads()}. Command: `{' '.join(['.venv/bin/python', *sys.argv])}`{threads}.",
         f"Load average (1/5/15 min) before: {load_before[0]:.1f}/{load_before[1]:.1f}/{load_before[2]:.1f}, "
         f"after: {load_after[0]:.1f}/{load_after[1]:.1f}/{load_after[2]:.1f} (the machine is shared: compare the "
-        "ratios, not the seconds). The floor is the mean of its two timings.",
+        "ratios, not the seconds).",
         "",
         "| variant | prompt rows | seconds | prompt rows / s | × floor (per row) |",
         "| --- | ---: | ---: | ---: | ---: |",
