@@ -199,23 +199,31 @@ def ablation_runner(model, prepared: Prepared, sites, mode: str, metric, batch_s
     """``run(circuits)`` -> the metric [C, B] with, for each circuit, the masked nodes of ``sites`` ablated.
 
     ``circuits``: a list of {site: [L, T, U] mask in real positions} (True = ablate; a site left out, or ``None`` for
-    the whole circuit, ablates nothing there). All circuits run as blocks of rows of the same batched forwards, and
-    the ablation values are computed once, so a sweep of circuits costs a few large forwards."""
+    the whole circuit, ablates nothing there). All circuits run as blocks of rows of the same batched forwards (one
+    block per distinct set of ablated nodes), and the ablation values are computed once, so a sweep of circuits
+    costs a few large forwards."""
     if metric is None:
         raise ValueError("a circuit sweep needs a metric (e.g. 'logit_diff')")
     replacement = _ablated_value(mode, ablation_values(model, prepared, sites, mode, batch_size))
     n = len(prepared)
 
     def run(circuits):
-        circuits = [c or {} for c in circuits]
-        C = len(circuits)
+        # Circuits that ablate the same nodes run once (a sweep's full circuit is the full model again, its
+        # complement the empty circuit): an empty site mask ablates nothing, so only the non-empty ones identify it.
+        first, of_circuit = {}, []
+        for c in circuits:
+            key = tuple((s, c[s].numpy().tobytes()) for s in sites if c and s in c and bool(c[s].any()))
+            of_circuit.append(first.setdefault(key, len(first)))
+        unique = [{s: c[s] for s in sites if s in c} if c else {} for c in
+                  [circuits[of_circuit.index(i)] for i in range(len(first))]]
+        C = len(unique)
         stacked = prepared.repeat(C)
-        masks = {s: torch.stack([c[s] if s in c else empty_mask(model, s, prepared.T) for c in circuits])
-                 for s in sites if any(s in c for c in circuits)}
+        masks = {s: torch.stack([c[s] if s in c else empty_mask(model, s, prepared.T) for c in unique])
+                 for s in sites if any(s in c for c in unique)}
         edit = _masked_edit(stacked, masks, replacement, torch.arange(C).repeat_interleave(n))
         out = run_with_edits(model, stacked, edits=edit, metric=metric, sites=tuple(masks),
                              batch_size=batch_size, progress=progress, keep_logits=False)
-        return out.metric.view(C, n)
+        return out.metric.view(C, n)[torch.tensor(of_circuit)]
 
     return run
 

@@ -234,6 +234,46 @@ def size_staying_above(sizes, values, threshold: float) -> float:
 CROSSING_RULES = {"first": size_at_threshold, "stays_above": size_staying_above}
 
 
+def crossing_brackets(sizes, curves, thresholds, *, margin: float = 0.0) -> set[tuple[float, float]]:
+    """The pairs of neighbouring grid sizes (k0, k1) between which any of ``curves`` (``[n_curves, len(sizes)]``, or
+    one curve) comes within ``margin`` of a threshold of ``thresholds``: min(v0, v1) − margin < t ≤ max(v0, v1) +
+    margin. With margin 0 these are the segments that cross t, so the brackets of both rules of
+    :data:`CROSSING_RULES` are among them; a finer grid inside the other segments changes neither rule's size unless
+    the curve moves by more than ``margin`` between two coarse points (a dip or a spike the coarse grid steps over).
+    """
+    sizes = np.asarray(sizes, dtype=np.float64)
+    curves = np.atleast_2d(np.asarray(curves, dtype=np.float64))
+    lo = np.fmin(curves[:, :-1], curves[:, 1:]) - margin
+    hi = np.fmax(curves[:, :-1], curves[:, 1:]) + margin
+    near = np.zeros(len(sizes) - 1, dtype=bool) if len(sizes) > 1 else np.zeros(0, dtype=bool)
+    for t in thresholds:
+        near |= ((lo < t) & (t <= hi)).any(0)
+    return {(float(sizes[i]), float(sizes[i + 1])) for i in np.flatnonzero(near)}
+
+
+def refined_sizes(grid, coarse, brackets) -> list:
+    """The sizes of ``grid`` strictly inside any of ``brackets`` and not in ``coarse``: what a coarse sweep adds so
+    that every crossing it located is interpolated between the full grid's neighbours."""
+    have = set(coarse)
+    return sorted(k for k in grid if k not in have and any(a < k < b for a, b in brackets))
+
+
+def coarse_to_fine(evaluate, grid, coarse, thresholds, *, margin: float = 0.0) -> dict:
+    """A curve on ``coarse`` (with ``grid``'s ends) refined around its threshold crossings: ``evaluate(sizes)`` ->
+    the curve's values there (one call per stage). Returns {size: value} on the coarse sizes plus the sizes of
+    ``grid`` inside every segment that comes within ``margin`` of a threshold (:func:`crossing_brackets`), where
+    both rules of :data:`CROSSING_RULES` give what they give on the full grid."""
+    grid = sorted(grid)
+    on_grid = set(grid)
+    coarse = sorted({grid[0], grid[-1], *(k for k in coarse if k in on_grid)})
+    values = dict(zip(coarse, evaluate(coarse)))
+    extra = refined_sizes(grid, coarse, crossing_brackets(coarse, [values[k] for k in coarse], thresholds,
+                                                                   margin=margin))
+    if extra:
+        values.update(zip(extra, evaluate(extra)))
+    return dict(sorted(values.items()))
+
+
 def falls_back(values, threshold: float) -> bool:
     """True if a curve reaches ``threshold`` and later drops below it again (on the grid)."""
     values = np.asarray(values, dtype=np.float64)

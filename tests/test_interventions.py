@@ -206,3 +206,40 @@ def test_steer_per_prompt_lists_may_be_empty(tiny_llama):
     assert torch.equal(per_prompt[1], plain[1])
     with pytest.raises(ValueError, match="no neurons"):
         steer(tiny_llama, prompts, [[], []], multiplier=0.0, positions="circuit")
+
+
+@pytest.mark.parametrize("mode, site", [("mean", "mlp_acts"), ("zero", "mlp_out")])
+def test_smollm_sweep_equals_one_ablation_per_circuit(smollm, mode, site):
+    """The real model: the batched sweep (a full circuit that repeats the full model and an empty one that repeats
+    the empty circuit run once) gives every m(C), m(C̄) of ablating that circuit on its own."""
+    from neuronlib.paper.sva import load_templates
+
+    pairs = load_templates(smollm, ["nounpp"], n_train=4, n_test=4)["nounpp"].test
+    scores = neuronlib.attribute(smollm, pairs, method="atp", sites=(site,), progress=False)
+    sizes = [0, 10, 1000, 10**7]
+    frame = evaluate_circuit(smollm, scores, pairs, sizes=sizes, mode=mode, batch_size=3).set_index("size")
+    ref = circuit_by_circuit(smollm, scores, pairs, site, sizes, mode)
+    assert list(frame.index) == list(ref)
+    for size, (m_c, m_cbar) in ref.items():
+        for got, want in ((frame.loc[size, "m_C"], m_c), (frame.loc[size, "m_Cbar"], m_cbar)):
+            assert abs(got - want) <= 1e-5 * max(1.0, abs(want)), size
+
+
+def test_runner_runs_repeated_circuits_once_on_a_padded_batch(tiny_llama):
+    """Circuits that ablate the same nodes share one block of rows; each still gets the metric of running it alone,
+    on prompts of different lengths (left-padded) and under both ablation modes."""
+    from neuronlib.inputs import prepare
+    from neuronlib.interventions import ablation_runner
+
+    prepared = prepare(tiny_llama, SVA_PAIRS[:4])
+    assert len(set(prepared.lengths.tolist())) > 1
+    ranks = torch.arange(tiny_llama.n_layers * prepared.T * tiny_llama.d_mlp).view(tiny_llama.n_layers, prepared.T,
+                                                                                  tiny_llama.d_mlp)
+    a, b = {"mlp_acts": ranks % 3 == 0}, {"mlp_acts": ranks % 5 == 0}
+    nothing = {"mlp_acts": torch.zeros_like(ranks, dtype=torch.bool)}
+    for mode in ("mean", "zero"):
+        run = ablation_runner(tiny_llama, prepared, ("mlp_acts",), mode, "logit_diff", batch_size=3)
+        together = run([a, None, {"mlp_acts": a["mlp_acts"].clone()}, b, nothing])
+        alone = torch.stack([run([c])[0] for c in (a, None, a, b, None)])
+        assert (together - alone).abs().max() <= 1e-5
+        assert not torch.allclose(together[0], together[3])  # the circuits differ
