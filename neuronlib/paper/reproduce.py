@@ -49,6 +49,19 @@ def check_model(model: str) -> None:
                          "hub id")
 
 
+def parameter_default(path: Path, name: str):
+    """The value a notebook's ``parameters`` cell assigns to ``name`` (a Python literal), or None."""
+    import ast
+    import json
+
+    for cell in json.loads(Path(path).read_text())["cells"]:
+        if cell["cell_type"] == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
+            for node in ast.parse("".join(cell["source"])).body:
+                if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
+                    return ast.literal_eval(node.value)
+    return None
+
+
 def declared_parameters(path: Path) -> set[str]:
     """Names assigned at the top level of a notebook's papermill ``parameters`` cell."""
     import ast
@@ -134,8 +147,9 @@ def _figure_state(directory: Path) -> dict[str, float]:
     return {p.name: p.stat().st_mtime for p in directory.iterdir() if p.is_file()}
 
 
-def run_notebook(path: Path, *, smoke: bool, model: str, out_dir: Path, figures: Path, log=None,
+def run_notebook(path: Path, *, smoke: bool, model: str | None, out_dir: Path, figures: Path, log=None,
                  parameters: dict | None = None) -> dict:
+    """Execute one notebook with papermill; ``model`` None keeps the notebook's own MODEL default."""
     log = log or logger.info
     import papermill
 
@@ -149,7 +163,8 @@ def run_notebook(path: Path, *, smoke: bool, model: str, out_dir: Path, figures:
     running = out_dir / f".{path.stem}.running-{os.getpid()}.ipynb"
     try:
         papermill.execute_notebook(
-            str(path), str(running), parameters={"MODEL": model, "SMOKE": smoke, **(parameters or {})},
+            str(path), str(running), parameters={**({} if model is None else {"MODEL": model}), "SMOKE": smoke,
+                                                 **(parameters or {})},
             cwd=str(path.parent), progress_bar=True, kernel_name="python3",
         )
         merge_injected_parameters(running)
@@ -172,11 +187,14 @@ def run_notebook(path: Path, *, smoke: bool, model: str, out_dir: Path, figures:
     return {"notebook": path.name, "seconds": seconds, "figures": made, "executed": str(out_dir / path.name)}
 
 
-def reproduce(*, smoke: bool = False, model: str = DEFAULT_MODEL, only: list[str] | None = None,
+def reproduce(*, smoke: bool = False, model: str | None = None, only: list[str] | None = None,
               out_dir: Path | None = None, log=None, sva_data: str | Path | None = None,
               parameters: dict | None = None) -> pd.DataFrame:
     """Execute the notebooks; returns one row per notebook (seconds, figures written, executed copy).
 
+    ``model``: run every notebook on it; None (default) runs each on its own MODEL default (the package default
+    :data:`neuronlib.registry.DEFAULT_MODEL`, except the multi-hop notebook's two-hop model). Every model is checked
+    before any notebook runs.
     ``sva_data``: a directory of community-format SVA files; notebook 02 then runs on them (parameter SVA_DATA).
     ``parameters``: papermill parameters, each passed to the notebooks whose parameters cell declares it (an
     unknown name is an error before anything runs)."""
@@ -184,7 +202,8 @@ def reproduce(*, smoke: bool = False, model: str = DEFAULT_MODEL, only: list[str
         raise ValueError(f"--sva-data {sva_data}: not a directory")
     parameters = dict(parameters or {})
     log = log or logger.info
-    check_model(model)
+    if model is not None:
+        check_model(model)
     root = checkout()
     base = Path(out_dir) if out_dir is not None else root / "runs" / ("smoke" if smoke else "full")
     figures = base / "figures" if smoke else Path(os.environ.get("NEURONLIB_FIGURES", root / "figures"))
@@ -193,11 +212,15 @@ def reproduce(*, smoke: bool = False, model: str = DEFAULT_MODEL, only: list[str
         books = [b for b in books if any(key in b.name for key in only)]
     if not books:
         raise ValueError("no notebooks to run" + (f" matching {only}" if only else ""))
+    if model is None:
+        for book in books:
+            check_model(parameter_default(book, "MODEL") or DEFAULT_MODEL)
     declared = {book: declared_parameters(book) for book in books}
     unknown = sorted(set(parameters) - set().union(*declared.values()))
     if unknown:
         raise ValueError(f"parameter(s) {unknown} declared by none of {[b.name for b in books]}")
-    log(f"neuronlib reproduce: {len(books)} notebooks, model {model}, {'SMOKE' if smoke else 'full'} mode")
+    log(f"neuronlib reproduce: {len(books)} notebooks, model {model or 'each notebook default'}, "
+        f"{'SMOKE' if smoke else 'full'} mode")
     t0 = time.perf_counter()
     rows = []
     scratch = Path(tempfile.mkdtemp(prefix="neuronlib-reproduce-"))
