@@ -14,8 +14,7 @@ from pathlib import Path
 import torch
 
 from .architectures import Architecture, architecture_for
-from .registry import (DEFAULT_MODEL, PACKAGED, TINY, PackagedModel, _missing, _package_version,  # noqa: F401
-                       is_installed, known_models)
+from .registry import DEFAULT_MODEL, PACKAGED, TINY, PackagedModel, _missing, _package_version, is_installed, known_models  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -461,8 +460,7 @@ def build_tiny_tokenizer():
 
 def build_tiny_model(name: str = "tiny-llama", *, seed: int = 0, bias_free: bool = True, n_layers: int = 2):
     """A seeded random 2-layer model (d_model 16, d_mlp 24) of the Llama, Gemma-3 or Qwen2 family, and its tokenizer."""
-    from transformers import (Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config,
-                              Qwen2ForCausalLM)
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = build_tiny_tokenizer()
     common = dict(
