@@ -263,7 +263,8 @@ def test_reproduce_without_a_model_checks_each_notebook_default_first(tmp_path, 
     assert reproduce.parameter_default(path, "MODEL") == "absent-model"
     monkeypatch.chdir(root)
     ran = []
-    monkeypatch.setattr(reproduce, "run_notebook", lambda book, **k: ran.append((book.name, k["model"])) or {"figures": [], "notebook": book.name})
+    monkeypatch.setattr(reproduce, "run_notebook",
+                        lambda book, **k: ran.append((book.name, k["model"])) or {"figures": [], "notebook": book.name})
     with pytest.raises(ModuleNotFoundError, match="pip install neuronlib-absent-pkg"):
         reproduce.reproduce(smoke=True, out_dir=tmp_path / "runs")
     assert ran == []
