@@ -6,6 +6,7 @@ Sign convention: a node's score is ``(v(x) - v_baseline) * dm/dv``, its estimate
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 import torch
@@ -13,9 +14,12 @@ from tqdm.auto import tqdm
 
 from . import tracing
 from .activations import mean_values, read_sites
-from .inputs import prepare
+from .inputs import as_int, prepare
 from .metrics import make_metric
 from .sites import ERROR, SAE_SITES, Node, check_sites, site_layers, value_keys
+
+if TYPE_CHECKING:
+    from .models import Model
 
 METHODS = ("atp", "relp", "relp-no-gate", "relp-no-half", "ig", "ig-inputs")
 BASELINES = ("counterfactual", "zero", "mean")
@@ -49,6 +53,7 @@ class Attribution:
     metric_name: str
     model_name: str = ""
     meta: dict = field(default_factory=dict)
+    model_fingerprint: str = ""  # Model.fingerprint() of the model scored ("" for scores made before it was kept)
 
     @property
     def sites(self) -> tuple[str, ...]:
@@ -88,8 +93,7 @@ class Attribution:
 
     def top(self, k: int | None = 20, *, threshold: float | None = None, sites=None) -> pd.DataFrame:
         """The nodes with the largest |score| (averaged over examples), as a DataFrame, largest first."""
-        if k is not None and (not isinstance(k, int) or k < 0):
-            raise ValueError(f"k must be a non-negative int, got {k!r}")
+        k = None if k is None else as_int(k, "k", minimum=0)
         one = self._single()
         sites = check_sites(sites) if sites is not None else self.sites
         flat = torch.cat([one.scores[s][0].flatten() for s in sites])
@@ -136,13 +140,32 @@ class Attribution:
         return pd.DataFrame(rows)
 
 
+def check_same_model(model, scores: "Attribution", what: str) -> None:
+    """ValueError unless ``scores`` were computed on ``model``: same name and, where both are known, same weights
+    (:meth:`neuronlib.Model.fingerprint`; two seeds or checkpoints under one name differ there)."""
+    if not isinstance(scores, Attribution):
+        raise ValueError(f"scores must be an Attribution (from neuronlib.attribute), got {type(scores).__name__}")
+    name = getattr(model, "name", None)
+    if scores.model_name and name and scores.model_name != name:
+        raise ValueError(f"the scores were computed on model {scores.model_name!r} but {what} on {name!r}; "
+                         "attribute on the same model")
+    if scores.model_fingerprint and hasattr(model, "fingerprint") and scores.model_fingerprint != model.fingerprint():
+        raise ValueError(f"the scores were computed on another model named {name!r} (weights fingerprint "
+                         f"{scores.model_fingerprint} vs {model.fingerprint()}: another seed or checkpoint) but "
+                         f"{what} on this one; attribute on the same model")
+
+
+Method = Literal["atp", "relp", "relp-no-gate", "relp-no-half", "ig", "ig-inputs"]
+Baseline = Literal["counterfactual", "zero", "mean"]
+
+
 def attribute(
-    model,
+    model: Model,
     data,
     *,
     metric="logit_diff",
-    method: str = "relp",
-    baseline: str = "counterfactual",
+    method: Method = "relp",
+    baseline: Baseline = "counterfactual",
     sites=("mlp_acts",),
     ig_steps: int = 10,
     ig_max_rows: int | None = None,
@@ -171,16 +194,16 @@ def attribute(
         raise ValueError(f"unknown method {method!r}; use one of {METHODS}")
     if baseline not in BASELINES:
         raise ValueError(f"unknown baseline {baseline!r}; use one of {BASELINES}")
-    if not isinstance(ig_steps, int) or ig_steps < 1:
-        raise ValueError(f"ig_steps must be a positive int, got {ig_steps!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if ig_max_rows is not None and (not isinstance(ig_max_rows, int) or ig_max_rows < 1):
-        raise ValueError(f"ig_max_rows must be a positive int or None, got {ig_max_rows!r}")
+    ig_steps = as_int(ig_steps, "ig_steps", minimum=1)
+    batch_size = as_int(batch_size, "batch_size", minimum=1)
+    ig_max_rows = None if ig_max_rows is None else as_int(ig_max_rows, "ig_max_rows", minimum=1)
     sites = check_sites(sites)
-    prepared = prepare(model, data, need_patch=baseline == "counterfactual")
+    prepared = prepare(model, data, need_patch=baseline == "counterfactual", batch_size=batch_size, backward=True)
     metric_fn = make_metric(metric, prepared, k=k)
     B, T = len(prepared), prepared.T
+    if baseline == "mean" and B < 2:
+        raise ValueError("baseline='mean' is the per-position mean over the data's examples; over one example it is "
+                         "that example, so every score would be 0. Give more examples, or baseline='zero'")
     widths = {s: model.site_width(s) for s in sites}
     out = {s: torch.zeros(B, len(site_layers(model, s)), T, widths[s]) for s in sites}
     m_clean = torch.zeros(B)
@@ -210,11 +233,27 @@ def attribute(
         pad_mask = clean["attention_mask"].bool().cpu()[:, None, :, None]  # [b, 1, T, 1]
         for s in sites:
             out[s][rows] = scores[s].float().cpu() * pad_mask
+    _check_finite(m_clean, m_base, out, metric_fn.name)
     return Attribution(
         scores=out, tokens=prepared.tokens(model.tokenizer), lengths=prepared.lengths, metric=m_clean,
         baseline_metric=m_base, method=method, baseline=baseline, metric_name=metric_fn.name, model_name=model.name,
         meta={"ig_steps": ig_steps} if method.startswith("ig") else {},
+        model_fingerprint=model.fingerprint() if hasattr(model, "fingerprint") else "",
     )
+
+
+def _check_finite(m_clean, m_base, scores, metric_name) -> None:
+    """ValueError naming the examples where the metric or a score is NaN or infinite (NaN would rank first)."""
+    for what, values in (("metric", m_clean), ("metric on the counterfactual prompts", m_base)):
+        if values is not None and not torch.isfinite(values).all():
+            bad = (~torch.isfinite(values)).nonzero().flatten().tolist()
+            raise ValueError(f"the {what} ({metric_name}) is not finite on example(s) {bad[:5]} "
+                             f"({values[bad[0]].item()}); scores would be NaN and rank first")
+    for site, s in scores.items():
+        if not torch.isfinite(s).all():
+            bad = (~torch.isfinite(s)).flatten(1).any(1).nonzero().flatten().tolist()
+            raise ValueError(f"scores on {site} are not finite on example(s) {bad[:5]} (the metric's gradient is "
+                             "NaN or infinite); they would rank first")
 
 
 def _quiet(progress, n):

@@ -9,8 +9,9 @@ Entries are never unpickled as arbitrary objects. A value is stored as a tree of
 numbers, tensors) written with ``torch.save`` and read with ``torch.load(weights_only=True)``; pandas DataFrames,
 numpy arrays, tuples and neuronlib's own dataclasses and named tuples are encoded into that tree and rebuilt on
 load (only classes defined inside ``neuronlib`` are rebuilt). Any entry that cannot be read (truncated, garbage,
-an old pickled format, another code version) is recomputed with a one-line warning. Writes are atomic (temp file +
-rename). :func:`stats` reports hits and misses per kind for this process.
+an old pickled format, another code version) is recomputed with a one-line warning. Writes are atomic (a locked temp
+file + rename, :mod:`neuronlib.locks`); a result that cannot be written (disk full, read-only) is returned uncached.
+:func:`stats` reports hits and misses per kind for this process.
 """
 from __future__ import annotations
 
@@ -20,7 +21,6 @@ import importlib
 import json
 import logging
 import os
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Any, Callable
@@ -236,19 +236,14 @@ def read_entry(path: Path, kind: str | None = None):
 
 
 def write_entry(path: Path, kind: str, value) -> None:
-    blob = {"format": FORMAT, "kind": kind, "code_version": code_version(kind), "value": encode(value)}
-    from .models import _remove_stale
+    from .locks import remove_stale, temporary
 
+    blob = {"format": FORMAT, "kind": kind, "code_version": code_version(kind), "value": encode(value)}
     path.parent.mkdir(parents=True, exist_ok=True)
-    _remove_stale(path.parent, f".{path.name}.tmp-")  # left by a run killed mid-write
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-{os.getpid()}-", dir=path.parent)
-    os.close(fd)
-    try:
+    remove_stale(path.parent, f".{path.name}.tmp-")  # left by a run killed mid-write
+    with temporary(path.parent, f".{path.name}.tmp-") as tmp:
         torch.save(blob, tmp)
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def cached_entry(kind: str, key: str, compute: Callable[[], Any], *, refresh: bool = False,
@@ -257,9 +252,14 @@ def cached_entry(kind: str, key: str, compute: Callable[[], Any], *, refresh: bo
 
     An unreadable entry (truncated, garbage bytes, an old pickled entry, another code version of ``kind``) is
     recomputed with a one-line warning (``hit=False``). A value that cannot be stored safely (see the module
-    docstring) is returned uncached with a warning."""
+    docstring), or that cannot be written (disk full, read-only folder), is returned uncached with a one-line
+    warning: a failing cache never fails the computation."""
     path = entry_path(kind, key, directory)
-    if path.exists() and not refresh:
+    try:
+        present = path.exists()
+    except OSError:  # a folder this user may not read: a miss (the write below says why it is not cached)
+        present = False
+    if present and not refresh:
         try:
             value = read_entry(path, kind)
         except Exception as err:  # noqa: BLE001 - any damage means: recompute
@@ -276,7 +276,16 @@ def cached_entry(kind: str, key: str, compute: Callable[[], Any], *, refresh: bo
         write_entry(path, kind, value)
     except TypeError as err:
         logger.warning(f"cache: {kind} result not stored ({err})")
+    except (OSError, RuntimeError) as err:  # disk full (torch's zip writer raises RuntimeError), read-only, ...
+        # the result is what the caller waited for: hand it back and say the cache missed it
+        logger.warning(f"cache: {kind} result computed but not cached in {path.parent} ({_reason(err)}); "
+                       "it is recomputed next time")
     return value, False
+
+
+def _reason(err: BaseException) -> str:
+    text = " ".join(str(err).split()) or type(err).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def cached(kind: str, key: str, compute: Callable[[], Any], *, refresh: bool = False, directory: Path | None = None):

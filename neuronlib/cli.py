@@ -30,21 +30,12 @@ def _describe(model, top):
     return None
 
 
-def _check_model_name(name: str) -> None:
-    from pathlib import Path
-
-    from .registry import known_models
-
-    if name not in known_models() and not Path(name).is_dir() and "/" not in name:
-        raise ValueError(f"unknown model {name!r}: use one of {known_models()}, a local Hugging Face directory or a "
-                         "hub id")
-
-
 def _check_common(args) -> None:
     """Checks that need no model: model name, device, --top."""
     from .models import check_device
+    from .registry import check_model_name
 
-    _check_model_name(args.model)
+    check_model_name(args.model)
     check_device(os.environ.get("NEURONLIB_DEVICE", "cpu"))
     if getattr(args, "top", 1) < 1:
         raise ValueError(f"--top must be at least 1, got {args.top}")
@@ -91,15 +82,21 @@ def _steer(args) -> int:
 
     from .neurons import Neuron
 
-    neurons = [Neuron.parse(text)[:2] for text in args.neuron]
+    neurons = [Neuron.parse(text) for text in args.neuron]
+    signed = [str(n) for n in neurons if n.sign]
+    if signed:  # checked before the model loads (steer() refuses it too)
+        raise ValueError(f"--neuron {signed[0]}: steer scales the neuron's whole activation, so a sign has no "
+                         f"meaning here (it is not ignored either); drop it: --neuron {signed[0][:-1]}")
     _check_common(args)
     bad = [m for m in args.multiplier if not math.isfinite(m)]
     if bad:
         raise ValueError(f"--multiplier must be finite, got {bad[0]}")
     model = neuronlib.load_model(args.model)
-    from .sites import Node, check_nodes
-
-    check_nodes(model, [Node("mlp_acts", layer, 0, unit) for layer, unit in neurons])
+    for neuron in neurons:
+        neuron.check(model)
+    vocab = len(model.tokenizer)
+    if args.top > vocab:
+        raise ValueError(f"--top {args.top} is more than {model.name}'s vocabulary of {vocab:,} tokens")
     for multiplier in args.multiplier:
         out = neuronlib.steer(model, [args.prompt], neurons, multiplier=multiplier, metric=None)
         probs = out.probs()[0]
@@ -163,8 +160,6 @@ def _doctor(args) -> int:
 def _reproduce(args) -> int:
     from .paper.reproduce import parse_parameter, reproduce
 
-    if args.model is not None:
-        _check_model_name(args.model)
     parameters = dict(parse_parameter(p) for p in args.param)
     reproduce(smoke=args.smoke, model=args.model, only=args.only, sva_data=args.sva_data, parameters=parameters)
     return 0
@@ -178,15 +173,17 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """The command line's parser (every option has a help text)."""
     from .registry import DEFAULT_MODEL
 
     parser = _Parser(prog="neuronlib", description="Trace neuron circuits (Arora et al. 2026).")
-    sub = parser.add_subparsers(dest="command", required=True)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    model_help = f"registry name, local Hugging Face directory or hub id (default {DEFAULT_MODEL})"
     rep = sub.add_parser("reproduce", help="run every notebook (papermill) and regenerate the figures")
     rep.add_argument("--smoke", action="store_true", help="small sizes; figures go to runs/smoke/figures")
-    rep.add_argument("--model", default=None, help="run every notebook on this model (default: each notebook's own "
-                     f"MODEL, {DEFAULT_MODEL} except the multi-hop notebook's two-hop model)")
+    rep.add_argument("--model", default=None, help=model_help.replace(f"(default {DEFAULT_MODEL})", "(default: each "
+                     f"notebook's own MODEL, {DEFAULT_MODEL} except notebook 03's two-hop model)"))
     rep.add_argument("--only", nargs="*", help="run only notebooks whose name contains one of these")
     rep.add_argument("--sva-data", metavar="DIR", help="a directory of community-format {template}_{train,test}"
                      ".json(l) SVA files for notebook 02 (results go to results/sva_data_<DIR name>/)")
@@ -194,32 +191,46 @@ def main(argv=None) -> int:
                      help="a notebook parameter (a Python literal), given to every notebook that declares it; "
                      "repeatable, e.g. -p N_TRAIN=32 -p \"TEMPLATES=['nounpp']\"")
     tr = sub.add_parser("trace", help="print the top neurons for a prompt and answer")
-    tr.add_argument("prompt")
-    tr.add_argument("--answer", required=True)
+    tr.add_argument("prompt", help="the prompt whose next token is scored")
+    tr.add_argument("--answer", required=True, help="the answer token, e.g. ' are' (mind the leading space)")
     tr.add_argument("--counterfactual", help="a second answer: metric = logit(answer) - logit(counterfactual)")
     tr.add_argument("--patch-prompt", help="a counterfactual prompt of the same token length (else zero baseline)")
-    tr.add_argument("--method", default="relp")
-    tr.add_argument("--model", default=DEFAULT_MODEL)
-    tr.add_argument("--top", type=int, default=20)
+    tr.add_argument("--method", default="relp", help="attribution method: relp (default), atp, ig, ig-inputs, "
+                    "relp-no-gate, relp-no-half")
+    tr.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
+    tr.add_argument("--top", type=int, default=20, help="how many neurons to print (default 20)")
     tr.add_argument("--no-describe", dest="describe", action="store_false", help="skip key-free descriptions")
     st = sub.add_parser("steer", help="scale neurons and print the next-token distribution")
-    st.add_argument("prompt")
-    st.add_argument("--neuron", action="append", required=True, help="L<layer>/N<unit>; repeatable")
-    st.add_argument("--multiplier", type=float, nargs="+", default=[0.0, 1.0, 2.0])
-    st.add_argument("--model", default=DEFAULT_MODEL)
-    st.add_argument("--top", type=int, default=5)
+    st.add_argument("prompt", help="the prompt whose next token is shown")
+    st.add_argument("--neuron", action="append", required=True, help="L<layer>/N<unit>, e.g. L0/N813; repeatable")
+    st.add_argument("--multiplier", type=float, nargs="+", default=[0.0, 1.0, 2.0],
+                    help="factors the neurons' activations are multiplied by, one run each (default 0 1 2)")
+    st.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
+    st.add_argument("--top", type=int, default=5, help="how many next tokens to print (default 5)")
     sub.add_parser("doctor", help="versions, model packages, cache state, device")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
     from .logs import show_logs
+    from .paper.reproduce import NotebookFailed
 
     show_logs("INFO")
     try:
         return {"trace": _trace, "reproduce": _reproduce, "steer": _steer, "doctor": _doctor}[args.command](args)
+    except NotebookFailed as err:  # its message is the line: notebook, cell, exception, partial run
+        print(f"neuronlib: error: {_one_line(err)}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:  # `neuronlib doctor | head -1`: the reader has gone, which is no error of ours
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so the interpreter's final flush does not complain either
+        return 0
     except (ValueError, ModuleNotFoundError, OSError) as err:
         print(f"neuronlib: error: {_one_line(err)}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("neuronlib: error: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as err:  # Ctrl-C, or SIGTERM / SIGHUP during `reproduce` (cleaned up by then)
+        print(f"neuronlib: {str(err) or 'interrupted'}", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - the promise is one line; the traceback is one variable away
         if os.environ.get("NEURONLIB_DEBUG"):

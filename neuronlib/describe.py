@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .architectures import get_path
+from .inputs import as_int
 from .neurons import Neuron, neuron_label
 
 __all__ = [
@@ -97,8 +98,7 @@ def output_lens(model, neurons, *, k: int = 10, chunk: int = 256) -> pd.DataFram
     """
     neurons = _as_neurons(neurons)
     _check(model, neurons)
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"k must be a positive int, got {k!r}")
+    k = as_int(k, "k", minimum=1)
     tok = model.tokenizer
     rows: dict[tuple[int, int], dict] = {}
     by_layer: dict[int, list[int]] = {}

@@ -53,9 +53,9 @@ from tqdm.auto import tqdm
 from . import tracing
 from .activations import read_sites
 from .attribution import METHODS as NODE_METHODS
-from .attribution import RELP_VARIANTS, Attribution, attribute
+from .attribution import RELP_VARIANTS, Attribution, attribute, check_same_model
 from .graph import NODE_COLUMNS, OUTPUT_ID, WEIGHTS, CircuitGraph
-from .inputs import Prepared, prepare
+from .inputs import Prepared, as_int, prepare
 from .metrics import make_metric
 from .neurons import neuron_label
 from .sites import Node, check_nodes
@@ -206,9 +206,8 @@ def attribute_edges(
         raise ValueError(f"unknown edge baseline {edge_baseline!r}; use one of {EDGE_BASELINES}")
     if weight not in WEIGHTS:
         raise ValueError(f"weight must be one of {WEIGHTS}, got {weight!r}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    prepared = data if isinstance(data, Prepared) else prepare(model, data)
+    batch_size = as_int(batch_size, "batch_size", minimum=1)
+    prepared = data if isinstance(data, Prepared) else prepare(model, data, batch_size=batch_size, backward=True)
     if len(set(prepared.lengths.tolist())) > 1:
         raise ValueError("examples have different token lengths "
                          f"{sorted(set(prepared.lengths.tolist()))}; edges need one length so node positions align "
@@ -224,13 +223,13 @@ def attribute_edges(
         scores = attribute(model, prepared.examples, method=method if method in NODE_METHODS else "relp",
                            baseline=node_baseline, metric=metric, sites=("mlp_acts",), batch_size=batch_size,
                            progress=False)
+    check_same_model(model, scores, "the edges are computed")
     if "mlp_acts" not in scores.scores:
         raise ValueError("scores must include the mlp_acts site")
     if scores.scores["mlp_acts"].shape[2] != T:
         raise ValueError(f"scores have {scores.scores['mlp_acts'].shape[2]} positions, the data {T}")
     if nodes is None:
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
+        k = as_int(k, "k", minimum=1)
         nodes = scores.nodes(k, sites=("mlp_acts",))
     nodes = check_nodes(model, list(nodes))
     bad = [n for n in nodes if n.site != "mlp_acts"]

@@ -7,14 +7,19 @@ node of the basis ablated. Metrics are averaged over the test examples before th
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pandas as pd
 import torch
 
-from .attribution import Attribution
-from .inputs import prepare
-from .interventions import ablation_runner
+from .attribution import Attribution, check_same_model
+from .inputs import as_int, prepare
+from .interventions import AblationMode, ablation_runner
 from .sites import check_sites
 from .tracing import on_remote
+
+if TYPE_CHECKING:
+    from .models import Model
 
 DEFAULT_SIZES = (0, 1, 2, 5, 10, 20, 50, 100, 200, 300, 400, 500, 1000, 2000, 5000, 10000, 20000, 50000)
 
@@ -47,13 +52,13 @@ def _groups(data, group_by, n):
 
 
 def evaluate_circuit(
-    model,
+    model: Model,
     scores: Attribution,
     test_data,
     *,
     sizes=None,
     thresholds=None,
-    mode: str = "mean",
+    mode: AblationMode = "mean",
     sites=None,
     metric="logit_diff",
     batch_size: int = 32,
@@ -79,16 +84,12 @@ def evaluate_circuit(
     model = on_remote(model, remote)
     if sizes is not None and thresholds is not None:
         raise ValueError("give sizes or thresholds, not both")
-    if not isinstance(scores, Attribution):
-        raise ValueError(f"scores must be an Attribution (from neuronlib.attribute), got {type(scores).__name__}")
-    if scores.model_name and getattr(model, "name", None) and scores.model_name != model.name:
-        raise ValueError(f"the scores were computed on model {scores.model_name!r} but the circuit is evaluated on "
-                         f"{model.name!r}; attribute on the same model")
+    check_same_model(model, scores, "the circuit is evaluated")
     sites = check_sites(sites) if sites is not None else scores.sites
     missing = [s for s in sites if s not in scores.scores]
     if missing:
         raise ValueError(f"scores have no site(s) {missing}")
-    prepared = prepare(model, test_data)
+    prepared = prepare(model, test_data, batch_size=batch_size)
     T = scores.scores[sites[0]].shape[2]
     if prepared.T != T or len(set(prepared.lengths.tolist())) > 1:
         raise ValueError(f"test prompts must all have the attribution prompts' token length ({T}); got lengths "
@@ -98,11 +99,13 @@ def evaluate_circuit(
     one = scores if scores.n_examples == 1 else scores.mean()
     abs_sorted = torch.cat([one.scores[s][0].flatten() for s in sites]).abs().sort(descending=True).values
     if thresholds is not None:
+        if not len(thresholds):
+            raise ValueError("thresholds is empty: give at least one threshold (or sizes)")
         sweep = [(int((abs_sorted >= t).sum()), float(t)) for t in thresholds]
     else:
-        sizes = DEFAULT_SIZES if sizes is None else sizes
-        if any(not isinstance(k, int) or k < 0 for k in sizes):
-            raise ValueError(f"sizes must be non-negative ints, got {list(sizes)}")
+        sizes = DEFAULT_SIZES if sizes is None else [as_int(k, "each of sizes", minimum=0) for k in sizes]
+        if not sizes:
+            raise ValueError("sizes is empty: give at least one circuit size (or thresholds)")
         sweep = [(min(k, total), float(abs_sorted[k - 1]) if 0 < k <= total else float("nan")) for k in sizes]
     run = ablation_runner(model, prepared, sites, mode, metric, batch_size,
                           progress=(len(sweep) > 1) if progress is None else progress)

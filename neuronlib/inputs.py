@@ -94,27 +94,59 @@ def as_examples(data) -> Examples:
     return examples
 
 
+def as_int(value, what: str, *, minimum: int | None = None) -> int:
+    """``value`` as an int: a Python or numpy integer (not a bool, a float or a string); ValueError naming ``what``
+    and, with ``minimum``, the bound otherwise."""
+    import operator
+
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        number = operator.index(value)
+    except TypeError:
+        raise ValueError(f"{what} must be an int, got {value!r} ({type(value).__name__})") from None
+    if minimum is not None and number < minimum:
+        raise ValueError(f"{what} must be {'positive' if minimum == 1 else f'>= {minimum}'}, got {number}")
+    return number
+
+
 # A warning above this estimate (GiB); $NEURONLIB_MEMORY_WARN_GB overrides it.
 MEMORY_WARN_GB = 4.0
+# Calibration (benchmarks/memory_long_prompt.py, benchmarks/results/memory_long_prompt.md): RelP on SmolLM2-135M's
+# neurons, one prompt of 2,833 tokens (2,000 corpus words), 1 thread: the pass peaked 6.45 GiB above the resting RSS
+# of the loaded model, where the uncalibrated count of tensors below gave 4.96 GiB (what torch and nnsight keep
+# besides: saved intermediates of the backward, the gradient of the full logits, allocator slack). The count is scaled
+# by that measured ratio. It also matches the reported 3,300-token prompt: 7.6 GiB + 0.95 resting = 8.5 GiB measured.
+MEASURED_OVER_COUNTED = 6.45 / 4.96
 
 
-def estimate_memory(model, batch: int, T: int) -> float:
-    """A rough upper estimate (bytes) of one attribution pass over ``batch`` prompts of ``T`` tokens: activations
-    kept for the backward pass, the per-node scores of every site and the logits, plus eager attention's
-    [heads, T, T] matrices per layer. (Measured: 5,000 words on SmolLM2-135M took 12.5 GB.)"""
+def estimate_memory(model, batch: int, T: int, *, backward: bool = True) -> float:
+    """Bytes one pass over ``batch`` prompts of ``T`` tokens needs beyond the loaded model, calibrated on a
+    measurement (:data:`MEASURED_OVER_COUNTED`). ``backward=True``: an attribution pass (activations kept for the
+    backward pass, per-node scores, the logits and their gradient, eager attention's [heads, T, T] per layer);
+    ``backward=False``: a forward without gradients (ablate, patch, steer: the logits and one layer's values at a
+    time; derived from the same count, not measured separately)."""
     cfg = model.config
     L, d, m = model.n_layers, model.d_model, model.d_mlp
     heads = getattr(cfg, "num_attention_heads", 1)
     elem = torch.finfo(model.dtype).bits // 8
-    per_token = L * (4 * m + 8 * d) * elem + L * (m + 3 * d) * 4  # activations + float32 scores
     eager = getattr(cfg, "_attn_implementation", None) == "eager"
-    attention = L * heads * T * T * elem * 3 if eager else 0  # eager attention keeps [heads, T, T] per layer
     logits = T * getattr(cfg, "vocab_size", 0) * 4
-    return float(batch * (T * per_token + attention + logits))
+    if backward:
+        per_token = L * (4 * m + 8 * d) * elem + L * (m + 3 * d) * 4  # activations + float32 scores
+        attention = L * heads * T * T * elem * 3 if eager else 0
+    else:
+        per_token = (4 * m + 8 * d) * elem
+        attention = heads * T * T * elem if eager else 0
+    return float(batch * (T * per_token + attention + logits) * MEASURED_OVER_COUNTED)
 
 
-def check_lengths(model, prepared_T: int, batch: int, prompts: list[str]) -> None:
-    """ValueError if a prompt is longer than the model's context; a warning if the run needs many GB."""
+def check_lengths(model, prepared_T: int, batch: int, prompts: list[str], *, backward: bool = True,
+                  batch_option: bool = True) -> None:
+    """ValueError if a prompt is longer than the model's context; a one-line warning if one pass (``batch``
+    prompts of ``prepared_T`` tokens) needs more than $NEURONLIB_MEMORY_WARN_GB, with advice that fits the call:
+    a smaller ``batch_size=`` (saying which fits) where one is in use and can be given, else a shorter prompt
+    (saying how many tokens fit)."""
     import logging
     import os
 
@@ -122,12 +154,21 @@ def check_lengths(model, prepared_T: int, batch: int, prompts: list[str]) -> Non
     context = getattr(model.config, "max_position_embeddings", None)
     if context and prepared_T > context:
         raise ValueError(f"a prompt of {prepared_T} tokens is longer than {model.name}'s context of {context} tokens")
-    need = estimate_memory(model, batch, prepared_T) / 2**30
+    need = estimate_memory(model, batch, prepared_T, backward=backward) / 2**30
     limit = float(os.environ.get("NEURONLIB_MEMORY_WARN_GB", MEMORY_WARN_GB))
-    if need > limit:
-        log.warning(f"{batch} prompt(s) of up to {prepared_T} tokens: an attribution pass needs about {need:.1f} GiB "
-                    f"(attention grows with the square of the length); shorten the prompts or use a smaller "
-                    f"batch_size")
+    if need <= limit:
+        return
+    one = estimate_memory(model, 1, prepared_T, backward=backward) / 2**30
+    what = "an attribution pass" if backward else "a forward pass"
+    if batch > 1 and batch_option and one <= limit:
+        advice = f"pass batch_size={max(1, int(limit // one))} (one prompt needs about {one:.1f} GiB)"
+    else:
+        fits = prepared_T
+        while fits > 1 and estimate_memory(model, 1, fits, backward=backward) / 2**30 > limit:
+            fits = int(fits * 0.9)
+        advice = f"shorten the prompt (about {fits:,} tokens fit in {limit:g} GiB)"
+    log.warning(f"{batch} prompt(s) of up to {prepared_T:,} tokens: {what} needs about {need:.1f} GiB beyond the "
+                f"model; {advice}, or set NEURONLIB_MEMORY_WARN_GB to silence this")
 
 
 def check_answers(examples: Examples) -> None:
@@ -186,18 +227,29 @@ class Prepared:
                 for b, n in enumerate(self.lengths)]
 
 
-def prepare(model, data, *, need_patch: bool = False) -> Prepared:
+def prepare(model, data, *, need_patch: bool = False, batch_size: int | None = None,
+            backward: bool = False) -> Prepared:
+    """Tokenise ``data`` (see :func:`as_examples`); ``batch_size`` and ``backward`` describe the passes that will
+    run (for the memory warning of :func:`check_lengths`; ``batch_size=None``: every example in one pass, and no
+    ``batch_size=`` option to advise)."""
     examples = as_examples(data)
     if need_patch and examples.patch is None:
         raise ValueError("this run needs counterfactual prompts (patch_prefix) for every example")
     prompts = examples.clean + (examples.patch or [])
     if any(not isinstance(p, str) or not p for p in prompts):
         raise ValueError("every prompt must be a non-empty string")
+    for i, p in enumerate(prompts):
+        try:
+            p.encode("utf-8")
+        except UnicodeEncodeError as err:  # lone surrogates: bytes that were not UTF-8 (e.g. a shell argument)
+            raise ValueError(f"prompt {i} is not valid text: {p[max(0, err.start - 10):err.start]!r} is followed by "
+                             "bytes that are not UTF-8; re-encode the prompt as UTF-8") from None
     check_answers(examples)
     enc = model.tokenize(prompts)
     n = len(examples)
     lengths = enc["attention_mask"].sum(1)
-    check_lengths(model, int(enc["input_ids"].shape[1]), n, prompts)
+    check_lengths(model, int(enc["input_ids"].shape[1]), n if batch_size is None else min(n, batch_size), prompts,
+                  backward=backward, batch_option=batch_size is not None)
     clean = {k: v[:n] for k, v in enc.items()}
     patch = None
     if examples.patch is not None:

@@ -6,6 +6,7 @@ result holding the last-position logits, the metric per example and a pandas vie
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 import pandas as pd
 import torch
@@ -15,9 +16,14 @@ from . import tracing
 from .activations import mean_values, read_sites
 from .inputs import Prepared, prepare
 from .metrics import make_metric
+from .neurons import Neuron
 from .sites import SAE_SITES, Node, check_sites, empty_mask, node_masks, split_key
 
-MODES = ("mean", "zero")
+if TYPE_CHECKING:
+    from .models import Model
+
+AblationMode = Literal["mean", "zero"]
+MODES: tuple[str, ...] = ("mean", "zero")
 
 
 @dataclass
@@ -126,6 +132,8 @@ def _masked_edit(prepared, masks, replacement, mask_of_row=None):
 
 def _per_example(nodes, n_examples: int):
     """(groups, mask of each row): one node list shared by every example, or one list per example."""
+    if nodes is None or isinstance(nodes, (str, Node)):
+        raise ValueError(f"nodes must be a list of Nodes (or one list per example), got {nodes!r}")
     nodes = list(nodes)
     per_example = (len(nodes) == n_examples and n_examples > 0
                    and all(isinstance(g, list) and all(isinstance(x, (list, tuple)) for x in g) for g in nodes))
@@ -134,9 +142,27 @@ def _per_example(nodes, n_examples: int):
     return [nodes], None
 
 
+def _unsigned(item) -> Neuron:
+    """A :class:`Neuron` (or ``"L0/N813"``) as an unsigned Neuron; a signed one is refused, never ignored: these
+    interventions act on the neuron's whole activation."""
+    neuron = Neuron.coerce(item)
+    if neuron.sign:
+        raise ValueError(f"neuron {neuron}: ablate, patch and steer act on the neuron's whole activation, so its sign "
+                         f"has no meaning here (it is not ignored either); drop it: {neuron._replace(sign='')}")
+    return neuron
+
+
+def _as_nodes(item, T: int) -> list:
+    """A Node as itself; a Neuron or ``"L0/N813"`` string as its mlp_acts node at every position."""
+    if isinstance(item, (str, Neuron)):
+        neuron = _unsigned(item)
+        return [Node("mlp_acts", neuron.layer, p, neuron.unit) for p in range(T)]
+    return [item]
+
+
 def _group_masks(model, groups, T: int) -> dict[str, torch.Tensor]:
-    """{site: [G, L, T, U]}: the nodes of each group, in real positions."""
-    per_group = [node_masks(model, g, T) for g in groups]
+    """{site: [G, L, T, U]}: the nodes of each group (Neurons: at every position), in real positions."""
+    per_group = [node_masks(model, [x for n in g for x in _as_nodes(n, T)], T) for g in groups]
     sites = tuple(dict.fromkeys(s for m in per_group for s in m))
     return {s: torch.stack([m.get(s, empty_mask(model, s, T)) for m in per_group]) for s in sites}
 
@@ -194,30 +220,34 @@ def ablation_runner(model, prepared: Prepared, sites, mode: str, metric, batch_s
     return run
 
 
-def ablate(model, data, nodes, *, mode: str = "mean", complement: bool = False, sites=None, metric="auto",
-           batch_size: int = 32, means=None, remote=None) -> Intervened:
+def ablate(model: Model, data, nodes, *, mode: AblationMode = "mean", complement: bool = False, sites=None,
+           metric="auto", batch_size: int = 32, means=None, remote=None) -> Intervened:
     """Ablate ``nodes`` (or, with ``complement=True``, every node of ``sites`` except them).
 
     mode "mean": the per-position mean over the data's counterfactual prompts (docs/method.md §4); "zero": 0.
     ``sites`` defaults to the sites of ``nodes``; with ``complement`` it names the basis whose other nodes go.
-    ``nodes`` is one node list for every example, or one list per example.
+    ``nodes`` is one node list for every example, or one list per example; a :class:`~neuronlib.Neuron` or an
+    ``"L0/N813"`` string in it stands for that neuron at every position.
     ``remote``: run the traces through nnsight's remote (NDIF) backend (see :func:`neuronlib.tracing.on_remote`).
     """
     model = tracing.on_remote(model, remote)
     if mode not in MODES:
         raise ValueError(f"unknown ablation mode {mode!r}; use one of {MODES}")
-    prepared = data if isinstance(data, Prepared) else prepare(model, data)
+    prepared = data if isinstance(data, Prepared) else prepare(model, data, batch_size=batch_size)
     groups, mask_of_row = _per_example(nodes, len(prepared))
     masks = _group_masks(model, groups, prepared.T)
     sites = check_sites(sites) if sites is not None else tuple(masks) or ("mlp_acts",)
     C = len(groups)
     for site in sites:
         masks.setdefault(site, empty_mask(model, site, prepared.T).expand(C, -1, -1, -1))
+    outside = sorted(set(masks) - set(sites))
+    if outside and complement:
+        raise ValueError(f"complement=True keeps only the nodes of sites {list(sites)}, but some nodes are on "
+                         f"{outside}; add those sites to sites= or drop the nodes")
+    if outside:
+        raise ValueError(f"sites={list(sites)} but some nodes are on {outside}, which would be ablated too; add "
+                         "those sites to sites= or drop the nodes")
     if complement:
-        outside = sorted(set(masks) - set(sites))
-        if outside:
-            raise ValueError(f"complement=True keeps only the nodes of sites {list(sites)}, but some nodes are on "
-                             f"{outside}; add those sites to sites= or drop the nodes")
         masks = {s: ~m for s, m in masks.items() if s in sites}
     if means is None and mode == "mean":
         means = ablation_values(model, prepared, tuple(masks), mode, batch_size)
@@ -226,13 +256,14 @@ def ablate(model, data, nodes, *, mode: str = "mean", complement: bool = False, 
                           batch_size=batch_size)
 
 
-def patch(model, clean, counterfactual=None, nodes=(), *, metric="auto", batch_size: int = 32,
+def patch(model: Model, clean, counterfactual=None, nodes=(), *, metric="auto", batch_size: int = 32,
           remote=None) -> Intervened:
     """Run the clean prompts with ``nodes`` set to their values on the counterfactual prompts (example by example).
 
     ``clean`` may be records in the community format (then ``counterfactual`` is taken from ``patch_prefix``) or a
     list of prompts with ``counterfactual`` a list of prompts of the same token lengths. ``nodes`` is one node list
-    for every example, or one list per example. ``remote``: as in :func:`ablate`.
+    for every example, or one list per example; a Neuron or ``"L0/N813"`` string stands for that neuron at every
+    position. ``remote``: as in :func:`ablate`.
     """
     model = tracing.on_remote(model, remote)
     if counterfactual is not None:
@@ -244,7 +275,7 @@ def patch(model, clean, counterfactual=None, nodes=(), *, metric="auto", batch_s
             raise ValueError(f"{len(ex)} clean prompts but {len(cf)} counterfactual prompts")
         ex.patch = cf
         clean = ex
-    prepared = prepare(model, clean, need_patch=True)
+    prepared = prepare(model, clean, need_patch=True, batch_size=batch_size)
     groups, mask_of_row = _per_example(nodes, len(prepared))
     masks = _group_masks(model, groups, prepared.T)
     sites = tuple(masks)
@@ -261,11 +292,14 @@ def patch(model, clean, counterfactual=None, nodes=(), *, metric="auto", batch_s
                           batch_size=batch_size, before=read_counterfactual)
 
 
-def steer(model, prompts, neurons, *, multiplier: float, positions="all", metric="auto",
-          batch_size: int = 32, remote=None) -> Intervened:
+def steer(model: Model, prompts, neurons, *, multiplier: float,
+          positions: Literal["all", "circuit"] | list[int] = "all", metric="auto", batch_size: int = 32,
+          remote=None) -> Intervened:
     """Multiply neurons' activations by ``multiplier``.
 
-    neurons: (layer, unit) pairs on ``mlp_acts`` or Nodes (any site); or one list of Nodes per prompt.
+    neurons: :class:`~neuronlib.Neuron` objects, ``"L0/N813"`` strings or (layer, unit) pairs on ``mlp_acts``
+    (a signed neuron, ``L0/N813-``, is refused: scaling acts on both sides), or Nodes (any site); or one list of
+    Nodes per prompt.
     positions: "all" (every position), "circuit" (only the Nodes' own positions) or a list of positions.
     ``multiplier=1`` is a no-op and ``multiplier=0`` zero-ablates them. ``remote``: as in :func:`ablate`.
     """
@@ -278,7 +312,7 @@ def steer(model, prompts, neurons, *, multiplier: float, positions="all", metric
         raise ValueError(f"multiplier must be a number, got {multiplier!r}") from None
     if not math.isfinite(multiplier):
         raise ValueError(f"multiplier must be finite, got {multiplier}")
-    prepared = prompts if isinstance(prompts, Prepared) else prepare(model, prompts)
+    prepared = prompts if isinstance(prompts, Prepared) else prepare(model, prompts, batch_size=batch_size)
     T = prepared.T
     if positions not in ("all", "circuit"):
         positions = list(positions)
@@ -288,6 +322,8 @@ def steer(model, prompts, neurons, *, multiplier: float, positions="all", metric
 
     def expand(n):
         at = range(T) if positions in ("all", "circuit") else positions
+        if isinstance(n, (str, Neuron)):
+            n = tuple(_unsigned(n)[:2])
         if len(n) == 2:
             if positions == "circuit":
                 raise ValueError("positions='circuit' needs Nodes (site, layer, position, unit), not (layer, unit)")

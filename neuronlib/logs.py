@@ -13,6 +13,7 @@ def show_logs(level: int | str = "INFO", stream=None) -> logging.Handler:
     """Print neuronlib's log records of ``level`` and above to ``stream`` (default stderr). Idempotent."""
     for handler in logger.handlers:
         if getattr(handler, _HANDLER_FLAG, False):
+            handler.stream = stream or sys.stderr  # the stream of now (sys.stderr may have been replaced and closed)
             handler.setLevel(level)
             logger.setLevel(min(logger.level or logging.WARNING, handler.level))
             return handler

@@ -46,8 +46,9 @@ def make_metric(metric, prepared, *, k: int = 5) -> Metric:
         a = need(answer, "clean_answer")
         return Metric("logit", lambda lg, rows: _gather(lg, a, rows))
     if metric == "topk_logits":
-        if not isinstance(k, int) or k < 1:
-            raise ValueError(f"topk_logits needs k >= 1, got {k!r}")
+        from .inputs import as_int
+
+        k = as_int(k, "topk_logits' k", minimum=1)
         return Metric(f"top{k}_logits", lambda lg, rows: lg.float().topk(k, dim=-1).values.sum(-1))
     raise ValueError(f"unknown metric {metric!r}; use one of {METRICS} or a callable(logits_BV, batch) -> [B]")
 

@@ -14,7 +14,17 @@ from pathlib import Path
 import torch
 
 from .architectures import Architecture, architecture_for
-from .registry import DEFAULT_MODEL, PACKAGED, TINY, PackagedModel, _missing, _package_version, is_installed, known_models  # noqa: F401
+from .registry import (  # noqa: F401
+    DEFAULT_MODEL,
+    PACKAGED,
+    TINY,
+    PackagedModel,
+    _missing,
+    _package_version,
+    check_model_name,
+    is_installed,
+    known_models,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +48,23 @@ class Model:
     source: str = ""
     saes: dict = field(default_factory=dict, repr=False)  # "sae_mlp_out" -> one SAE per layer
     remote: object = field(default=None, repr=False)  # a tracing.Remote: traces run there (``tracing.on_remote``)
+    _fingerprint: str | None = field(default=None, repr=False, compare=False)
+
+    def fingerprint(self) -> str:
+        """A short hash of the weights (every parameter's name, shape and an evenly spaced sample of its values):
+        tells apart two models of one name (another seed, another checkpoint, a fine-tune). Computed once."""
+        if self._fingerprint is None:
+            import hashlib
+
+            h = hashlib.sha256()
+            with torch.no_grad():
+                for name, p in self.hf.named_parameters():
+                    flat = p.detach().reshape(-1)
+                    sample = flat[:: max(1, flat.numel() // 4096)].float().cpu().contiguous()
+                    h.update(f"{name}{tuple(p.shape)}".encode())
+                    h.update(sample.numpy().tobytes())
+            self._fingerprint = h.hexdigest()[:16]
+        return self._fingerprint
 
     def attach_saes(self, site: str, saes) -> None:
         """Make ``site`` ("sae_mlp_out", "sae_resid" or "sae_attn_out") available: one SAE per layer, in order."""
@@ -108,8 +135,7 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | None = None, dtype: t
     """
     if device is None:
         device = os.environ.get("NEURONLIB_DEVICE", "cpu")
-    if not isinstance(name, str) or not name:
-        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    check_model_name(name)
     check_device(device)
     if dtype is None:
         dtype = torch.bfloat16 if str(device).startswith("cuda") else torch.float32
@@ -118,11 +144,8 @@ def load_model(name: str = DEFAULT_MODEL, *, device: str | None = None, dtype: t
         source = f"built in code (seed {seed})"
     elif name in PACKAGED:
         hf, tokenizer, source = _load_packaged(PACKAGED[name])
-    elif Path(name).is_dir() or "/" in name:
-        hf, tokenizer, source = _load_hf(name)
-    else:
-        raise ValueError(f"unknown model {name!r}: use one of {known_models()}, a local Hugging Face directory or a "
-                         "hub id")
+    else:  # a local directory or a hub id (check_model_name let nothing else through)
+        hf, tokenizer, source = _load_hf(str(Path(name).expanduser()) if Path(name).expanduser().is_dir() else name)
     return _finish(name, hf, tokenizer, source, device=device, dtype=dtype)
 
 
@@ -196,22 +219,21 @@ def _concatenate(paths: list[Path], out: Path) -> None:
 def _assemble(write, target: Path, expected: str | None, *, reinstall: str = "the model package") -> Path:
     """``write(path)`` assembles the model file; the result lands in ``target``, checked against ``expected`` (sha256).
 
-    A file left by an interrupted assembly (wrong hash) is replaced; the assembly writes a per-process partial file
-    and renames it into place, and partial files of processes that no longer run are removed."""
-    _remove_stale(target.parent, target.name + ".partial-")
+    A file left by an interrupted assembly (wrong hash) is replaced; the assembly writes a locked partial file and
+    renames it into place, and partial files of runs that are over are removed (:mod:`neuronlib.locks`)."""
+    from .locks import remove_stale, temporary
+
+    remove_stale(target.parent, target.name + ".partial-")
     if target.exists():
         if expected is None or file_sha256(target) == expected:
             return target
         logger.warning(f"{target} is damaged or incomplete (sha256 mismatch); assembling it again")
         target.unlink(missing_ok=True)
-    partial = target.with_name(f"{target.name}.partial-{os.getpid()}-{int(time.time())}")
-    try:
+    with temporary(target.parent, target.name + ".partial-") as partial:
         write(partial)
         if expected is not None and file_sha256(partial) != expected:
             raise OSError(f"the assembled {target.name} does not match its sha256; reinstall: {reinstall}")
         os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
     return target
 
 
@@ -300,48 +322,12 @@ def verify_cache(path: Path) -> CacheCheck:
                       time.perf_counter() - t0)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True
-    return True
-
-
-def _remove_stale(directory: Path, prefix: str, *, max_age_s: float = 6 * 3600) -> list[Path]:
-    """Remove ``directory/prefix*`` left by killed runs: the pid in the name no longer runs (or, for names without
-    one, older than ``max_age_s``)."""
-    removed = []
-    if not directory.is_dir():
-        return removed
-    for p in directory.iterdir():
-        if not p.name.startswith(prefix):
-            continue
-        head = p.name[len(prefix):].split("-")[0]
-        try:
-            stale = not _pid_alive(int(head))
-        except ValueError:
-            try:
-                stale = time.time() - p.stat().st_mtime > max_age_s
-            except OSError:
-                continue
-        if stale:
-            if p.is_dir():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
-            logger.info(f"removed {p.name}, left in {directory} by an interrupted run")
-            removed.append(p)
-    return removed
-
-
 def stale_files(directory: Path) -> list[Path]:
-    """Temp folders and partial files under ``directory`` left by interrupted runs (what the next load removes)."""
-    if not directory.is_dir():
-        return []
-    return [p for p in directory.iterdir() if ".tmp-" in p.name or ".partial-" in p.name]
+    """Temp folders and partial files under ``directory`` left by interrupted runs (what the next load removes);
+    not those that a live process, here or on another machine sharing the cache, is writing."""
+    from .locks import stale_entries
+
+    return stale_entries(directory)
 
 
 def _load_cached(path: Path):
@@ -381,9 +367,11 @@ def _convert(spec: PackagedModel):
 
 
 def _load_packaged(spec: PackagedModel):
+    from .locks import remove_stale
+
     _package_version(spec)  # fails early with the pip command
     path = _model_cache_path(spec)
-    _remove_stale(path.parent, path.name + ".tmp-")
+    remove_stale(path.parent, path.name + ".tmp-")
     cached = _load_cached(path)
     if cached is not None:
         return (*cached, f"cache {path}")
@@ -406,31 +394,43 @@ def _check_writable(directory: Path) -> None:
 
 
 def _write_cache(hf, tokenizer, path: Path) -> None:
-    """Write the dequantised model atomically (a per-process temp dir, renamed into place) with a manifest of every
-    file's sha256, so an interrupted run leaves no half cache (and its temp dir is removed by the next load)."""
+    """Write the dequantised model atomically (a locked temp dir, renamed into place) with a manifest of every
+    file's sha256, so an interrupted run leaves no half cache (and its temp dir is removed by the next load, while
+    another process's conversion in progress, on this machine or another sharing the cache, is left alone)."""
+    from .locks import temporary
+
     # transformers refuses save_pretrained on a GGUF-loaded model while it still carries the quantizer.
     hf.hf_quantizer = None
     if hasattr(hf.config, "quantization_config"):
         del hf.config.quantization_config
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f"{path.name}.tmp-{os.getpid()}-", dir=path.parent))
-    try:
+    found = _manifest_text(path)  # the cache this load refused (damaged, stale), if any
+    with temporary(path.parent, f"{path.name}.tmp-", folder=True) as tmp:
         hf.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "reference.json").write_text(json.dumps(_reference_logit(hf, tokenizer)))
         _write_manifest(tmp)
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path, ignore_errors=True)
-        elif path.exists() or path.is_symlink():
-            path.unlink()
-        try:
-            os.replace(tmp, path)
-        except OSError:
-            if not verify_cache(path).ok:  # not another process's complete cache: replace it
+        for _ in range(3):
+            now = _manifest_text(path)
+            if now is not None and now != found and verify_cache(path).ok:
+                return  # another process sharing the cache finished the same conversion first: keep its copy
+            if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+            try:
                 os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                return
+            except OSError:  # another process's copy arrived in between: look again
+                continue
+        raise OSError(f"could not move the converted model into {path}: other processes keep replacing it")
+
+
+def _manifest_text(path: Path) -> str | None:
+    try:
+        return (path / MANIFEST).read_text()
+    except OSError:
+        return None
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -59,6 +59,25 @@ TINY = ("tiny-llama", "tiny-gemma", "tiny-qwen2")
 DEFAULT_MODEL = "smollm2-135m"
 
 
+def check_model_name(name) -> None:
+    """ValueError naming the problem unless ``name`` can name a model: a registry name, a local Hugging Face
+    directory, or a hub id of the form ``owner/name``. A path (``./x``, ``/x``, ``~/x``, ``a/b/c``) that is not a
+    directory is reported as such, not as a malformed hub id."""
+    from pathlib import Path
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    if name in known_models() or Path(name).expanduser().is_dir():
+        return
+    if "/" not in name:
+        raise ValueError(f"unknown model {name!r}: use one of {known_models()}, a local Hugging Face directory or a "
+                         "hub id")
+    looks_like_path = (name.startswith((".", "/", "~")) or name.count("/") > 1 or name.endswith("/")
+                       or Path(name).expanduser().exists())
+    if looks_like_path:
+        raise ValueError(f"model directory {name!r} does not exist (or is not a directory)")
+
+
 def known_models() -> list[str]:
     return [*PACKAGED, *TINY]
 

@@ -32,8 +32,6 @@ import collections
 import json
 import math
 import os
-import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Iterable, Iterator
@@ -553,7 +551,8 @@ def _cfg_for(sae: TopKSAE, cfg_extra: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def save_sae(sae: TopKSAE, path: str | os.PathLike, *, cfg_extra: dict[str, Any] | None = None) -> Path:
-    """Write ``path/cfg.json`` and ``path/sae_weights.safetensors`` atomically (temp dir + rename).
+    """Write ``path/cfg.json``, ``path/sae_weights.safetensors`` and a manifest of their sha256 atomically (a
+    locked temp dir + rename; :func:`check_sae` and :func:`load_sae` check the manifest).
 
     ``cfg_extra`` adds or overrides cfg fields, e.g. ``{"hook_name": "model.layers.3.mlp", "model_name": ...,
     "layer": 3, "site": "mlp_out", "explained_variance": 0.8, "l0": 32, "dead_fraction": 0.01}``.
@@ -564,25 +563,70 @@ def save_sae(sae: TopKSAE, path: str | os.PathLike, *, cfg_extra: dict[str, Any]
     cfg = _cfg_for(sae, cfg_extra)
     if int(cfg["k"]) != sae.k or int(cfg["d_in"]) != sae.d_in or int(cfg["d_sae"]) != sae.d_sae:
         raise ValueError("cfg_extra must not change k, d_in or d_sae")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
-    try:
+    from .locks import remove_stale, temporary
+    from .models import _write_manifest
+
+    remove_stale(path.parent, f".{path.name}.tmp-")
+    remove_stale(path.parent, f".{path.name}.old-")
+    with temporary(path.parent, f".{path.name}.tmp-", folder=True) as tmp:
         tensors = {name: getattr(sae, name).detach().to("cpu").contiguous()
                    for name in ("W_enc", "b_enc", "W_dec", "b_dec")}
         save_file(tensors, str(tmp / WEIGHTS_FILENAME), metadata={"format": "pt"})
         with open(tmp / CFG_FILENAME, "w") as f:
             json.dump(cfg, f, indent=2, sort_keys=False, default=_json_default)
             f.write("\n")
+        _write_manifest(tmp)  # every file's sha256: a damaged SAE is told from a trained one (check_sae)
         if path.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.old-", dir=path.parent))
-            os.replace(path, old / "x")
-            os.replace(tmp, path)
-            shutil.rmtree(old, ignore_errors=True)
+            with temporary(path.parent, f".{path.name}.old-", folder=True) as old:
+                os.replace(path, old / "x")
+                os.replace(tmp, path)
         else:
             os.replace(tmp, path)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return path
+
+
+def check_sae(path: str | os.PathLike, *, adopt: bool = False):
+    """Whether the SAE saved at ``path`` is intact: a :class:`neuronlib.models.CacheCheck` (``ok``, ``message``).
+
+    An SAE written by :func:`save_sae` has a manifest of its files' sha256 (as the model cache), so a truncated or a
+    same-size damaged file is caught. A folder without one (an older neuronlib, or SAELens) is checked for a
+    complete safetensors file (header and data sizes agree); with ``adopt=True`` such a folder then gets its
+    manifest, so later damage is caught too."""
+    from .models import MANIFEST, CacheCheck, _write_manifest, verify_cache
+
+    path = Path(path)
+    if (path / MANIFEST).exists():
+        return verify_cache(path)
+    weights = path / WEIGHTS_FILENAME
+    if not weights.is_file() or not (path / CFG_FILENAME).is_file():
+        return CacheCheck(False, f"no {WEIGHTS_FILENAME} and {CFG_FILENAME}")
+    problem = _safetensors_problem(weights)
+    if problem:
+        return CacheCheck(False, problem)
+    if adopt:
+        try:
+            _write_manifest(path)
+        except OSError:
+            pass  # a read-only folder: checked again next time
+    return CacheCheck(True, "complete (no manifest)")
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """Why ``path`` is not a complete safetensors file (header length, header, data size), or None."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if size < 8 or n <= 0 or 8 + n > size:
+                return f"{path.name} has {size:,} bytes, too few for its header"
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as err:
+        return f"{path.name} has an unreadable header ({type(err).__name__})"
+    ends = [v["data_offsets"][1] for k, v in header.items() if k != "__metadata__" and isinstance(v, dict)]
+    want = 8 + n + max(ends, default=0)
+    if size != want:
+        return f"{path.name} has {size:,} bytes, its header says {want:,} (truncated or padded)"
+    return None
 
 
 def _json_default(o):
@@ -603,9 +647,14 @@ def load_cfg(path: str | os.PathLike) -> dict[str, Any]:
 def load_sae(path: str | os.PathLike, *, device: torch.device | str | None = None) -> TopKSAE:
     """Load an SAE saved by :func:`save_sae` (or a SAELens TopK SAE directory with the same layout).
 
-    The parameters are safetensors' tensors themselves, mapped from the file copy-on-write: editing them never
+    A damaged SAE (its files do not match their manifest, or an incomplete safetensors file) raises a ValueError
+    naming it. The parameters are safetensors' tensors themselves, mapped from the file copy-on-write: editing them never
     writes to the file, and :func:`save_sae` replaces a file by rename, so an SAE already loaded keeps its values."""
     path = Path(path)
+    check = check_sae(path)
+    if not check.ok:
+        raise ValueError(f"the SAE at {path} is damaged ({check.message}); train it again (train_sae_baselines "
+                         "retrains damaged SAEs) or restore it")
     cfg = load_cfg(path)
     k = cfg.get("k")
     if k is None:

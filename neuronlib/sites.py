@@ -72,18 +72,28 @@ def site_width(model, site: str) -> int:
 
 def check_nodes(model, nodes) -> list[Node]:
     """Validate nodes against the model; ValueError naming the first bad one."""
+    from .inputs import as_int
+
+    if nodes is None:
+        raise ValueError("nodes is None: pass a list of Nodes (site, layer, position, unit), e.g. attribution.nodes(20)")
     out = []
     for node in nodes:
-        node = Node(*node)
-        check_sites(node.site)
+        if isinstance(node, (str, bytes)) or not hasattr(node, "__len__") or len(node) != 4:
+            raise ValueError(f"a node is (site, layer, position, unit), got {node!r}")
+        site, layer, position, unit = node
+        check_sites(site)
+        where = f"node {site} layer {layer!r} position {position!r} unit {unit!r}"
+        node = Node(site, *(as_int(v, f"{where}: {name}") for v, name in
+                            ((layer, "layer"), (position, "position"), (unit, "unit"))))
+        where = f"node {node.label()} ({site})"
         layers = site_layers(model, node.site)
         if node.layer not in layers:
-            raise ValueError(f"node {node}: layer {node.layer} out of range for {node.site} (layers {layers[0]}..{layers[-1]})")
+            raise ValueError(f"{where}: layer {node.layer} out of range (layers {layers[0]}..{layers[-1]})")
         width = site_width(model, node.site)
         if not 0 <= node.unit < width:
-            raise ValueError(f"node {node}: unit {node.unit} out of range for {node.site} (width {width})")
+            raise ValueError(f"{where}: unit {node.unit} out of range (width {width})")
         if node.position < 0:
-            raise ValueError(f"node {node}: position must be >= 0")
+            raise ValueError(f"{where}: position must be >= 0")
         out.append(node)
     return out
 
@@ -93,7 +103,7 @@ def node_masks(model, nodes, T: int) -> dict[str, torch.Tensor]:
     masks: dict[str, torch.Tensor] = {}
     for node in check_nodes(model, nodes):
         if node.position >= T:
-            raise ValueError(f"node {node}: position {node.position} out of range for prompts of {T} tokens")
+            raise ValueError(f"node {node.label()} ({node.site}): position {node.position} out of range for prompts of {T} tokens")
         if node.site not in masks:
             masks[node.site] = empty_mask(model, node.site, T)
         masks[node.site][0 if node.site == "embed" else node.layer, node.position, node.unit] = True

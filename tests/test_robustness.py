@@ -122,7 +122,8 @@ def test_results_entry_killed_mid_write(tmp_path):
     time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert [p.name.startswith(".k.pt.tmp-") for p in kind_dir.iterdir()] == [True]  # the kill left a temp file
+    left = sorted(p.name for p in kind_dir.iterdir())  # the kill left a temp file and its (released) lock
+    assert len(left) == 2 and all(n.startswith(".k.pt.tmp-") for n in left) and left[1].endswith(".lock")
     assert cache.cached("sva_eval", "k", lambda: 2, directory=tmp_path) == 2
     assert sorted(p.name for p in kind_dir.iterdir()) == ["k.pt"]  # temp file of the dead writer removed
 
@@ -221,7 +222,7 @@ def test_model_conversion_killed_mid_write(tmp_path, monkeypatch):
     time.sleep(0.5)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    assert len(list(models_dir.glob("*.tmp-*"))) == 1  # what a killed conversion leaves behind
+    assert len([p for p in models_dir.glob("*.tmp-*") if p.is_dir()]) == 1  # what a killed conversion leaves behind
 
     monkeypatch.setenv("NEURONLIB_CACHE", str(cache_root))
     spec = models.PackagedModel("fake-tiny", "torch", "torch", "x.gguf", "-")
@@ -242,8 +243,9 @@ def test_partial_gemma_assembly_is_replaced(tmp_path, monkeypatch):
     target.parent.mkdir(parents=True)
     module = importlib.import_module(GEMMA.module)
     target.write_bytes(module.chunk_paths()[0].read_bytes()[: 5 << 20])  # killed after 5 MB
-    stale = target.with_name(f"{target.name}.partial-999999999-1")  # a dead process's partial file
+    stale = target.with_name(f"{target.name}.partial-999999999-1")  # a killed run's partial file, lock released
     stale.write_bytes(b"x" * 1000)
+    stale.with_name(stale.name + ".lock").write_text("{}")
     assert models._gguf_path(GEMMA) == target
     assert models.file_sha256(target) == module.EXPECTED_SHA256
     assert sorted(p.name for p in target.parent.iterdir()) == [target.name]
@@ -338,7 +340,7 @@ def test_prompt_longer_than_context(tiny_llama):
 
 
 def test_long_prompt_warns_about_memory(tiny_llama, caplog, monkeypatch):
-    monkeypatch.setenv("NEURONLIB_MEMORY_WARN_GB", "0.00001")
+    monkeypatch.setenv("NEURONLIB_MEMORY_WARN_GB", "0.0000001")  # a forward of 5 tokens of the tiny model: ~6 kB
     with caplog.at_level(logging.WARNING, logger="neuronlib"):
         steer(tiny_llama, ["the keys to the cabinet"], [(0, 1)], multiplier=0.0)
     assert any("GiB" in r.getMessage() for r in caplog.records)
@@ -382,7 +384,7 @@ def test_to_frame_rejects_multi_token_strings(tiny_llama):
 
 def test_chunked_model_is_concatenated_and_checked(tmp_path, monkeypatch):
     """A model shipped as part packages (each module's get_part_path()): assembled in order, checked against the
-    registry's sha256; a damaged file and a dead process's partial file are replaced; a wrong hash refuses."""
+    registry's sha256; a damaged file and a killed run's partial file are replaced; a wrong hash refuses."""
     import hashlib
 
     pkg_root = tmp_path / "site"
@@ -402,7 +404,9 @@ def test_chunked_model_is_concatenated_and_checked(tmp_path, monkeypatch):
     target = tmp_path / "cache" / "gguf" / "m.gguf"
     target.parent.mkdir(parents=True)
     target.write_bytes(whole[:100])  # an interrupted assembly
-    (target.parent / "m.gguf.partial-999999999-1").write_bytes(b"x")  # a dead process's partial file
+    stale = target.parent / "m.gguf.partial-999999999-1"  # a killed run's partial file, its lock released
+    stale.write_bytes(b"x")
+    stale.with_name(stale.name + ".lock").write_text("{}")
     assert models._gguf_path(spec) == target
     assert target.read_bytes() == whole
     assert sorted(p.name for p in target.parent.iterdir()) == ["m.gguf"]

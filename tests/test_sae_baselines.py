@@ -156,6 +156,9 @@ def test_attaching_again_keeps_the_loaded_saes_unless_the_files_changed(trained,
     cfg = json.loads(cfg_file.read_text())
     cfg["train_key"] = "retrained"
     cfg_file.write_text(json.dumps(cfg))
+    from neuronlib.models import _write_manifest
+
+    _write_manifest(cfg_file.parent)  # as save_sae writes it with a retrained SAE
     sbl.attach_sae_baselines(model, ("resid",), root=other)
     assert model.saes["sae_resid"] is not first  # a layer's SAE changed on disk: all reloaded
     assert model.saes["sae_resid"][1].cfg["train_key"] == "retrained"

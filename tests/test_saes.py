@@ -223,7 +223,7 @@ def test_save_load_round_trip_saelens_layout(tmp_path):
     extra = {"hook_name": "model.layers.3.mlp", "model_name": "SmolLM2-135M-Instruct", "layer": 3,
              "site": "mlp_out", "explained_variance": 0.81, "l0": 4.0}
     save_sae(sae, out, cfg_extra=extra)
-    assert sorted(p.name for p in out.iterdir()) == sorted([CFG_FILENAME, WEIGHTS_FILENAME])
+    assert sorted(p.name for p in out.iterdir()) == sorted([CFG_FILENAME, WEIGHTS_FILENAME, "manifest.json"])
     assert [p.name for p in out.parent.iterdir()] == [out.name]  # no temp dirs left behind
     assert CFG_FILENAME == "cfg.json" and WEIGHTS_FILENAME == "sae_weights.safetensors"
     cfg = json.loads((out / "cfg.json").read_text())
@@ -257,7 +257,8 @@ def test_load_reads_saelens_v5_style_cfg(tmp_path):
     sae = TopKSAE(8, 16, 2, seed=7)
     save_sae(sae, tmp_path / "s")
     cfg = json.loads((tmp_path / "s" / "cfg.json").read_text())
-    del cfg["k"]  # older SAELens files keep k only in activation_fn_kwargs
+    del cfg["k"]  # older SAELens files keep k only in activation_fn_kwargs (and have no manifest)
+    (tmp_path / "s" / "manifest.json").unlink()
     (tmp_path / "s" / "cfg.json").write_text(json.dumps(cfg))
     assert load_sae(tmp_path / "s").k == 2
     cfg["activation_fn_kwargs"] = {}

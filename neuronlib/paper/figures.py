@@ -1021,7 +1021,7 @@ def fig_composition(summary: pd.DataFrame, *, title: str | None = None):
         dose = summary[summary["size"] > 0]
         for shift, role in zip((1.0, 0.9, 1.1), dict.fromkeys(dose["role"])):
             h = dose[dose["role"] == role].sort_values("size")
-            err = np.vstack([h["success"] - h["success_lo"], h["success_hi"] - h["success"]])
+            err = np.clip(np.vstack([h["success"] - h["success_lo"], h["success_hi"] - h["success"]]), 0, None)
             ax.errorbar(h["size"] * shift, h["success"], yerr=err, marker="o", capsize=2,
                         color=ROLE_COLORS.get(role, "#1b6ca8"), label=f"{role} neurons")
         dense = summary[summary["site"] == "resid"]

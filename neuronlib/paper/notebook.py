@@ -19,7 +19,13 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..inputs import as_int
 from ..logs import show_logs
+
+# torch threads of a notebook kernel unless its THREADS parameter says otherwise. Fixed, never read from the load
+# average: scores differ in the last digits (up to 6e-6) between 1 and 2 threads, so a rerun with another count would
+# not reproduce the committed tables byte for byte. Each table's sidecar records the count (results.provenance).
+DEFAULT_THREADS = 1
 
 
 @dataclass
@@ -167,7 +173,8 @@ def _checkout_or_cwd() -> Path:
 
 def setup(*, MODEL: str, SMOKE: bool, FIGURES_DIR=None, CACHE_DIR=None, RESULTS_DIR=None, REFRESH: bool = False,
           THREADS: int | None = None, name: str = "notebook") -> Session:
-    """Resolve a notebook's output folders, torch threads and logging; see the module docstring."""
+    """Resolve a notebook's output folders, torch threads (``THREADS``, default :data:`DEFAULT_THREADS`: the same
+    on every machine) and logging; see the module docstring."""
     import torch
 
     from .results import RUN_COMMIT_ENV, git_commit
@@ -194,10 +201,8 @@ def setup(*, MODEL: str, SMOKE: bool, FIGURES_DIR=None, CACHE_DIR=None, RESULTS_
         cache = Path(CACHE_DIR) if CACHE_DIR else None
     for folder in (figures, results):
         folder.mkdir(parents=True, exist_ok=True)
-    if THREADS is None:
-        busy = os.getloadavg()[0] > 0.75 * (os.cpu_count() or 1)
-        THREADS = 1 if busy else (os.cpu_count() or 1)
-    torch.set_num_threads(int(THREADS))
+    THREADS = DEFAULT_THREADS if THREADS is None else as_int(THREADS, "THREADS", minimum=1)
+    torch.set_num_threads(THREADS)
     try:
         import pandas as pd
 

@@ -3,14 +3,20 @@
 Executed copies go to ``runs/`` (outside git); figures go to ``figures/`` (a smoke run writes them under
 ``runs/smoke/figures`` instead, so it never overwrites the committed full-run figures). The model name is checked
 before any notebook starts; a notebook that fails leaves the previous executed copy in place (the failed run is kept
-as ``NAME.failed.ipynb``); the notebooks' SMOKE scratch folders go into one temporary folder that is removed after
-the run.
+as ``NAME.failed.ipynb`` and the error is :class:`NotebookFailed`: one line with the cell's exception type and
+message and that path); the notebooks' SMOKE scratch folders go into one temporary folder that is removed after the
+run. Parameters are checked against the types of the notebooks' defaults, and the device, before a kernel starts.
+
+SIGTERM and SIGHUP stop a run as Ctrl-C does (:class:`Interrupted`): the running notebook's partial copy is kept as
+``NAME.failed.ipynb`` and the temporary folder removed. The in-progress copy and the temporary folder are held
+under a lock (:mod:`neuronlib.locks`), so what a killed run (SIGKILL) leaves is removed by the next run.
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-import shutil
+import signal
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +28,15 @@ if TYPE_CHECKING:
     import pandas as pd
 
 logger = logging.getLogger(__name__)
+
+
+class NotebookFailed(RuntimeError):
+    """A notebook's cell raised: ``str()`` is one line (notebook, cell, exception type and message, partial run)."""
+
+
+class Interrupted(KeyboardInterrupt):
+    """The run was stopped by a signal (SIGINT, SIGTERM, SIGHUP); ``str()`` names it."""
+
 
 def checkout(start: Path | None = None) -> Path:
     """The repository checkout that holds ``notebooks/``: ``start`` (default: the working directory) or a parent.
@@ -38,41 +53,69 @@ def checkout(start: Path | None = None) -> Path:
 def check_model(model: str) -> None:
     """ValueError (or ModuleNotFoundError with the pip command) before any notebook runs, if ``model`` cannot load:
     not a registry name, a local directory or a hub id, or its package is missing."""
-    from ..registry import PACKAGED, _package_version, known_models
+    from ..registry import PACKAGED, _package_version, check_model_name
 
-    if not isinstance(model, str) or not model:
-        raise ValueError(f"model must be a non-empty string, got {model!r}")
+    check_model_name(model)
     if model in PACKAGED:
         _package_version(PACKAGED[model])
-    elif model not in known_models() and not Path(model).is_dir() and "/" not in model:
-        raise ValueError(f"unknown model {model!r}: use one of {known_models()}, a local Hugging Face directory or a "
-                         "hub id")
-
-
-def parameter_default(path: Path, name: str):
-    """The value a notebook's ``parameters`` cell assigns to ``name`` (a Python literal), or None."""
-    import ast
-    import json
-
-    for cell in json.loads(Path(path).read_text())["cells"]:
-        if cell["cell_type"] == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
-            for node in ast.parse("".join(cell["source"])).body:
-                if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == name for t in node.targets):
-                    return ast.literal_eval(node.value)
-    return None
 
 
 def declared_parameters(path: Path) -> set[str]:
     """Names assigned at the top level of a notebook's papermill ``parameters`` cell."""
+    return set(declared_defaults(path))
+
+
+_UNKNOWN = object()  # a default that is not a literal (an expression): any value is accepted
+
+
+def declared_defaults(path: Path) -> dict[str, object]:
+    """{name: default} of a notebook's ``parameters`` cell (a default that is not a Python literal is unknown)."""
     import ast
     import json
 
     for cell in json.loads(Path(path).read_text())["cells"]:
         if cell["cell_type"] == "code" and "parameters" in cell.get("metadata", {}).get("tags", []):
-            tree = ast.parse("".join(cell["source"]))
-            return {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets
-                    if isinstance(t, ast.Name)}
-    return set()
+            out = {}
+            for node in ast.parse("".join(cell["source"])).body:
+                if isinstance(node, ast.Assign):
+                    try:
+                        value = ast.literal_eval(node.value)
+                    except (ValueError, SyntaxError, TypeError):
+                        value = _UNKNOWN
+                    out.update({t.id: value for t in node.targets if isinstance(t, ast.Name)})
+            return out
+    return {}
+
+
+def check_parameter(name: str, value, default, notebook: str) -> None:
+    """ValueError unless ``value`` has the type of the notebook's default (an int where it declares ``20``; an int
+    or a float where ``0.5``; a list where ``[...]``); a ``None`` or non-literal default accepts anything."""
+    kinds = ((bool, (bool,), "True or False"), (int, (int,), "an int"), (float, (int, float), "a number"),
+             (str, (str,), "a string"), ((list, tuple), (list, tuple), "a list"), (dict, (dict,), "a dict"))
+    if default is None or default is _UNKNOWN:
+        return
+    for declared, accepted, words in kinds:
+        if isinstance(default, declared):
+            if not isinstance(value, accepted) or (isinstance(value, bool) and declared is not bool):
+                raise ValueError(f"-p {name}={value!r}: {notebook} declares {name} = {default!r}, so give "
+                                 f"{words}")
+            return
+
+
+def check_device_here() -> None:
+    """ValueError before any kernel starts if $NEURONLIB_DEVICE names a device this machine's torch cannot use.
+    Checked in a child process, so the runner itself never holds torch."""
+    import subprocess
+    import sys
+
+    device = os.environ.get("NEURONLIB_DEVICE")
+    if not device or device == "cpu":
+        return
+    code = ("import sys\nfrom neuronlib.models import check_device\ntry:\n    check_device(sys.argv[1])\n"
+            "except ValueError as err:\n    print(err); sys.exit(3)")
+    out = subprocess.run([sys.executable, "-c", code, device], capture_output=True, text=True, timeout=300)
+    if out.returncode == 3:
+        raise ValueError(out.stdout.strip())
 
 
 def parse_parameter(text: str) -> tuple[str, object]:
@@ -160,21 +203,36 @@ def run_notebook(path: Path, *, smoke: bool, model: str | None, out_dir: Path, f
     os.environ["NEURONLIB_FIGURES"] = str(figures)  # the kernel inherits it
     t0 = time.perf_counter()
     target = out_dir / path.name
-    running = out_dir / f".{path.stem}.running-{os.getpid()}.ipynb"
+    failed = out_dir / f"{path.stem}.failed.ipynb"
+    from ..locks import remove_stale, temporary
+
+    remove_stale(out_dir, f".{path.stem}.running-", max_age_s=0)  # left by a killed run (its lock is free)
     try:
-        papermill.execute_notebook(
-            str(path), str(running), parameters={**({} if model is None else {"MODEL": model}), "SMOKE": smoke,
-                                                 **(parameters or {})},
-            cwd=str(path.parent), progress_bar=True, kernel_name="python3",
-        )
-        merge_injected_parameters(running)
-        os.replace(running, target)  # only a finished run replaces the executed copy
-    except BaseException:
-        if running.exists():
-            failed = out_dir / f"{path.stem}.failed.ipynb"
-            os.replace(running, failed)
-            logger.error(f"{path.name} failed; its partial run is in {failed} ({target.name} left as it was)")
-        raise
+        with temporary(out_dir, f".{path.stem}.running-", suffix=".ipynb") as running:
+            try:
+                papermill.execute_notebook(
+                    str(path), str(running), parameters={**({} if model is None else {"MODEL": model}), "SMOKE": smoke,
+                                                         **(parameters or {})},
+                    cwd=str(path.parent), progress_bar=True, kernel_name="python3",
+                    kernel_manager_class=_kernel_manager(out_dir / f"{path.stem}.kernel.log"),
+                )
+                merge_injected_parameters(running)
+                os.replace(running, target)  # only a finished run replaces the executed copy
+            except BaseException:
+                if running.exists() and running.stat().st_size:
+                    os.replace(running, failed)
+                raise
+    except papermill.PapermillExecutionError as err:
+        if err.ename == "KeyboardInterrupt":  # Ctrl-C reaches the kernel too: the cell stops with this
+            raise Interrupted(f"interrupted while running {path.name}; partial run: {failed}") from None
+        message = " ".join(str(err.evalue).split()) or "(no message)"
+        message = message if len(message) <= 300 else message[:297] + "..."
+        raise NotebookFailed(f"{path.name} failed in cell [{err.exec_count}]: {err.ename}: {message} (partial run: "
+                             f"{failed}; {target.name} left as it was)") from None
+    except KeyboardInterrupt as err:
+        kept = f"; partial run: {failed}" if failed.exists() and failed.stat().st_mtime >= time.time() - \
+            (time.perf_counter() - t0) - 1 else ""
+        raise Interrupted(f"{str(err) or 'interrupted'} while running {path.name}{kept}") from None
     finally:
         if old_env is None:
             os.environ.pop("NEURONLIB_FIGURES", None)
@@ -185,6 +243,20 @@ def run_notebook(path: Path, *, smoke: bool, model: str | None, out_dir: Path, f
     made = sorted(name for name, mtime in after.items() if before.get(name) != mtime)
     log(f"  {path.name}: {seconds:.0f} s, {len(made)} figure files")
     return {"notebook": path.name, "seconds": seconds, "figures": made, "executed": str(out_dir / path.name)}
+
+
+def _kernel_manager(log: Path):
+    """A kernel manager whose kernel writes its own stderr (ipykernel's log: warnings, and the traceback it prints
+    when it is shut down mid-cell) to ``log`` instead of the terminal; the cells' output stays in the notebook."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class KernelLoggingToFile(AsyncKernelManager):
+        async def _async_launch_kernel(self, kernel_cmd, **kw):  # the documented hook for launching differently
+            with open(log, "ab") as stream:
+                kw.setdefault("stderr", stream)
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+
+    return KernelLoggingToFile
 
 
 def reproduce(*, smoke: bool = False, model: str | None = None, only: list[str] | None = None,
@@ -212,39 +284,41 @@ def reproduce(*, smoke: bool = False, model: str | None = None, only: list[str] 
         books = [b for b in books if any(key in b.name for key in only)]
     if not books:
         raise ValueError("no notebooks to run" + (f" matching {only}" if only else ""))
-    if model is None:
-        for book in books:
-            check_model(parameter_default(book, "MODEL") or DEFAULT_MODEL)
-    declared = {book: declared_parameters(book) for book in books}
+    declared = {book: declared_defaults(book) for book in books}
     unknown = sorted(set(parameters) - set().union(*declared.values()))
     if unknown:
         raise ValueError(f"parameter(s) {unknown} declared by none of {[b.name for b in books]}")
+    for book, defaults in declared.items():
+        for name, value in parameters.items():
+            if name in defaults:
+                check_parameter(name, value, defaults[name], book.name)
+    if model is None:
+        for defaults in declared.values():
+            default = defaults.get("MODEL", DEFAULT_MODEL)
+            check_model(default if isinstance(default, str) else DEFAULT_MODEL)
+    check_device_here()
     log(f"neuronlib reproduce: {len(books)} notebooks, model {model or 'each notebook default'}, "
         f"{'SMOKE' if smoke else 'full'} mode")
     t0 = time.perf_counter()
     rows = []
-    scratch = Path(tempfile.mkdtemp(prefix="neuronlib-reproduce-"))
+    from ..locks import remove_stale, temporary
+
+    remove_stale(Path(tempfile.gettempdir()), "neuronlib-reproduce-")  # left by a killed run
     old_smoke = os.environ.get("NEURONLIB_SMOKE_DIR")
-    os.environ["NEURONLIB_SMOKE_DIR"] = str(scratch)  # the kernels put their SMOKE folders here
     from .results import RUN_COMMIT_ENV, git_commit
 
     old_commit = os.environ.get(RUN_COMMIT_ENV)
-    os.environ[RUN_COMMIT_ENV] = git_commit(root) or ""  # every table of this run names the commit it started from
-    try:
-        for i, book in enumerate(books, 1):
-            log(f"[{i}/{len(books)}] {book.name}")
-            extra = {k: v for k, v in parameters.items() if k in declared[book]}
-            if sva_data and book.name.startswith("02_"):
-                extra["SVA_DATA"] = str(Path(sva_data).resolve())
-            rows.append(run_notebook(book, smoke=smoke, model=model, out_dir=base / "executed", figures=figures,
-                                     log=log, parameters=extra))
-    finally:
-        for name, old in (("NEURONLIB_SMOKE_DIR", old_smoke), (RUN_COMMIT_ENV, old_commit)):
-            if old is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = old
-        shutil.rmtree(scratch, ignore_errors=True)
+    with temporary(Path(tempfile.gettempdir()), "neuronlib-reproduce-", folder=True) as scratch, _stop_on_signals():
+        os.environ["NEURONLIB_SMOKE_DIR"] = str(scratch)  # the kernels put their SMOKE folders here
+        os.environ[RUN_COMMIT_ENV] = git_commit(root) or ""  # every table of this run names the commit it started from
+        try:
+            _run_all(books, declared, parameters, sva_data, smoke, model, base, figures, log, rows)
+        finally:
+            for name, old in (("NEURONLIB_SMOKE_DIR", old_smoke), (RUN_COMMIT_ENV, old_commit)):
+                if old is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = old
     total = time.perf_counter() - t0
     log(f"done in {total / 60:.1f} min; executed notebooks in {base / 'executed'}; figures in {figures}")
     for row in rows:
@@ -253,3 +327,34 @@ def reproduce(*, smoke: bool = False, model: str | None = None, only: list[str] 
     import pandas as pd  # here, not at the top: the runner's process stays light (it only waits on papermill)
 
     return pd.DataFrame(rows)
+
+
+def _run_all(books, declared, parameters, sva_data, smoke, model, base, figures, log, rows) -> None:
+    for i, book in enumerate(books, 1):
+        log(f"[{i}/{len(books)}] {book.name}")
+        extra = {k: v for k, v in parameters.items() if k in declared[book]}
+        if sva_data and book.name.startswith("02_"):
+            extra["SVA_DATA"] = str(Path(sva_data).resolve())
+        rows.append(run_notebook(book, smoke=smoke, model=model, out_dir=base / "executed", figures=figures,
+                                 log=log, parameters=extra))
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGTERM and SIGHUP raise :class:`Interrupted` in the main thread, as Ctrl-C raises KeyboardInterrupt, so the
+    run's clean-up (kernel shut down, partial copy kept, temporary folder removed) happens for them too."""
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Interrupted(f"stopped by {signal.Signals(signum).name}")
+
+    old = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)

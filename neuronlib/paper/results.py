@@ -182,7 +182,15 @@ def provenance(parameters: dict[str, Any] | None = None, *, model: str | None = 
 
     return {"parameters": dict(parameters or {}), "model": model, "neuronlib": __version__,
             "commit": run_commit(), "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "code": code_stamps()}
+            "code": code_stamps(), "threads": _torch_threads()}
+
+
+def _torch_threads() -> int | None:
+    """torch's thread count in this process (scores move in their last digits with it), or None without torch."""
+    import sys
+
+    torch = sys.modules.get("torch")
+    return None if torch is None else int(torch.get_num_threads())
 
 
 def write_table(frame: pd.DataFrame, name: str, directory: str | Path, *, parameters: dict | None = None,

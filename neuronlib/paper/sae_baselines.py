@@ -63,7 +63,17 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import cache
-from ..saes import CFG_FILENAME, WEIGHTS_FILENAME, TopKSAE, evaluate_sae, load_cfg, load_sae, save_sae, train_topk_sae
+from ..saes import (
+    CFG_FILENAME,
+    WEIGHTS_FILENAME,
+    TopKSAE,
+    check_sae,
+    evaluate_sae,
+    load_cfg,
+    load_sae,
+    save_sae,
+    train_topk_sae,
+)
 
 __all__ = [
     "SAETrainConfig", "DEFAULT_CONFIG", "SMOKE_CONFIG", "SAE_SITES_TRAINED", "TABLE_COLUMNS", "corpus_token_windows",
@@ -306,10 +316,16 @@ def _hook_name(model, site: str, layer: int) -> str:
 
 
 def _saved_matches(path: Path, train_key: str) -> bool:
+    """Whether an intact SAE trained with ``train_key`` is saved at ``path`` (a damaged one is trained again)."""
     try:
-        return (path / WEIGHTS_FILENAME).exists() and load_cfg(path).get("train_key") == train_key
+        if not (path / WEIGHTS_FILENAME).exists() or load_cfg(path).get("train_key") != train_key:
+            return False
     except (OSError, ValueError):
         return False
+    check = check_sae(path, adopt=True)
+    if not check.ok:
+        logger.warning(f"saved SAE {path} is damaged ({check.message}); training it again")
+    return check.ok
 
 
 def _train_key(model, site, layer, cfg: SAETrainConfig, data_hash: str) -> str:

@@ -45,7 +45,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from .graph import _normalise
+from .graph import _normalise, round_floats
 
 FEATURE_TYPES = {"neuron": "mlp neuron", "embed": "embedding", "output": "logit"}
 GRAPH_SCHEMA_VERSION = 1
@@ -95,10 +95,11 @@ def attribution_graph(graph: Any, *, slug: str | None = None, scan: str | None =
     title). ``scan``: the model (default ``meta["model"]``, else "neuronlib"). ``token_ids``: the prompt's token
     ids (default ``meta["token_ids"]``; used in the embedding ids). ``output_name`` / ``output_prob``: what the
     output node's text shows (default: the metric and ``meta["token_prob"]`` or 0). Neuron groups become
-    supernodes. Raises ValueError for a node that is not a neuron, an embedding or an output, or two nodes that
+    supernodes. Numbers are rounded to :data:`~neuronlib.viewer.graph.EXPORT_DIGITS` significant digits.
+    Raises ValueError for a node that is not a neuron, an embedding or an output, or two nodes that
     would get the same id.
     """
-    g = _normalise(graph)
+    g = round_floats(_normalise(graph))  # to EXPORT_DIGITS significant digits: a rerun writes the same file
     nodes, edges, meta = g["nodes"], g["edges"], g["meta"]
     n_layers, tokens = int(meta["n_layers"]), list(meta["tokens"])
     slug = slugify(meta["title"]) if slug is None else str(slug)

@@ -131,6 +131,23 @@ def _jsonable(obj: Any) -> Any:
     return str(obj)
 
 
+# Significant digits of every number a page or an exported graph holds: what the viewer shows (3) and one more.
+# The last digits of scores move with the machine's thread count; rounded, a rerun writes the same bytes.
+EXPORT_DIGITS = 4
+
+
+def round_floats(obj: Any, digits: int = EXPORT_DIGITS) -> Any:
+    """``obj`` (plain JSON values) with every float rounded to ``digits`` significant digits (ints, strings and
+    bools unchanged)."""
+    if isinstance(obj, float):
+        return float(f"{obj:.{digits}g}") if math.isfinite(obj) else obj
+    if isinstance(obj, dict):
+        return {k: round_floats(v, digits) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [round_floats(v, digits) for v in obj]
+    return obj
+
+
 def _is_graph_object(graph: Any) -> bool:
     """A :class:`neuronlib.CircuitGraph` (or any object with ``nodes``, ``edges`` and ``meta`` attributes)."""
     return (not isinstance(graph, (Mapping, tuple, list)) and hasattr(graph, "nodes") and hasattr(graph, "edges")

@@ -21,7 +21,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from .graph import NEG_EDGE_COLOR, POS_EDGE_COLOR, _normalise
+from .graph import NEG_EDGE_COLOR, POS_EDGE_COLOR, _normalise, round_floats
 from .layout import layout_graph
 
 ASSETS = ("template.html", "viewer.css", "guard.js", "viewer.js")
@@ -92,14 +92,17 @@ def render_html(graph: Any, *, min_abs_weight: float = 0.0, max_edges: int | Non
     strongest edges (by |weight|) in the page. ``compress_layers``: drop empty layer rows.
     Node labels (non-overlapping ones, largest |score| first) are on by default when there are at most
     ``auto_label_max`` nodes. The plot is stretched horizontally (at most ``max_stretch`` times) to
-    fill the window width. The page's Content-Security-Policy allows its two inline scripts and its style
+    fill the window width. Numbers are rounded to :data:`~neuronlib.viewer.graph.EXPORT_DIGITS` significant
+    digits, so a rerun whose scores differ in the last digits writes the same bytes.
+    The page's Content-Security-Policy allows its two inline scripts and its style
     block by their sha256 hashes (computed here), and nothing else.
     """
     g = _normalise(graph)
     if max_edges is not None and len(g["edges"]) > max_edges:
         keep = sorted(g["edges"], key=lambda e: -abs(e["weight"]))[: max(int(max_edges), 0)]
         g = dict(g, edges=keep)
-    lay = layout_graph(g, compress_layers=compress_layers)
+    g = round_floats(g)  # numbers to EXPORT_DIGITS: a rerun writes the same page
+    lay = round_floats(layout_graph(g, compress_layers=compress_layers))
     data = {
         "graph": g,
         "layout": lay,
