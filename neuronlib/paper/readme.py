@@ -101,7 +101,46 @@ def qwen_capitals_rows(results: str | Path = "results", tag: str = "qwen") -> li
                  f"{_pct(r['controls_hi'])} ({'beyond' if bool(r['beyond_controls']) else 'not beyond'} controls)"
                  for _, r in verdict.iterrows()]
         rows.append((f"{meta_model}: composition, top-n neurons vs random / matched n", "; ".join(parts)))
+    reading = capitals_reading(acc, flips, comp, verdict)
+    if reading:
+        rows.append((f"{meta_model}: what replicates", reading))
     return rows
+
+
+def capitals_reading(acc, flips=None, comp=None, verdict=None) -> str:
+    """What of the paper's capitals study replicates, in words, from the two-hop study's tables (each claim decided
+    by an interval: a rate whose lower bound is above 0, or a group's lower bound above its controls' upper bound)."""
+    parts = []
+    a = acc.set_index("task")
+    if "two_hop_fact" in a.index:
+        r = a.loc["two_hop_fact"]
+        parts.append(("the model answers the two-hop prompt with the capital" if r["accuracy_lo"] > 0 else
+                      "the model does not answer the two-hop prompt") + f" ({_rate(r)})")
+    if flips is not None and len(flips):
+        f0 = flips[flips.multiplier == 0.0].set_index("set")
+        groups = [s for s in f0.index if s.startswith("say a capital")]
+        ctrl_hi = max((f0.loc[s, "flip_to_state_hi"] for s in f0.index if s not in groups), default=float("nan"))
+        for s in groups:
+            r = f0.loc[s]
+            beyond = r["flip_to_state_lo"] > 0 and r["flip_to_state_lo"] > ctrl_hi
+            parts.append(f"removing {s.split(', ')[-1]} say-a-capital neuron(s) (×0) "
+                         + ("flips the answer to the state, beyond its controls" if beyond else
+                            "does not flip the answer to the state beyond its controls (the paper's figure-8 result "
+                            "does not replicate)") + f" ({_rate(r, 'flip_to_state', 'flip_to_state_lo', 'flip_to_state_hi')}"
+                         f" of {int(r['n'])} prompts)")
+    if comp is not None and len(comp):
+        dense = comp[comp["site"] == "resid"]
+        if len(dense):
+            best = dense.loc[dense["success"].idxmax()]
+            parts.append(f"the dense patch of the city token ({best['variant']}) moves the answer to the other state's "
+                         f"capital in {_rate(best, 'success', 'success_lo', 'success_hi')} of pairs")
+    if verdict is not None and len(verdict):
+        hit = verdict[verdict["beyond_controls"].astype(bool)]
+        parts.append("swapping the top neurons at the city token composes beyond random and matched controls "
+                     + (f"from {int(hit['size'].iloc[0]):,} neurons" if len(hit) else
+                        f"at no size tested (up to {int(verdict['size'].max()):,} neurons)"))
+    text = "; ".join(parts)
+    return (text[0].upper() + text[1:] + ".") if text else ""
 
 
 def smollm2_capitals_rows(results: str | Path = "results") -> list[tuple[str, str]]:
