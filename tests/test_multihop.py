@@ -460,11 +460,11 @@ def test_composition_swap_of_the_last_residual_gives_the_target_output(tiny_llam
               for s in ("resid", "mlp_acts")}
     last = torch.zeros(model.n_layers, model.d_model, dtype=torch.bool)
     last[-1] = True
-    variants = {"resid after the last layer": ("resid", last),
+    variants = {"resid after layer 1": ("resid", last),
                 "none 0": ("mlp_acts", torch.zeros(model.n_layers, model.d_mlp, dtype=torch.bool))}
     pairs = [("a", "b"), ("b", "a"), ("a", "c"), ("c", "b")]
     got = MH.composition_swaps(model, prompts, answers, variants, pairs, offset=-1, donors=donors)
-    full = got[got["variant"] == "resid after the last layer"].reset_index(drop=True)
+    full = got[got["variant"] == "resid after layer 1"].reset_index(drop=True)
     idx = {k: i for i, k in enumerate(prompts)}
     for j, (a, b) in enumerate(pairs):
         assert full["p_target_answer"][j] == pytest.approx(float(plain[idx[b], answers[b]]), abs=1e-5)
@@ -474,10 +474,12 @@ def test_composition_swap_of_the_last_residual_gives_the_target_output(tiny_llam
     assert none["kept"][:2].all() and not none["success"].any() and (none["n_units"] == 0).all()
     summ = MH.composition_summary(got, n_boot=200)
     s = summ.set_index("variant")
-    assert s.loc["resid after the last layer", "success"] == 0.75 and s.loc["resid after the last layer", "size"] == -1
+    # "layer 1" is no dose size: the variant sets d_model units, not 1
+    assert s.loc["resid after layer 1", "success"] == 0.75 and s.loc["resid after layer 1", "size"] == -1
+    assert s.loc["resid after layer 1", "role"] == "resid after layer 1"
     assert s.loc["none 0", "role"] == "none" and s.loc["none 0", "size"] == 0
-    assert s.loc["resid after the last layer", "sources"] == 3
-    lo, hi = s.loc["resid after the last layer", ["success_lo", "success_hi"]]
+    assert s.loc["resid after layer 1", "sources"] == 3
+    lo, hi = s.loc["resid after layer 1", ["success_lo", "success_hi"]]
     assert lo < 0.75 < hi
 
 

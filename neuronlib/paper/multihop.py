@@ -1059,7 +1059,8 @@ def composition_swaps(model, prompts: dict, answer_ids: dict, variants: dict, pa
 def composition_summary(swaps: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
     """Per variant: pairs, mean units, the success rate (top answer = the target's) with a Wilson interval over pairs
     and a bootstrap interval over distinct source prompts (pairs sharing a source are not independent), the rate at
-    which the source's answer is kept, and ``role`` / ``size`` for variants named "<role> <size>"."""
+    which the source's answer is kept, and ``role`` / ``size`` for variants named "<role> <size>" that set exactly
+    <size> units in every pair (others: role = the variant, size = -1)."""
     from ..stats import bootstrap_ratio, wilson_interval
 
     out = []
@@ -1070,12 +1071,14 @@ def composition_summary(swaps: pd.DataFrame, *, n_boot: int = 1000, seed: int = 
         boot = bootstrap_ratio(by_source["sum"].to_numpy(), by_source["size"].to_numpy(), n_boot=n_boot, seed=seed)
         kept = int(g["kept"].sum())
         head, _, tail = variant.rpartition(" ")
+        # "<role> <n>" names a dose-curve set only when it sets exactly n units ("resid after layer 7" sets 1,536)
+        dose = tail.isdigit() and g["n_units"].nunique() == 1 and int(tail) == int(g["n_units"].iloc[0])
         out.append({"variant": variant, "site": g["site"].iloc[0], "pairs": n, "sources": len(by_source),
                     "mean_units": g["n_units"].mean(), "successes": k, "success": k / n, "success_lo": lo,
                     "success_hi": hi, "success_boot_lo": float(boot["lo"]), "success_boot_hi": float(boot["hi"]),
                     "kept": kept / n, "prefers_target": g["prefers_target"].mean(),
                     "mean_p_target": g["p_target_answer"].mean(), "mean_p_source": g["p_source_answer"].mean(),
-                    "role": head if tail.isdigit() else variant, "size": int(tail) if tail.isdigit() else -1})
+                    "role": head if dose else variant, "size": int(tail) if dose else -1})
     return pd.DataFrame(out)
 
 
