@@ -498,3 +498,22 @@ def test_scale_groups_at_one_is_the_plain_model_and_at_zero_removes_the_group(ti
     zero = neuronlib.ablate(model, [prompt], nodes, mode="zero", metric=None).logits.float().softmax(-1)[0]
     assert got[got["multiplier"] == 0].iloc[0]["p_state"] == pytest.approx(float(zero[6]), abs=1e-6)
     assert abs(float(zero[6]) - float(plain[6])) > 1e-5
+
+
+def test_capitals_figures_redraw_from_the_committed_tables(tmp_path):
+    """`make figures` draws figures 7 and 8 of the two-hop study from results/ alone (no model)."""
+    import shutil
+
+    from neuronlib.paper import figures as F
+
+    names = ["fig7_dallas_circuit", "fig8_capital_scaling", "fig8e_dallas_group_scaling", "fig8f_composition"]
+    registry = F.figure_registry()
+    assert set(names) <= set(registry)
+    repo = Path(__file__).resolve().parents[1] / "results"
+    tables = {t for n in names for t in registry[n][0]}
+    for t in tables:
+        for ext in ("csv", "json"):
+            shutil.copy(repo / f"{t}.{ext}", tmp_path / f"{t}.{ext}")
+    out = F.draw_all(tmp_path, tmp_path / "figures", names=names)
+    for name in names:
+        assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 1000, out[name]
