@@ -424,3 +424,19 @@ def test_qwen_gguf_assembles_to_its_registered_sha256():
     spec = models.PACKAGED["qwen2.5-coder-1.5b"]
     path = models._gguf_path(spec)
     assert path.stat().st_size == 1_117_320_768 and models.file_sha256(path) == spec.sha256
+
+
+@pytest.mark.skipif(not models.is_installed("qwen2.5-coder-1.5b"),
+                    reason="the optional Qwen2.5-Coder-1.5B packages are not installed (bash scripts/setup_env.sh --qwen)")
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_qwen_loads_as_a_qwen2_model_that_answers_the_two_hop_prompt():
+    """The registry entry end to end (cache or conversion): the Qwen2 architecture entry, 28 x 8,960 neurons, and the
+    two-hop answer the multi-hop notebook relies on."""
+    from neuronlib.data.capitals import two_hop_fact_prompt
+
+    model = neuronlib.load_model("qwen2.5-coder-1.5b")
+    assert model.config.model_type == "qwen2" and model.arch.family == "llama"
+    assert (model.n_layers, model.d_mlp) == (28, 8960)
+    logits = model.hf(**model.tokenize([two_hop_fact_prompt("Dallas")])).logits[0, -1]
+    assert int(logits.argmax()) == model.token_id(" Austin")
