@@ -63,12 +63,12 @@ def test_readme_table_adds_the_data_seed_summary(tmp_path):
     results.write_table(sb.seed_summary(per_seed), "sva_seed_summary", out, model="smollm2-135m")
     rows = parse_table(figures.readme_table(out))
     seed_rows = [r for r in rows if len(r) == 6]
-    assert [r[1] for r in seed_rows] == [*sb.TEMPLATES, "pooled"]
+    assert [r[1] for r in seed_rows] == [*sb.TEMPLATES, "pooled", sb.TEMPLATE_MEAN]
     pooled = main[main.template == "pooled"].iloc[0]
     k = pooled["k@F>=0.8"]
     # median of two seeds is their mean; the 0.9 column is open above (one seed never reaches it)
-    assert seed_rows[-1][2] == f"{1.5 * k:,.0f} [{k:,.0f}, {2 * k:,.0f}]" and seed_rows[-1][3].endswith(", ∞]")
-    assert seed_rows[-1][5] == "0,1"
+    assert seed_rows[-2][2] == f"{1.5 * k:,.0f} [{k:,.0f}, {2 * k:,.0f}]" and seed_rows[-2][3].endswith(", ∞]")
+    assert seed_rows[-2][5] == "0,1"
 
 
 def test_tables_carry_provenance_and_round_trip(tmp_path):
@@ -164,7 +164,8 @@ def test_readme_table_renders_every_number_from_the_tables(tmp_path):
     rows = parse_table(text)
     head = results.read_table("sva_headline", out)
     expected = [figures.readme_cells(r) for r in figures.readme_rows(head)]
-    assert rows == expected and len(rows) == 4 * 5  # two methods x two bases x (4 templates + pooled)
+    # two methods x two bases x (4 templates + the two across-template rows: pooled, template mean)
+    assert rows == expected and len(rows) == 4 * 6
     pooled = head[(head.template == "pooled") & (head.method == "relp") & (head.basis == "mlp_acts")].iloc[0]
     assert f"{pooled['k@F>=0.8']:,.0f}" in text and "commit" in text
 

@@ -216,10 +216,12 @@ def _synthetic_result(effects=(2.0, 2.0, 0.2), n=30, seed=0):
 def test_headline_pools_ratios_interpolates_and_flags():
     result = _synthetic_result()
     head = sb.headline_table(result, n_boot=500).set_index("template")
-    assert set(head.index) == {"t0", "t1", "t2", sb.POOLED}
+    assert set(head.index) == {"t0", "t1", "t2", sb.POOLED, sb.TEMPLATE_MEAN}
     # the small-effect template is flagged and kept out of the pooled line
     assert head.loc["t2", "below_floor"] and not head.loc["t0", "below_floor"]
     assert head.loc[sb.POOLED, "templates"] == 2 and head.loc[sb.POOLED, "n_test"] == 60
+    # no cluster labels stored: every pair is its own cluster
+    assert head.loc[sb.POOLED, "n_clusters"] == 60 and sb.bootstrap_unit(result) == "test pair"
     ex = [result.examples[(t, "m", "relp", "mlp_acts", "paired", "mean", "logit_diff")] for t in ("t0", "t1")]
     curves = sb.curve_table(result, n_boot=200).set_index(["template", "k"])
     pooled_f = sum((e["m_C"][2] - e["m_empty"]).sum() for e in ex) / sum((e["m_M"] - e["m_empty"]).sum() for e in ex)
@@ -231,7 +233,8 @@ def test_headline_pools_ratios_interpolates_and_flags():
         k = head.loc[t, "k@F>=0.8"]
         assert 10 < k < 100 and head.loc[t, "k@F>=0.8_lo"] <= k <= head.loc[t, "k@F>=0.8_hi"]
         assert head.loc[t, "reached@F>=0.8"] > 0.9
-        assert head.loc[t, "faithfulness_above_1"]  # 1.05 at k = 1000
+        # 1.05 at k = 1000, the interval wholly above 1
+        assert head.loc[t, "faithfulness_above_1"] and head.loc[t, "max_faithfulness_lo"] > 1
         assert not head.loc[t, "falls_back@F>=0.8"]
     assert head.loc["t0", "effect_lo"] < 2.0 < head.loc["t0", "effect_hi"]
     text = sb.pooled_summary(head.reset_index(), method="relp", basis="mlp_acts")
@@ -241,7 +244,7 @@ def test_headline_pools_ratios_interpolates_and_flags():
 @pytest.mark.slow  # slow on 2 cores: left out of `make test-fast`
 def test_tables_and_figures_from_frames(bench, tmp_path):
     from neuronlib.paper import figures
-    from neuronlib.paper.results import read_table
+    from neuronlib.paper.results import read_provenance, read_table
 
     model, data, cache_dir = bench
     result = sb.run_benchmark(model, data, cache_dir=cache_dir, **KW)  # cached by the test above, or computed
@@ -251,6 +254,12 @@ def test_tables_and_figures_from_frames(bench, tmp_path):
     assert sb.POOLED in set(curves.template) and set(curves.k) >= {1, 4, 16, sb.ALL}
     head = tables["sva_headline"]
     assert {"k@F>=0.8", "k@F>=0.8_lo", "k@F>=0.8_hi", "completeness@F>=0.8", "k@F>=0.9", "effect"} <= set(head.columns)
+    assert {"k@F>=0.9|first", "k@F>=0.9|stays_above_hi", "reached@F>=0.8|stays_above"} <= set(head.columns)
+    # the runner stores each test pair's clean prefix; the sidecars say what the intervals resample
+    params = read_provenance("sva_headline", tmp_path / "results")["parameters"]
+    assert params["bootstrap_unit"] == "clean prefix" == read_provenance(
+        "sva_curves", tmp_path / "results")["parameters"]["bootstrap_unit"]
+    assert (params["headline_aggregate"], params["headline_crossing"]) == ("pooled", "first")
     scores = tables["sva_scores_concentration"]
     assert set(scores.basis) == {"mlp_acts", "resid"} and scores.share.between(0, 1 + 1e-9).all()
     steps = read_table("sva_steps", tmp_path / "results")  # what each step cost, stable across cached re-runs
@@ -283,14 +292,23 @@ def test_compare_methods_and_run_validation(tiny_llama, tmp_path):
         sb.Run("relp", eval_metrics=("logit",))
 
 
-def test_ig_check_reports_overlap_and_sizes(tiny_llama, tmp_path):
+def test_ig_check_runs_every_template_and_labels_each_row_by_variant(tiny_llama, tmp_path):
     data = tiny_data(6, 4)
-    table, result = sb.ig_check(tiny_llama, data, templates=("nounpp",), n=3, log_sizes=(1, 4, 16),
-                                linear_sizes=(), cache_dir=tmp_path, n_boot=100)
-    row = table.iloc[0]
-    assert row.template == "nounpp" and row.n_train == 3 and 0 <= row.top10_overlap <= 1
-    assert {"k@F>=0.8 per_site", "k@F>=0.8 inputs", "seconds_per_pair per_site"} <= set(table.columns)
+    table, result = sb.ig_check(tiny_llama, data, n=3, log_sizes=(1, 4, 16), linear_sizes=(), cache_dir=tmp_path,
+                                n_boot=100, floor=0.0)
+    # every template given (the default is all four; the tiny data has two), both variants, then the aggregates
+    assert list(table.template) == ["simple"] * 2 + ["nounpp"] * 2 + [sb.POOLED] * 2 + [sb.TEMPLATE_MEAN] * 2
+    assert list(table.ig_variant) == ["per-site IG", "IG on inputs"] * 4
+    assert (table.n_train == 3).all() and (table.n_clusters[:4] == 4).all()
+    per_template = table[table.template.isin(["simple", "nounpp"])]
+    assert per_template.top10_overlap.between(0, 1).all() and (per_template.seconds_per_pair > 0).all()
+    assert table[table.template == sb.POOLED].spearman.isna().all()
+    # the two rows of a template share its comparison, and differ in their sizes' source
+    simple = per_template[per_template.template == "simple"]
+    assert simple.spearman.nunique() == 1
+    assert {"k@F>=0.8", "k@F>=0.8_lo", "k@F>=0.8_hi", "reached@F>=0.8"} <= set(table.columns)
     assert set(result.curves.method) == {"ig", sb.IG_METHOD}
+    assert sb.statistics_parameters(result)["bootstrap_unit"] == "clean prefix"
 
 
 def test_load_templates_from_a_directory_of_community_files(tiny_llama, tmp_path):
@@ -371,3 +389,117 @@ def test_latent_counts_leave_out_the_error_nodes_of_each_circuit():
     assert (y["latents@F>=0.8"], y["latents@F>=0.8_lo"], y["latents@F>=0.8_hi"]) == (2.0, 2.0, 3.0)
     assert pooled["latents@F>=0.8"] == 2.0 and pooled["latents@F>=0.8_lo"] == 1.5  # (2 + 2) / 2, (1 + 2) / 2
     assert np.isnan(pooled["latents@F>=0.8_hi"]) and np.isnan(out.loc[("mlp_acts", "x"), "latents@F>=0.8"])
+
+
+def _exact_result(curves: dict[str, tuple[float, list[float]]], n=8, clusters=None):
+    """Noise-free curves: every pair of template t has effect eff and faithfulness fractions[i] at size i."""
+    ks = np.array([1, 10, 100, 1000, 10000, 100000, sb.ALL])
+    examples = {}
+    for t, (eff, fractions) in curves.items():
+        mM, m0 = np.full(n, eff), np.zeros(n)
+        mC = np.array([*fractions, 1.0])[:, None] * mM[None]
+        examples[(t, "m", "relp", "mlp_acts", "paired", "mean", "logit_diff")] = {
+            "k": ks, "size": np.minimum(ks, 10**6), "m_C": mC, "m_Cbar": mM[None] - mC, "m_M": mM, "m_empty": m0,
+            "n_train": 10, "total_nodes": 10**6, "clusters": None if clusters is None else clusters(t, n)}
+    return sb.BenchmarkResult(pd.DataFrame(columns=sb.COLUMNS), {}, pd.DataFrame(), pd.DataFrame(), examples)
+
+
+def _log_cross(k0, k1, v0, v1, t=0.9):
+    return float(np.exp(np.log(k0) + (t - v0) / (v1 - v0) * (np.log(k1) - np.log(k0))))
+
+
+def test_headline_reports_both_aggregates_and_both_crossing_rules():
+    # t0 (effect 4) falls back after 10; t1 (effect 1) dips at 1000: the four (aggregate, rule) sizes all differ
+    t0 = [0.2, 0.95, 0.80, 0.95, 0.95, 0.95]
+    t1 = [0.2, 0.90, 0.95, 0.50, 0.95, 0.95]
+    head = sb.headline_table(_exact_result({"t0": (4.0, t0), "t1": (1.0, t1)}), n_boot=50,
+                             thresholds=(0.9,)).set_index("template")
+    pooled = [(4 * a + b) / 5 for a, b in zip(t0, t1)]   # effect-weighted: 0.94 at 10, 0.86 at 1000
+    mean = [(a + b) / 2 for a, b in zip(t0, t1)]         # unweighted: 0.925 at 10, 0.725 at 1000
+    expected = {(sb.POOLED, "first"): _log_cross(1, 10, pooled[0], pooled[1]),
+                (sb.POOLED, "stays_above"): _log_cross(1000, 10000, pooled[3], pooled[4]),
+                (sb.TEMPLATE_MEAN, "first"): _log_cross(1, 10, mean[0], mean[1]),
+                (sb.TEMPLATE_MEAN, "stays_above"): _log_cross(1000, 10000, mean[3], mean[4])}
+    for (row, rule), k in expected.items():
+        assert head.loc[row, f"k@F>=0.9|{rule}"] == pytest.approx(k, rel=1e-9)
+        # noise-free pairs: every resample gives the same size
+        assert head.loc[row, f"k@F>=0.9|{rule}_lo"] == pytest.approx(k, rel=1e-9)
+    assert len({round(k, 6) for k in expected.values()}) == 4
+    # the headline (bare) columns are the pooled line's first crossing
+    assert head.loc[sb.POOLED, "k@F>=0.9"] == head.loc[sb.POOLED, "k@F>=0.9|first"]
+    assert (sb.HEADLINE_AGGREGATE, sb.HEADLINE_CROSSING) == ("pooled", "first")
+    assert head.loc[sb.POOLED, "falls_back@F>=0.9"] and head.loc[sb.TEMPLATE_MEAN, "falls_back@F>=0.9"]
+    assert head.loc[sb.TEMPLATE_MEAN, "effect"] == pytest.approx(2.5) and head.loc[sb.POOLED, "effect"] == 2.5
+    view = sb.headline_view(head.reset_index())
+    assert "falls back@0.9" in view.loc[("RelP", "mlp_acts", sb.POOLED), "flags"]
+    agg = sb.aggregate_view(head.reset_index(), thresholds=(0.9,)).set_index("aggregate")
+    assert agg.loc[sb.POOLED, "k@F≥0.9 (first)"].endswith("(headline)")
+    assert agg.loc[sb.TEMPLATE_MEAN, "k@F≥0.9 (stays_above)"].startswith(
+        f"{expected[(sb.TEMPLATE_MEAN, 'stays_above')]:,.0f} [")
+    assert "headline" not in agg.loc[sb.TEMPLATE_MEAN, "k@F≥0.9 (first)"]
+
+
+def test_float_noise_above_1_or_below_0_is_not_flagged():
+    rng = np.random.default_rng(0)
+    n = 40
+    ks = np.array([1, 10, 100, sb.ALL])
+    m0 = rng.normal(0, 0.1, n)
+    den = rng.uniform(1.7, 5.1, n)
+    mM = m0 + den
+
+    def centred(scale):
+        e = rng.normal(0, scale, n)
+        return e - e.sum() * den / den.sum()  # Σ e = 0: the pooled ratio is exactly the target
+
+    examples = {}
+    for t, top in (("noise", 1 + 4e-8), ("over", 1.3)):
+        mC = m0[None] + np.array([0.3, 0.8, top, 1.0])[:, None] * den[None]
+        mC[:3] += np.stack([centred(0.3) for _ in range(3)])
+        mCb = m0[None] + np.array([0.5, 0.1, -0.001, 0.0])[:, None] * den[None]
+        mCb[:3] += np.stack([centred(0.3) for _ in range(3)])
+        mCb[-1] = m0
+        examples[(t, "m", "relp", "mlp_acts", "paired", "mean", "logit_diff")] = {
+            "k": ks, "size": ks.clip(max=1000), "m_C": mC, "m_Cbar": mCb, "m_M": mM, "m_empty": m0,
+            "n_train": 10, "total_nodes": 1000}
+    result = sb.BenchmarkResult(pd.DataFrame(columns=sb.COLUMNS), {}, pd.DataFrame(), pd.DataFrame(), examples)
+    head = sb.headline_table(result, n_boot=300).set_index("template")
+    noise = head.loc["noise"]
+    assert noise.max_faithfulness > 1 and noise.min_completeness < 0  # the old point-estimate flags would fire
+    assert not noise.faithfulness_above_1 and not noise.completeness_below_0
+    assert noise.max_faithfulness_lo < 1 < noise.max_faithfulness
+    assert head.loc["over", "faithfulness_above_1"] and head.loc["over", "max_faithfulness_lo"] > 1
+
+
+def test_intervals_resample_clean_prefixes():
+    t0 = [0.2, 0.7, 0.9, 0.95, 0.97, 0.98]
+    rng = np.random.default_rng(0)
+
+    def noisy(result):  # per-pair effects vary, so resampling matters
+        for e in result.examples.values():
+            scale = rng.uniform(0.5, 1.5, len(e["m_M"]))
+            for name in ("m_C", "m_Cbar"):
+                e[name] = e[name] * scale[None]
+            e["m_M"] = e["m_M"] * scale
+        return result
+
+    # 10 prefixes, each carrying 4 pairs (identical pairs within a prefix)
+    per_prefix = noisy(_exact_result({"t0": (2.0, t0)}, n=10))
+    e = per_prefix.examples[("t0", "m", "relp", "mlp_acts", "paired", "mean", "logit_diff")]
+    dup = np.repeat(np.arange(10), 4)
+    dup_e = {**e, "m_C": e["m_C"][:, dup], "m_Cbar": e["m_Cbar"][:, dup], "m_M": e["m_M"][dup],
+             "m_empty": e["m_empty"][dup], "clusters": np.array([f"The x{i}" for i in dup], dtype=object)}
+    clustered = sb.BenchmarkResult(per_prefix.curves, {}, pd.DataFrame(), pd.DataFrame(),
+                                   {("t0", "m", "relp", "mlp_acts", "paired", "mean", "logit_diff"): dup_e})
+    assert sb.bootstrap_unit(clustered) == "clean prefix" and sb.bootstrap_unit(per_prefix) == "test pair"
+    a = sb.curve_table(clustered, n_boot=200).query("template == 't0'").reset_index(drop=True)
+    b = sb.curve_table(per_prefix, n_boot=200).query("template == 't0'").reset_index(drop=True)
+    np.testing.assert_allclose(a.faithfulness_lo, b.faithfulness_lo, rtol=1e-9)
+    np.testing.assert_allclose(a.faithfulness_hi, b.faithfulness_hi, rtol=1e-9)
+    assert (a.n_test == 40).all() and (a.n_clusters == 10).all()
+    # the same 40 rows resampled as independent pairs: narrower, wrongly
+    rows = {**dup_e, "clusters": None}
+    naive = sb.BenchmarkResult(per_prefix.curves, {}, pd.DataFrame(), pd.DataFrame(),
+                               {("t0", "m", "relp", "mlp_acts", "paired", "mean", "logit_diff"): rows})
+    c = sb.curve_table(naive, n_boot=200).query("template == 't0'").reset_index(drop=True)
+    inner = slice(1, -1)  # the full circuit (faithfulness 1 in every resample) has no width
+    assert ((a.faithfulness_hi - a.faithfulness_lo)[inner] > (c.faithfulness_hi - c.faithfulness_lo)[inner]).all()

@@ -8,16 +8,21 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from neuronlib.data.sva import (  # noqa: E402
+    ALL_SUBJECTS,
     ANSWER_PAIRS,
+    EXTRA_SUBJECTS,
+    MIN_TEST_PREFIXES,
     PP_NOUNS,
     PREPOSITIONS,
     RC_NOUNS,
     RC_VERBS,
     REQUIRED_KEYS,
+    SPLIT_RULES,
     SUBJECTS,
     TEMPLATES,
     generate_sva,
     load_sva,
+    split_directory,
     write_sva_files,
 )
 
@@ -53,6 +58,9 @@ def test_vocabulary_sizes():
         assert len(nouns) >= 20 and len(set(nouns)) == len(nouns)
     assert len(RC_VERBS) >= 10 and len(PREPOSITIONS) >= 3
     assert not {w for p in SUBJECTS for w in p} & {w for p in RC_NOUNS for w in p}
+    extra = {w for p in EXTRA_SUBJECTS for w in p}
+    assert len(set(EXTRA_SUBJECTS)) == len(EXTRA_SUBJECTS)
+    assert not extra & {w for p in SUBJECTS + RC_NOUNS + PP_NOUNS for w in p}
 
 
 def test_unknown_template_and_too_many():
@@ -62,9 +70,9 @@ def test_unknown_template_and_too_many():
         generate_sva("simple", 10**6)
 
 
-SG = {sg for sg, _ in SUBJECTS + RC_NOUNS + PP_NOUNS}
-PL = {pl for _, pl in SUBJECTS + RC_NOUNS + PP_NOUNS}
-FLIP = {**dict(SUBJECTS), **dict(RC_NOUNS), **{pl: sg for sg, pl in SUBJECTS + RC_NOUNS}}
+SG = {sg for sg, _ in ALL_SUBJECTS + RC_NOUNS + PP_NOUNS}
+PL = {pl for _, pl in ALL_SUBJECTS + RC_NOUNS + PP_NOUNS}
+FLIP = {**dict(ALL_SUBJECTS), **dict(RC_NOUNS), **{pl: sg for sg, pl in ALL_SUBJECTS + RC_NOUNS}}
 
 
 def number(noun):
@@ -119,13 +127,77 @@ def test_generator_mixes_numbers_and_answer_pairs():
 # ----------------------------------------------------------------------------- written files
 
 
-def test_committed_files_are_regenerated_exactly(tok, tmp_path):
-    summary = write_sva_files(tmp_path, tokenizer=tok)
+@pytest.mark.parametrize("split_rule", SPLIT_RULES)
+def test_committed_files_are_regenerated_exactly(tok, tmp_path, split_rule):
+    summary = write_sva_files(tmp_path, tokenizer=tok, split_rule=split_rule)
+    folder = REPO / "data" / split_directory(split_rule)
     for t in TEMPLATES:
         assert summary[t]["n_train"] == 300 and summary[t]["n_test"] == 40
         for split in ("train", "test"):
             name = f"{t}_{split}.jsonl"
-            assert (tmp_path / name).read_text() == (REPO / "data" / "sva" / name).read_text(), name
+            assert (tmp_path / name).read_text() == (folder / name).read_text(), name
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def skeleton(template, prefix):
+    """The sentence without the numbers of its nouns (and without the embedded verb's agreement in rc)."""
+    words = prefix.split()
+    lemma = {**{pl: sg for sg, pl in ALL_SUBJECTS + RC_NOUNS + PP_NOUNS}, **{pl: sg for sg, pl in RC_VERBS}}
+    return (template, tuple(lemma.get(w, w) for w in words))
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_prefix_rule_test_splits_hold_distinct_prefixes_disjoint_from_train(template):
+    folder = REPO / "data" / split_directory("prefixes")
+    train, test = (read_jsonl(folder / f"{template}_{s}.jsonl") for s in ("train", "test"))
+    assert len(test) == 40 and len(train) == 300
+    test_prefixes = {r["clean_prefix"] for r in test}
+    assert len(test_prefixes) == len(test) >= MIN_TEST_PREFIXES  # one pair per clean prefix
+    # disjoint by clean prefix, by any prefix, and by sentence skeleton (no number-flipped copy across splits)
+    assert not test_prefixes & {r["clean_prefix"] for r in train}
+    every = {r[k] for r in train for k in ("clean_prefix", "patch_prefix")}
+    assert not every & {r[k] for r in test for k in ("clean_prefix", "patch_prefix")}
+    assert not ({skeleton(template, r["clean_prefix"]) for r in train}
+                & {skeleton(template, r["clean_prefix"]) for r in test})
+
+
+def test_skeleton_rule_files_are_the_first_runs_clustered_splits():
+    """The old rule's test splits repeat prefixes (why the bootstrap resamples clean prefixes)."""
+    folder = REPO / "data" / split_directory("skeleton")
+    distinct = {t: len({r["clean_prefix"] for r in read_jsonl(folder / f"{t}_test.jsonl")}) for t in TEMPLATES}
+    assert distinct["simple"] == 10 and distinct["within_rc"] == 20
+    assert split_directory("skeleton") == "sva" and split_directory() == "sva_prefixes"
+
+
+def test_prefix_rule_without_tokenizer_and_its_errors(tmp_path):
+    summary = write_sva_files(tmp_path, n_train=50, n_test=30)
+    for t in TEMPLATES:
+        test = read_jsonl(tmp_path / f"{t}_test.jsonl")
+        assert summary[t]["test_prefixes"] == len({r["clean_prefix"] for r in test}) == 30
+    with pytest.raises(ValueError, match="distinct clean prefixes"):
+        write_sva_files(tmp_path, n_train=50, n_test=20)
+    # a smoke run may lower the floor explicitly (as seed_headlines does below 30 test pairs)
+    smoke = write_sva_files(tmp_path, n_train=20, n_test=6, min_test_prefixes=6)
+    assert all(v["test_prefixes"] == 6 for v in smoke.values())
+    # the skeleton rule accepts it (and repeats prefixes)
+    small = write_sva_files(tmp_path, n_train=50, n_test=20, split_rule="skeleton")
+    assert small["simple"]["test_prefixes"] < 20
+    with pytest.raises(ValueError, match="split rule"):
+        write_sva_files(tmp_path, split_rule="random")
+
+
+def test_load_templates_picks_the_rule_s_files(smollm):
+    from neuronlib.paper import sva as sb
+
+    new = sb.load_templates(smollm, n_train=300, n_test=40)
+    old = sb.load_templates(smollm, n_train=300, n_test=40, split_rule="skeleton")
+    table = sb.data_table(smollm, new).set_index("template")
+    assert (table.test_prefixes == 40).all()
+    assert sb.data_table(smollm, old).set_index("template").loc["simple", "test_prefixes"] == 10
+    assert {r["clean_prefix"] for r in old["simple"].test} != {r["clean_prefix"] for r in new["simple"].test}
 
 
 @pytest.mark.parametrize("template", TEMPLATES)

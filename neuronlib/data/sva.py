@@ -23,6 +23,18 @@ numbers of the nouns of the *clean* prefix in sentence order (``"plural"`` for s
 The vocabularies are our own. They are tokenizer-independent on purpose; a tokenizer is applied
 afterwards as a filter (equal clean/patch length, one length per template, single-token answers),
 so positions align across a template's examples.
+
+Two split rules (:data:`SPLIT_RULES`) turn a template's records into train and test files; both keep train and
+test disjoint by sentence skeleton (the lemmas, ignoring numbers and the answer pair), hence by clean and patch
+prefix:
+
+* ``"prefixes"`` (the default): the test split takes **one record per distinct clean prefix**, so its ``n_test``
+  pairs come from ``n_test`` distinct clean prefixes (at least :data:`MIN_TEST_PREFIXES`, else an error). A
+  bootstrap over test pairs then resamples independent sentences. Records are drawn from the grown subject
+  vocabulary ``SUBJECTS + EXTRA_SUBJECTS`` (the ``simple`` template has too few skeletons otherwise).
+* ``"skeleton"``: the rule of the first committed run (``data/sva``): whole skeleton groups go to the test split,
+  so one clean prefix can carry up to four pairs (its four answer pairs; ``simple`` had 10 distinct prefixes in
+  40 pairs), from the original vocabulary ``SUBJECTS``. Kept so that run stays reproducible.
 """
 
 from __future__ import annotations
@@ -109,19 +121,52 @@ RC_VERBS: tuple[tuple[str, str], ...] = (
     ("hates", "hate"), ("hires", "hire"), ("blames", "blame"),
 )
 
+# More subjects, used by the "prefixes" split rule only (the "skeleton" rule regenerates the first committed files,
+# which were drawn from SUBJECTS alone). Both forms are one token after a space under SmolLM2, so the simple
+# template gains a skeleton per pair: 52 usable subjects cannot give 20 test skeletons (40 distinct clean
+# prefixes) plus 300 training pairs (38 skeletons of 8 records).
+EXTRA_SUBJECTS: tuple[tuple[str, str], ...] = (
+    ("pupil", "pupils"), ("hero", "heroes"), ("agent", "agents"), ("host", "hosts"), ("monk", "monks"),
+    ("nun", "nuns"), ("knight", "knights"), ("thief", "thieves"), ("voter", "voters"),
+    ("citizen", "citizens"), ("partner", "partners"), ("runner", "runners"), ("swimmer", "swimmers"),
+    ("buyer", "buyers"), ("seller", "sellers"), ("researcher", "researchers"),
+    ("volunteer", "volunteers"), ("resident", "residents"), ("husband", "husbands"), ("wife", "wives"),
+    ("traveler", "travelers"), ("scholar", "scholars"), ("reader", "readers"), ("governor", "governors"),
+)
+ALL_SUBJECTS = SUBJECTS + EXTRA_SUBJECTS
+
 NUMBERS = ("singular", "plural")
 
-# Mixed-radix dimensions of each template's combination space; a record is one index into it.
-_DIMS: dict[str, tuple[int, ...]] = {
-    # subject, subject number, answer pair
-    "simple": (len(SUBJECTS), 2, len(ANSWER_PAIRS)),
-    # subject, subject number, preposition, distractor, distractor number, answer pair
-    "nounpp": (len(SUBJECTS), 2, len(PREPOSITIONS), len(PP_NOUNS), 2, len(ANSWER_PAIRS)),
-    # head, head number, rc noun, rc noun number, rc verb, answer pair
-    "rc": (len(SUBJECTS), 2, len(RC_NOUNS), 2, len(RC_VERBS), len(ANSWER_PAIRS)),
-    # head, head number, rc noun, rc noun number, answer pair
-    "within_rc": (len(SUBJECTS), 2, len(RC_NOUNS), 2, len(ANSWER_PAIRS)),
-}
+SPLIT_RULES = ("prefixes", "skeleton")
+DEFAULT_SPLIT_RULE = "prefixes"
+# The fewest distinct clean prefixes a test split may hold under the "prefixes" rule: the bootstrap's independent
+# unit is the clean prefix, and 30 is the least we accept for its percentile intervals.
+MIN_TEST_PREFIXES = 30
+
+
+def _check_rule(split_rule: str) -> None:
+    if split_rule not in SPLIT_RULES:
+        raise ValueError(f"unknown split rule {split_rule!r}; expected one of {SPLIT_RULES}")
+
+
+def rule_subjects(split_rule: str) -> tuple[tuple[str, str], ...]:
+    """The subject vocabulary a split rule draws from (see the module docstring)."""
+    _check_rule(split_rule)
+    return SUBJECTS if split_rule == "skeleton" else ALL_SUBJECTS
+
+
+def _dims(template: str, n_subjects: int) -> tuple[int, ...]:
+    """Mixed-radix dimensions of a template's combination space; a record is one index into it."""
+    return {
+        # subject, subject number, answer pair
+        "simple": (n_subjects, 2, len(ANSWER_PAIRS)),
+        # subject, subject number, preposition, distractor, distractor number, answer pair
+        "nounpp": (n_subjects, 2, len(PREPOSITIONS), len(PP_NOUNS), 2, len(ANSWER_PAIRS)),
+        # head, head number, rc noun, rc noun number, rc verb, answer pair
+        "rc": (n_subjects, 2, len(RC_NOUNS), 2, len(RC_VERBS), len(ANSWER_PAIRS)),
+        # head, head number, rc noun, rc noun number, answer pair
+        "within_rc": (n_subjects, 2, len(RC_NOUNS), 2, len(ANSWER_PAIRS)),
+    }[template]
 
 
 def _check_template(template: str) -> None:
@@ -137,31 +182,31 @@ def _decode(index: int, dims: Sequence[int]) -> list[int]:
     return digits[::-1]
 
 
-def _build(template: str, digits: Sequence[int]) -> tuple[tuple, dict]:
+def _build(template: str, digits: Sequence[int], subjects=SUBJECTS) -> tuple[tuple, dict]:
     """One combination -> (group key, record). The group key is the sentence without its
     grammatical numbers and answer pair; train/test are split by it, so no test sentence is a
     number-flipped or re-answered copy of a training sentence."""
     if template == "simple":
         s, sn, a = digits
-        clean = f"The {SUBJECTS[s][sn]}"
-        patch = f"The {SUBJECTS[s][1 - sn]}"
+        clean = f"The {subjects[s][sn]}"
+        patch = f"The {subjects[s][1 - sn]}"
         agree, case, key = sn, NUMBERS[sn], (s,)
     elif template == "nounpp":
         s, sn, p, d, dn, a = digits
         pp = f" {PREPOSITIONS[p]} the {PP_NOUNS[d][dn]}"
-        clean = f"The {SUBJECTS[s][sn]}{pp}"
-        patch = f"The {SUBJECTS[s][1 - sn]}{pp}"
+        clean = f"The {subjects[s][sn]}{pp}"
+        patch = f"The {subjects[s][1 - sn]}{pp}"
         agree, case, key = sn, f"{NUMBERS[sn]}_{NUMBERS[dn]}", (s, p, d)
     elif template == "rc":
         h, hn, r, rn, v, a = digits
         # The embedded verb agrees with the embedded noun, which the patch leaves alone.
         clause = f" that the {RC_NOUNS[r][rn]} {RC_VERBS[v][rn]}"
-        clean = f"The {SUBJECTS[h][hn]}{clause}"
-        patch = f"The {SUBJECTS[h][1 - hn]}{clause}"
+        clean = f"The {subjects[h][hn]}{clause}"
+        patch = f"The {subjects[h][1 - hn]}{clause}"
         agree, case, key = hn, f"{NUMBERS[hn]}_{NUMBERS[rn]}", (h, r, v)
     elif template == "within_rc":
         h, hn, r, rn, a = digits
-        head = f"The {SUBJECTS[h][hn]} that the "
+        head = f"The {subjects[h][hn]} that the "
         clean = head + RC_NOUNS[r][rn]
         patch = head + RC_NOUNS[r][1 - rn]
         agree, case, key = rn, f"{NUMBERS[hn]}_{NUMBERS[rn]}", (h, r)
@@ -177,13 +222,13 @@ def _build(template: str, digits: Sequence[int]) -> tuple[tuple, dict]:
     return key, record
 
 
-def _stream(template: str, seed: int) -> Iterator[tuple[tuple, dict]]:
+def _stream(template: str, seed: int, subjects=SUBJECTS) -> Iterator[tuple[tuple, dict]]:
     """Every combination of the template exactly once, in a seeded random order."""
     _check_template(template)
-    dims = _DIMS[template]
+    dims = _dims(template, len(subjects))
     order = np.random.default_rng([seed, TEMPLATES.index(template)]).permutation(int(np.prod(dims)))
     for index in order:
-        yield _build(template, _decode(int(index), dims))
+        yield _build(template, _decode(int(index), dims), subjects)
 
 
 # ----------------------------------------------------------------------------- tokenizer checks
@@ -205,11 +250,11 @@ def _modal_length(lengths: Sequence[int]) -> int:
     return min(counts, key=lambda L: (-counts[L], L))
 
 
-def _filtered_stream(template: str, seed: int, tokenizer, chunk: int = 512):
+def _filtered_stream(template: str, seed: int, tokenizer, chunk: int = 512, subjects=SUBJECTS):
     """(key, record, length) for records whose answers are single tokens and whose clean and
     patch prefixes have equal token length."""
     single: dict[str, bool] = {}
-    stream = _stream(template, seed)
+    stream = _stream(template, seed, subjects)
     while True:
         batch = [item for _, item in zip(range(chunk), stream)]
         if not batch:
@@ -225,10 +270,10 @@ def _filtered_stream(template: str, seed: int, tokenizer, chunk: int = 512):
                 yield key, rec, lc
 
 
-def _target_pool(template: str, seed: int, tokenizer, cap: int, probe: int = 2000):
+def _target_pool(template: str, seed: int, tokenizer, cap: int, probe: int = 2000, subjects=SUBJECTS):
     """Up to ``cap`` (key, record) pairs of the template's single most common token length,
     the length being the mode over the first ``probe`` valid records."""
-    stream = _filtered_stream(template, seed, tokenizer)
+    stream = _filtered_stream(template, seed, tokenizer, subjects=subjects)
     head = [x for _, x in zip(range(probe), stream)]
     if not head:
         raise ValueError(f"{template}: no example has single-token answers and equal "
@@ -243,35 +288,53 @@ def _target_pool(template: str, seed: int, tokenizer, cap: int, probe: int = 200
     return pool, length
 
 
-def generate_sva(template: str, n: int, *, seed: int = 0, tokenizer=None) -> list[dict]:
-    """``n`` distinct records of ``template``, deterministic in ``seed``.
+def generate_sva(template: str, n: int, *, seed: int = 0, tokenizer=None,
+                 split_rule: str = DEFAULT_SPLIT_RULE) -> list[dict]:
+    """``n`` distinct records of ``template``, deterministic in ``seed``, from ``split_rule``'s vocabulary
+    (:func:`rule_subjects`).
 
     Without a tokenizer, records are drawn from the full combination space. With one, only
     records with single-token answers, equal clean/patch token lengths and the template's most
     common such length are kept (so token positions align across the examples).
     """
     _check_template(template)
+    subjects = rule_subjects(split_rule)
     if n < 0:
         raise ValueError("n must be non-negative")
     if tokenizer is None:
-        records = [r for _, (_, r) in zip(range(n), _stream(template, seed))]
+        records = [r for _, (_, r) in zip(range(n), _stream(template, seed, subjects))]
     else:
-        records = [r for _, r in _target_pool(template, seed, tokenizer, cap=n)[0]]
+        records = [r for _, r in _target_pool(template, seed, tokenizer, cap=n, subjects=subjects)[0]]
     if len(records) < n:
         raise ValueError(f"{template}: only {len(records)} distinct records available, asked for {n}")
     return records
 
 
-def _split_by_group(pool, n_train: int, n_test: int, seed: int, template: str):
+def _groups(pool) -> list[list[dict]]:
     groups: dict[tuple, list[dict]] = {}
     for key, rec in pool:  # insertion order = the seeded random stream order
         groups.setdefault(key, []).append(rec)
+    return list(groups.values())
+
+
+def _one_per_prefix(recs: list[dict]) -> list[dict]:
+    """The first record (in stream order) of each distinct clean prefix."""
+    first: dict[str, dict] = {}
+    for r in recs:
+        first.setdefault(r["clean_prefix"], r)
+    return list(first.values())
+
+
+def _split(pool, n_train: int, n_test: int, seed: int, template: str, split_rule: str,
+           min_test_prefixes: int = MIN_TEST_PREFIXES):
+    """Whole skeleton groups go to one split, test first; the last group of a split is truncated, never shared.
+    Under "prefixes" a test group contributes one record per clean prefix (its other records are left out)."""
     test: list[dict] = []
     train: list[dict] = []
-    for recs in groups.values():
-        # Whole groups go to one split; the last group of a split is truncated, never shared.
+    for recs in _groups(pool):
         if len(test) < n_test:
-            test.extend(recs[: n_test - len(test)])
+            take = _one_per_prefix(recs) if split_rule == "prefixes" else recs
+            test.extend(take[: n_test - len(test)])
         elif len(train) < n_train:
             train.extend(recs[: n_train - len(train)])
         else:
@@ -279,20 +342,38 @@ def _split_by_group(pool, n_train: int, n_test: int, seed: int, template: str):
     if len(test) < n_test or len(train) < n_train:
         raise ValueError(f"{template}: only {len(train)} train / {len(test)} test records "
                          f"reachable, asked for {n_train} / {n_test}")
+    if split_rule == "prefixes":
+        distinct = len({r["clean_prefix"] for r in test})
+        if distinct < min_test_prefixes:
+            raise ValueError(f"{template}: the test split holds {distinct} distinct clean prefixes, fewer than "
+                             f"{min_test_prefixes}; ask for n_test >= {min_test_prefixes}")
     rng = np.random.default_rng([seed, TEMPLATES.index(template), 1])
     # Shuffle inside each split so records of one group are not adjacent.
     return [train[i] for i in rng.permutation(len(train))], [test[i] for i in rng.permutation(len(test))]
 
 
-def write_sva_files(out_dir: str | Path = "data/sva", *, n_train: int = 300, n_test: int = 40,
-                    seed: int = 0, tokenizer=None) -> dict[str, dict]:
+def split_directory(split_rule: str = DEFAULT_SPLIT_RULE) -> str:
+    """The packaged folder (``neuronlib/data/files/...``, copied in the repository's ``data/``) holding a split
+    rule's files: ``sva_prefixes`` for "prefixes", ``sva`` (the first committed run's files) for "skeleton"."""
+    _check_rule(split_rule)
+    return "sva" if split_rule == "skeleton" else f"sva_{split_rule}"
+
+
+def write_sva_files(out_dir: str | Path = "data/sva_prefixes", *, n_train: int = 300, n_test: int = 40,
+                    seed: int = 0, tokenizer=None, split_rule: str = DEFAULT_SPLIT_RULE,
+                    min_test_prefixes: int = MIN_TEST_PREFIXES) -> dict[str, dict]:
     """Write ``{template}_{train,test}.jsonl`` for every template into ``out_dir``.
 
     Train and test share no sentence skeleton (the lemmas of the sentence, ignoring numbers and
-    the answer pair), hence no clean or patch prefix. With a tokenizer, every record of a
-    template has the same prefix token length (see :func:`generate_sva`).
-    Returns ``{template: {"n_train", "n_test", "length"}}`` (length is None without a tokenizer).
+    the answer pair), hence no clean or patch prefix. ``split_rule`` (:data:`SPLIT_RULES`): "prefixes" puts
+    one record per clean prefix in the test split and raises ValueError when a template's test split would hold
+    fewer than ``min_test_prefixes`` distinct clean prefixes; "skeleton" is the first committed run's rule (whole
+    skeleton groups; regenerates ``data/sva``). With a tokenizer, every record of a template has the same prefix
+    token length (see :func:`generate_sva`).
+    Returns ``{template: {"n_train", "n_test", "test_prefixes", "length"}}`` (length is None without a tokenizer).
     """
+    _check_rule(split_rule)
+    subjects = rule_subjects(split_rule)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     # A pool several times larger than needed leaves room for whole-group assignment.
@@ -300,16 +381,17 @@ def write_sva_files(out_dir: str | Path = "data/sva", *, n_train: int = 300, n_t
     summary = {}
     for template in TEMPLATES:
         if tokenizer is None:
-            pool = [x for _, x in zip(range(cap), _stream(template, seed))]
+            pool = [x for _, x in zip(range(cap), _stream(template, seed, subjects))]
             length = None
         else:
-            pool, length = _target_pool(template, seed, tokenizer, cap=cap)
-        train, test = _split_by_group(pool, n_train, n_test, seed, template)
+            pool, length = _target_pool(template, seed, tokenizer, cap=cap, subjects=subjects)
+        train, test = _split(pool, n_train, n_test, seed, template, split_rule, min_test_prefixes)
         for split, recs in (("train", train), ("test", test)):
             with open(out / f"{template}_{split}.jsonl", "w") as f:
                 for rec in recs:
                     f.write(json.dumps(rec) + "\n")
-        summary[template] = {"n_train": len(train), "n_test": len(test), "length": length}
+        summary[template] = {"n_train": len(train), "n_test": len(test),
+                             "test_prefixes": len({r["clean_prefix"] for r in test}), "length": length}
     return summary
 
 

@@ -651,11 +651,17 @@ def fmt_size(v, lo=None, hi=None) -> str:
     return one(v) if lo is None else f"{one(v)} [{one(lo)}, {one(hi)}]"
 
 
+def headline_flags(row, thresholds=(0.8, 0.9)) -> list[str]:
+    """The flags of one headline row: "below floor", "F>1" / "C<0" (an interval wholly beyond 1 / 0 at some size)
+    and "falls back@t" for every threshold t where the curve drops under t again after reaching it."""
+    flags = [name for name, col in (("below floor", "below_floor"), ("F>1", "faithfulness_above_1"),
+                                    ("C<0", "completeness_below_0")) if bool(row.get(col, False))]
+    return flags + [f"falls back@{t:g}" for t in thresholds if bool(row.get(f"falls_back@F>={t:g}", False))]
+
+
 def readme_cells(row) -> list[str]:
     """The Markdown cells of one headline row (the format the README test parses back)."""
-    flags = [name for name, col in (("below floor", "below_floor"), ("F>1", "faithfulness_above_1"),
-                                    ("C<0", "completeness_below_0"), ("falls back", "falls_back@F>=0.8"))
-             if bool(row.get(col, False))]
+    flags = headline_flags(row)
     cells = [str(row.model), METHOD_LABELS.get(row.method, row.method), str(row.basis), str(row.template)]
     for t in (0.8, 0.9):
         cells.append(fmt_size(row[f'k@F>={t}'], row[f'k@F>={t}_lo'], row[f'k@F>={t}_hi']))

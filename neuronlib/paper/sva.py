@@ -17,9 +17,10 @@ add, as a labelled extra, the single-answer evaluation (``eval_metric == "logit"
 prompts, zero ablation or the mean over the clean test prompts).
 
 Every ratio is a pooled ratio over test pairs, Σ(m(C) − m(∅)) / Σ(m(M) − m(∅)), with a seeded bootstrap interval
-over the pairs (:mod:`neuronlib.stats`); the across-template line pools the pairs of every template whose effect
-|m(M) − m(∅)| is above :data:`EFFECT_FLOOR`. Sizes at a faithfulness threshold are interpolated log-linearly on the
-sweep's grid.
+that resamples clean prefixes (:data:`BOOTSTRAP_UNIT`; :mod:`neuronlib.stats`); the across-template lines take the
+templates whose effect |m(M) − m(∅)| is above :data:`EFFECT_FLOOR`, pooled (effect-weighted, the headline) and as the
+unweighted mean of their curves. Sizes at a faithfulness threshold are interpolated log-linearly on the sweep's grid,
+at the first crossing (the headline) and where the curve stays above the threshold.
 
 Every attribution and evaluation is stored with :func:`neuronlib.cache.cached` and re-used on a re-run; a changed
 input (model, data, sizes, SAEs) changes the key. The tables (:func:`curve_table`, :func:`headline_table`,
@@ -28,7 +29,7 @@ input (model, data, sizes, SAEs) changes the key. The tables (:func:`curve_table
 Usage::
 
     model = neuronlib.load_model("smollm2-135m")
-    data = load_templates(model, n_train=300, n_test=40)
+    data = load_templates(model, n_train=300, n_test=40)   # split_rule="prefixes": 40 distinct test prefixes
     result = run_benchmark(model, data, plan=default_plan())
     curves = curve_table(result)          # per template and pooled, with bootstrap intervals
     headline = headline_table(result)     # k at faithfulness 0.8 / 0.9 per template, with intervals and flags
@@ -49,9 +50,10 @@ import neuronlib
 
 from .. import cache, stats
 from ..attribution import Attribution
-from ..data.sva import TEMPLATES, load_sva
+from ..data import packaged
+from ..data.sva import DEFAULT_SPLIT_RULE, MIN_TEST_PREFIXES, TEMPLATES, load_sva, split_directory
 from ..evaluation import evaluate_circuit
-from .figures import BASIS_LABELS, METHOD_LABELS, fmt_size  # noqa: F401  (one set of labels and formats)
+from .figures import BASIS_LABELS, METHOD_LABELS, fmt_size, headline_flags  # noqa: F401  (one set of labels)
 
 logger = logging.getLogger(__name__)
 
@@ -79,6 +81,16 @@ CACHE_VERSION = 1
 EVAL_VERSION = 2
 ALL = 10**12  # "every node of the basis": the requested size of the full circuit (capped to the basis's node count)
 POOLED = "pooled"
+# The across-template rows of the headline table, one per aggregate (neuronlib.stats.AGGREGATES): "pooled" sums the
+# pairs of every template (each template weighted by its effect), "template mean" averages the templates' curves
+# unweighted (the paper's aggregate). The headline (README, pooled_summary) is HEADLINE_AGGREGATE at
+# HEADLINE_CROSSING: the first size at which the pooled curve reaches the threshold.
+TEMPLATE_MEAN = "template mean"
+AGGREGATE_ROWS = {"pooled": POOLED, "mean": TEMPLATE_MEAN}
+HEADLINE_AGGREGATE = "pooled"
+HEADLINE_CROSSING = "first"
+# The independent unit every interval of the tables resamples (pairs that share a clean prefix move together).
+BOOTSTRAP_UNIT = "clean prefix"
 
 KEYS = ["model", "method", "basis", "setting", "ablation", "eval_metric"]
 COLUMNS = ["model", "template", "method", "basis", "setting", "ablation", "eval_metric", "k", "size", "total_nodes",
@@ -116,14 +128,19 @@ def sva_files(data_dir, split: str = "train") -> dict[str, Path]:
 
 
 def load_templates(model, templates=TEMPLATES, *, n_train: int = 300, n_test: int = 40, data_dir=None,
-                   strict: bool = True) -> dict[str, TemplateData]:
+                   strict: bool = True, split_rule: str = DEFAULT_SPLIT_RULE) -> dict[str, TemplateData]:
     """Load ``n_train`` training and ``n_test`` test pairs per template, filtered for ``model``'s tokenizer.
 
     ``load_sva`` keeps single-token answers and the file's most common prefix length, so positions align; with a
-    tokenizer that adds <bos> (Gemma) every prompt is one token longer, which changes nothing else. ``data_dir``: a
-    directory of community-format ``{template}_{train,test}.jsonl`` (or ``.json``) files, e.g. Marks et al.'s
-    release (``templates=None``: every template found there). ``strict=False`` keeps a template with fewer usable
-    pairs than asked (a warning says how many); the drops per reason are in ``TemplateData.dropped``.
+    tokenizer that adds <bos> (Gemma) every prompt is one token longer, which changes nothing else. ``split_rule``
+    picks the packaged files (:data:`neuronlib.data.sva.SPLIT_RULES`): "prefixes" (default; every test pair its own
+    clean prefix, at least :data:`~neuronlib.data.sva.MIN_TEST_PREFIXES` of them at the paper's 40 test pairs) or
+    "skeleton" (the first committed run's files, ``data/sva``). Under "prefixes" a test split with fewer than
+    min(``n_test``, MIN_TEST_PREFIXES) distinct clean prefixes is an error. ``data_dir``: a directory of
+    community-format ``{template}_{train,test}.jsonl`` (or ``.json``) files instead, e.g. Marks et al.'s release
+    (``templates=None``: every template found there; ``split_rule`` is then not used, and the clean prefixes are
+    counted in :func:`data_table`). ``strict=False`` keeps a template with fewer usable pairs than asked (a warning
+    says how many); the drops per reason are in ``TemplateData.dropped``.
     """
     if templates is None:
         if data_dir is None:
@@ -136,8 +153,14 @@ def load_templates(model, templates=TEMPLATES, *, n_train: int = 300, n_test: in
     for template in templates:
         kw = dict(tokenizer=model.tokenizer)
         if data_dir is None:
-            train = load_sva(template, split="train", n=n_train, **kw)
-            test = load_sva(template, split="test", n=n_test, **kw)
+            base = packaged(split_directory(split_rule))
+            train = load_sva(template, split="train", n=n_train, data_dir=base, **kw)
+            test = load_sva(template, split="test", n=n_test, data_dir=base, **kw)
+            need = min(n_test, MIN_TEST_PREFIXES)
+            distinct = len(set(test.dataset["clean_prefix"]))
+            if split_rule == "prefixes" and distinct < need:
+                raise ValueError(f"{template}: the test split holds {distinct} distinct clean prefixes, fewer than "
+                                 f"{need}")
         else:
             train = load_sva(sva_files(data_dir, "train")[template], n=n_train, **kw)
             test = load_sva(sva_files(data_dir, "test")[template], n=n_test, **kw)
@@ -165,9 +188,14 @@ def data_table(model, data: dict[str, TemplateData]) -> pd.DataFrame:
             for reason, n in d.dropped.get(split, {}).items():
                 drops[f"dropped: {reason}"] = drops.get(f"dropped: {reason}", 0) + int(n)
         rows.append({"model": model.name, "template": t, "T": d.T, "train_pairs": len(d.train),
-                     "test_pairs": len(d.test), **drops,
+                     "test_pairs": len(d.test), "test_prefixes": len(set(clusters(d.test))), **drops,
                      "example": d.test[0]["clean_prefix"] + " →" + d.test[0]["clean_answer"]})
     return pd.DataFrame(rows)
+
+
+def clusters(records: list[dict]) -> np.ndarray:
+    """The bootstrap's cluster of each test pair: its clean prefix (pairs that share one are not independent)."""
+    return np.array([r["clean_prefix"] for r in records], dtype=object)
 
 
 def unpaired(records: list[dict]) -> list[dict]:
@@ -269,7 +297,8 @@ class BenchmarkResult:
     """``curves``: one row per (model, template, method, basis, setting, ablation, eval_metric, requested size k);
     ``size`` is the actual number of nodes (``k`` capped at ``total_nodes``; ``k == ALL`` is the full circuit).
     ``examples``: per curve (the same keys without k, template first), the per-test-pair metrics
-    {"k", "size": [S], "m_C", "m_Cbar": [S, n], "m_M", "m_empty": [n]} the intervals resample.
+    {"k", "size": [S], "m_C", "m_Cbar": [S, n], "m_M", "m_empty": [n], "clusters": [n]} the intervals resample
+    (``clusters``: each test pair's clean prefix, the unit the bootstrap draws).
     ``attributions``: mean scores per (template, method, setting) (an :class:`Attribution` with one example).
     ``log``: what each step cost and whether it came from the cache."""
 
@@ -436,7 +465,8 @@ def run_benchmark(
                     examples[(template, model.name, run.method, basis, run.setting, ablation, eval_metric)] = {
                         "k": np.array(requested, dtype=np.int64), "size": np.array([min(k, total) for k in requested]),
                         "m_C": ex["m_C"][rows], "m_Cbar": ex["m_Cbar"][rows], "m_M": ex["m_M"][0],
-                        "m_empty": ex["m_empty"][0], "n_train": n_train, "total_nodes": total}
+                        "m_empty": ex["m_empty"][0], "n_train": n_train, "total_nodes": total,
+                        "clusters": clusters(test)}
                     for k, i in zip(requested, rows):
                         row = frame.iloc[i]
                         curves.append({
@@ -461,6 +491,18 @@ def _merge(old: Attribution | None, new: Attribution) -> Attribution:
 # ------------------------------------------------------------------------------------------------------------- tables
 
 
+def _clusters_of(e) -> np.ndarray:
+    """A curve's cluster labels; a curve stored without them resamples pairs (each its own cluster)."""
+    c = e.get("clusters")
+    return np.arange(len(e["m_M"])).astype(str).astype(object) if c is None else np.asarray(c, dtype=object)
+
+
+def bootstrap_unit(result: BenchmarkResult) -> str:
+    """What the intervals of ``result``'s tables resample: "clean prefix" when every curve carries its pairs' clean
+    prefixes (:func:`clusters`), else "test pair"."""
+    return BOOTSTRAP_UNIT if all(e.get("clusters") is not None for e in result.examples.values()) else "test pair"
+
+
 def _pool(entries: list[dict]):
     """Stack the test pairs of several templates' curves on their common requested sizes k."""
     common = sorted(set.intersection(*(set(e["k"].tolist()) for e in entries)))
@@ -474,43 +516,80 @@ def _pool(entries: list[dict]):
     return np.array(common), size, m_C, m_Cbar, m_M, m_0, strata
 
 
+@dataclass
+class _Curve:
+    """One line of the tables: a template's test pairs, or several templates' pooled (``strata`` = template)."""
+
+    template: str
+    k: np.ndarray
+    size: np.ndarray
+    m_C: np.ndarray
+    m_Cbar: np.ndarray
+    m_M: np.ndarray
+    m_0: np.ndarray
+    strata: np.ndarray | None
+    clusters: np.ndarray
+    below: bool
+    total: float
+    aggregate: str = "pooled"
+
+
+def _curves(items, floor: float, aggregates) -> list[_Curve]:
+    """Every template's curve, then one line per aggregate over the templates above the effect floor."""
+    out = [_Curve(t, e["k"], e["size"].astype(float), e["m_C"], e["m_Cbar"], e["m_M"], e["m_empty"], None,
+                  _clusters_of(e), abs(_effect(e)) < floor, e["total_nodes"]) for t, e in items]
+    kept = [e for t, e in items if abs(_effect(e)) >= floor]
+    if kept:
+        k, size, m_C, m_Cbar, m_M, m_0, strata = _pool(kept)
+        cl = np.concatenate([_clusters_of(e) for e in kept])  # in _pool's order of pairs
+        for agg in aggregates:
+            out.append(_Curve(AGGREGATE_ROWS[agg], k, size, m_C, m_Cbar, m_M, m_0, strata, cl, False, np.nan, agg))
+    return out
+
+
+def _groups(result: BenchmarkResult) -> dict[tuple, list]:
+    groups: dict[tuple, list] = {}
+    for (template, *key), e in result.examples.items():
+        groups.setdefault(tuple(key), []).append((template, e))
+    return groups
+
+
 def _effect(e) -> float:
     return float(np.mean(e["m_M"] - e["m_empty"]))
 
 
 def curve_table(result: BenchmarkResult, *, n_boot: int = N_BOOT, seed: int = SEED, floor: float = EFFECT_FLOOR,
                 confidence: float = stats.CONFIDENCE) -> pd.DataFrame:
-    """Faithfulness and completeness per (curve, template, size) with bootstrap intervals over the test pairs, and
-    a ``template == "pooled"`` curve per curve key: the pairs of every template above the effect floor pooled,
-    Σ(m(C) − m(∅)) / Σ(m(M) − m(∅)), resampled within each template. Tidy: the table of figures 1, 2, 3, 5 and A."""
+    """Faithfulness and completeness per (curve, template, size) with bootstrap intervals, and a ``template ==
+    "pooled"`` curve per curve key: the pairs of every template above the effect floor pooled,
+    Σ(m(C) − m(∅)) / Σ(m(M) − m(∅)), resampled within each template. The bootstrap draws clean prefixes (clusters of
+    test pairs, :func:`bootstrap_unit`). Tidy: the table of figures 1, 2, 3, 5 and A."""
     rows = []
-    groups: dict[tuple, list] = {}
-    for (template, *key), e in result.examples.items():
-        groups.setdefault(tuple(key), []).append((template, e))
-    for key, items in groups.items():
+    for key, items in _groups(result).items():
         base = dict(zip(KEYS, key))
-        curves = [(t, e["k"], e["size"], e["m_C"], e["m_Cbar"], e["m_M"], e["m_empty"], None, abs(_effect(e)) < floor,
-                   len(e["m_M"]), e["total_nodes"]) for t, e in items]
-        kept = [e for t, e in items if abs(_effect(e)) >= floor]
-        if kept:
-            k, size, m_C, m_Cbar, m_M, m_0, strata = _pool(kept)
-            curves.append((POOLED, k, size, m_C, m_Cbar, m_M, m_0, strata, False, len(m_M), np.nan))
-        for t, k, size, m_C, m_Cbar, m_M, m_0, strata, below, n, total in curves:
-            den = m_M - m_0
-            f = stats.bootstrap_ratio(m_C - m_0, den, n_boot=n_boot, seed=seed, strata=strata, confidence=confidence)
-            c = stats.bootstrap_ratio(m_Cbar - m_0, den, n_boot=n_boot, seed=seed, strata=strata,
-                                      confidence=confidence)
-            for i in range(len(k)):
-                rows.append({**base, "template": t, "k": int(k[i]), "size": float(size[i]), "total_nodes": total,
-                             "faithfulness": float(f["estimate"][i]), "faithfulness_lo": float(f["lo"][i]),
-                             "faithfulness_hi": float(f["hi"][i]), "completeness": float(c["estimate"][i]),
-                             "completeness_lo": float(c["lo"][i]), "completeness_hi": float(c["hi"][i]),
-                             "effect": float(den.mean()), "below_floor": bool(below), "n_test": int(n),
-                             "templates": len(set(strata.tolist())) if strata is not None else 1})
+        for cv in _curves(items, floor, ("pooled",)):
+            den = cv.m_M - cv.m_0
+            kw = dict(n_boot=n_boot, seed=seed, strata=cv.strata, clusters=cv.clusters, confidence=confidence)
+            f = stats.bootstrap_ratio(cv.m_C - cv.m_0, den, **kw)
+            c = stats.bootstrap_ratio(cv.m_Cbar - cv.m_0, den, **kw)
+            for i in range(len(cv.k)):
+                rows.append({**base, "template": cv.template, "k": int(cv.k[i]), "size": float(cv.size[i]),
+                             "total_nodes": cv.total, "faithfulness": float(f["estimate"][i]),
+                             "faithfulness_lo": float(f["lo"][i]), "faithfulness_hi": float(f["hi"][i]),
+                             "completeness": float(c["estimate"][i]), "completeness_lo": float(c["lo"][i]),
+                             "completeness_hi": float(c["hi"][i]), "effect": float(den.mean()),
+                             "below_floor": bool(cv.below), "n_test": len(cv.m_M),
+                             "n_clusters": _n_clusters(cv),
+                             "templates": len(set(cv.strata.tolist())) if cv.strata is not None else 1})
     cols = ["model", "template", "method", "basis", "setting", "ablation", "eval_metric", "k", "size", "total_nodes",
             "faithfulness", "faithfulness_lo", "faithfulness_hi", "completeness", "completeness_lo",
-            "completeness_hi", "effect", "below_floor", "n_test", "templates"]
+            "completeness_hi", "effect", "below_floor", "n_test", "n_clusters", "templates"]
     return pd.DataFrame(rows, columns=cols)
+
+
+def _n_clusters(cv: _Curve) -> int:
+    strata = np.zeros(len(cv.clusters), dtype=np.int64) if cv.strata is None else cv.strata
+    return len(set(zip(strata.tolist(), cv.clusters.tolist())))
 
 
 def _at(sizes, values, size) -> float:
@@ -521,62 +600,66 @@ def _at(sizes, values, size) -> float:
 
 
 def headline_table(result: BenchmarkResult, *, thresholds=THRESHOLDS, n_boot: int = N_BOOT, seed: int = SEED,
-                   floor: float = EFFECT_FLOOR, confidence: float = stats.CONFIDENCE) -> pd.DataFrame:
-    """Per (curve, template) and pooled: the effect m(M) − m(∅) with its interval, and for each threshold t the
-    circuit size k at faithfulness t (log-linear interpolation on the grid, full circuit excluded) with its bootstrap
-    interval, the fraction of resamples that reach t, and the completeness there (interpolated the same way, with an
-    interval from the same resamples). Flags: ``below_floor`` (|effect| < ``floor``: kept out of the pooled line),
-    ``faithfulness_above_1`` (some circuit below the full one has faithfulness > 1), ``completeness_below_0``,
-    ``falls_back@F>=t`` (the curve drops under t again after first reaching it)."""
+                   floor: float = EFFECT_FLOOR, confidence: float = stats.CONFIDENCE,
+                   aggregates=stats.AGGREGATES) -> pd.DataFrame:
+    """Per (curve, template) and across templates: the effect m(M) − m(∅) with its interval, and for each threshold
+    t and each crossing rule (:data:`neuronlib.stats.CROSSING_RULES`: ``first`` = where the curve first reaches t,
+    ``stays_above`` = from where it stays at or above t up to the largest size tested) the circuit size k at faithfulness
+    t (log-linear interpolation on the grid, full circuit excluded) with its bootstrap interval, the fraction of
+    resamples that reach t, and the completeness there (interpolated the same way, with an interval from the same
+    resamples): columns ``k@F>=t|rule`` etc.; the bare ``k@F>=t`` columns are the headline rule
+    (:data:`HEADLINE_CROSSING`). Across templates (those above the effect floor), one row per aggregate:
+    ``template == "pooled"`` (Σ num / Σ den over every pair: templates weighted by their effect; the headline,
+    :data:`HEADLINE_AGGREGATE`) and ``template == "template mean"`` (the unweighted mean of the templates' curves, the
+    paper's aggregate). Intervals resample clean prefixes within each template (:func:`bootstrap_unit`).
+
+    Flags: ``below_floor`` (|effect| < ``floor``: kept out of the across-template rows), ``faithfulness_above_1``
+    (at some size below the full circuit the faithfulness interval lies wholly above 1), ``completeness_below_0``
+    (the completeness interval wholly below 0 at some size), ``falls_back@F>=t`` (the curve drops under t again
+    after first reaching it: the two crossing rules differ)."""
     rows = []
-    groups: dict[tuple, list] = {}
-    for (template, *key), e in result.examples.items():
-        groups.setdefault(tuple(key), []).append((template, e))
-    for key, items in groups.items():
+    alpha = (1 - confidence) / 2
+    for key, items in _groups(result).items():
         base = dict(zip(KEYS, key))
-        entries = []
-        for t, e in items:
-            entries.append((t, e["k"], e["size"].astype(float), e["m_C"], e["m_Cbar"], e["m_M"], e["m_empty"], None,
-                            abs(_effect(e)) < floor))
-        kept = [e for t, e in items if abs(_effect(e)) >= floor]
-        if kept:
-            k, size, m_C, m_Cbar, m_M, m_0, strata = _pool(kept)
-            entries.append((POOLED, k, size, m_C, m_Cbar, m_M, m_0, strata, False))
-        for t, k, size, m_C, m_Cbar, m_M, m_0, strata, below in entries:
-            grid = k < ALL
-            sizes = size[grid]
-            den = m_M - m_0
-            f = stats.bootstrap_ratio(m_C[grid] - m_0, den, n_boot=n_boot, seed=seed, strata=strata,
-                                      confidence=confidence)
-            c = stats.bootstrap_ratio(m_Cbar[grid] - m_0, den, n_boot=n_boot, seed=seed, strata=strata,
-                                      confidence=confidence)
-            eff = stats.bootstrap_ratio(den, np.ones_like(den), n_boot=n_boot, seed=seed, strata=strata,
-                                        confidence=confidence)
-            row = {**base, "template": t, "n_test": len(m_M), "effect": float(eff["estimate"]),
-                   "effect_lo": float(eff["lo"]), "effect_hi": float(eff["hi"]), "below_floor": bool(below),
-                   "templates": 1 if strata is None else len(set(strata.tolist())),
-                   "largest_size_tested": float(sizes.max()) if len(sizes) else np.nan,
-                   "max_faithfulness": float(np.nanmax(f["estimate"])) if len(sizes) else np.nan,
-                   "min_completeness": float(np.nanmin(c["estimate"])) if len(sizes) else np.nan}
-            row["faithfulness_above_1"] = bool(row["max_faithfulness"] > 1)
-            row["completeness_below_0"] = bool(row["min_completeness"] < 0)
-            alpha = (1 - confidence) / 2
+        for cv in _curves(items, floor, aggregates):
+            grid = cv.k < ALL
+            sizes = cv.size[grid]
+            den = cv.m_M - cv.m_0
+            kw = dict(n_boot=n_boot, seed=seed, strata=cv.strata, clusters=cv.clusters, aggregate=cv.aggregate,
+                      confidence=confidence)
+            f = stats.bootstrap_ratio(cv.m_C[grid] - cv.m_0, den, **kw)
+            c = stats.bootstrap_ratio(cv.m_Cbar[grid] - cv.m_0, den, **kw)
+            eff = stats.bootstrap_ratio(den, np.ones_like(den), **kw)
+            any_size = bool(len(sizes))
+            row = {**base, "template": cv.template, "n_test": len(cv.m_M), "n_clusters": _n_clusters(cv),
+                   "effect": float(eff["estimate"]), "effect_lo": float(eff["lo"]), "effect_hi": float(eff["hi"]),
+                   "below_floor": bool(cv.below), "templates": 1 if cv.strata is None else len(set(cv.strata.tolist())),
+                   "largest_size_tested": float(sizes.max()) if any_size else np.nan,
+                   "max_faithfulness": float(np.nanmax(f["estimate"])) if any_size else np.nan,
+                   "max_faithfulness_lo": float(np.nanmax(f["lo"])) if any_size else np.nan,
+                   "min_completeness": float(np.nanmin(c["estimate"])) if any_size else np.nan,
+                   "min_completeness_hi": float(np.nanmin(c["hi"])) if any_size else np.nan,
+                   "faithfulness_above_1": any_size and stats.interval_beyond(f["lo"], f["hi"], above=1.0),
+                   "completeness_below_0": any_size and stats.interval_beyond(c["lo"], c["hi"], below=0.0)}
             for thr in thresholds:
-                est = stats.size_at_threshold(sizes, f["estimate"], thr) if len(sizes) else np.nan
-                per = np.array([stats.size_at_threshold(sizes, s, thr) for s in f["samples"]]) if len(sizes) \
-                    else np.array([np.nan])
-                reached = np.isfinite(per)
-                per_inf = np.where(reached, per, np.inf)
-                comp = np.array([_at(sizes, cs, ks) for cs, ks in zip(c["samples"], per)]) if len(sizes) else per
-                row[f"k@F>={thr}"] = est
-                row[f"k@F>={thr}_lo"] = float(np.quantile(per_inf, alpha, method="lower"))
-                row[f"k@F>={thr}_hi"] = float(np.quantile(per_inf, 1 - alpha, method="higher"))
-                row[f"reached@F>={thr}"] = float(reached.mean())
-                row[f"completeness@F>={thr}"] = _at(sizes, c["estimate"], est) if len(sizes) else np.nan
-                ok = comp[np.isfinite(comp)]
-                row[f"completeness@F>={thr}_lo"] = float(np.quantile(ok, alpha)) if len(ok) else np.nan
-                row[f"completeness@F>={thr}_hi"] = float(np.quantile(ok, 1 - alpha)) if len(ok) else np.nan
-                row[f"falls_back@F>={thr}"] = stats.falls_back(f["estimate"], thr)
+                for rule in stats.CROSSING_RULES:
+                    col = f"@F>={thr}|{rule}"
+                    if any_size:
+                        s = stats.sizes_at_threshold(sizes, f, thr, rule=rule, confidence=confidence)
+                        comp = np.array([_at(sizes, cs, ks) for cs, ks in zip(c["samples"], s["per"])])
+                        ok = comp[np.isfinite(comp)]
+                        vals = {f"k{col}": s["estimate"], f"k{col}_lo": s["lo"], f"k{col}_hi": s["hi"],
+                                f"reached{col}": s["reached"],
+                                f"completeness{col}": _at(sizes, c["estimate"], s["estimate"]),
+                                f"completeness{col}_lo": float(np.quantile(ok, alpha)) if len(ok) else np.nan,
+                                f"completeness{col}_hi": float(np.quantile(ok, 1 - alpha)) if len(ok) else np.nan}
+                    else:
+                        vals = {f"{name}{col}{end}": np.nan for name, ends in (("k", ("", "_lo", "_hi")), (
+                            "reached", ("",)), ("completeness", ("", "_lo", "_hi"))) for end in ends}
+                    row.update(vals)
+                    if rule == HEADLINE_CROSSING:
+                        row.update({name.replace(f"|{rule}", ""): v for name, v in vals.items()})
+                row[f"falls_back@F>={thr}"] = stats.falls_back(f["estimate"], thr) if any_size else False
             rows.append(row)
     return pd.DataFrame(rows)
 
@@ -606,10 +689,10 @@ def add_latent_counts(headline: pd.DataFrame, attributions: dict, *, thresholds=
     for i, r in out.iterrows():
         if not str(r.basis).startswith("sae_"):
             continue
-        if r.template == POOLED:
+        if r.template in AGGREGATE_ROWS.values():
             keep = out[(out.method == r.method) & (out.setting == r.setting) & (out.basis == r.basis)
                        & (out.eval_metric == r.eval_metric) & (out.ablation == r.ablation)
-                       & (out.template != POOLED) & ~out.below_floor.astype(bool)].template
+                       & ~out.template.isin(list(AGGREGATE_ROWS.values())) & ~out.below_floor.astype(bool)].template
             curves = [cum_errors.get((t, r.method, r.setting, r.basis)) for t in keep]
         else:
             curves = [cum_errors.get((r.template, r.method, r.setting, r.basis))]
@@ -619,6 +702,30 @@ def add_latent_counts(headline: pd.DataFrame, attributions: dict, *, thresholds=
             for suffix in ("", "_lo", "_hi"):
                 out.at[i, f"latents@F>={t}{suffix}"] = float(np.mean([latents(c, r[f"k@F>={t}{suffix}"]) for c in curves]))
     return out
+
+
+def aggregate_view(headline: pd.DataFrame, *, method: str = "relp", basis: str = "mlp_acts", setting: str = "paired",
+                   eval_metric: str = "logit_diff", thresholds=THRESHOLDS) -> pd.DataFrame:
+    """k at each threshold across templates, by aggregate (rows: "pooled", "template mean") and crossing rule
+    (columns), as "k [lo, hi]"; the headline cell (:data:`HEADLINE_AGGREGATE`, :data:`HEADLINE_CROSSING`) is marked
+    with "(headline)"."""
+    sel = headline[(headline.method == method) & (headline.basis == basis) & (headline.setting == setting)
+                   & (headline.eval_metric == eval_metric)]
+    rows = []
+    for aggregate, template in AGGREGATE_ROWS.items():
+        r = sel[sel.template == template]
+        if not len(r):
+            continue
+        r = r.iloc[0]
+        row = {"aggregate": template, "templates": int(r.templates), "n_clusters": int(r.n_clusters)}
+        for t in thresholds:
+            for rule in stats.CROSSING_RULES:
+                col = f"k@F>={t}|{rule}"
+                cell = fmt_size(r[col], r[f"{col}_lo"], r[f"{col}_hi"])
+                headline_cell = aggregate == HEADLINE_AGGREGATE and rule == HEADLINE_CROSSING
+                row[f"k@F≥{t:g} ({rule})"] = cell + (" (headline)" if headline_cell else "")
+        rows.append(row)
+    return pd.DataFrame(rows)
 
 
 def pooled_summary(headline: pd.DataFrame, *, method: str = "relp", basis: str = "mlp_acts",
@@ -725,19 +832,26 @@ SEED_COLUMNS = ("k@F>=0.8", "k@F>=0.9", "completeness@F>=0.8", "completeness@F>=
 def seed_headlines(model, seeds, *, directory, templates=TEMPLATES, n_train: int = 300, n_test: int = 40,
                    run: Run | None = None, log_sizes=LOG_SIZES, linear_sizes=LINEAR_SIZES, cache_dir=None,
                    refresh: bool = False, n_boot: int = N_BOOT, seed: int = SEED,
-                   floor: float = EFFECT_FLOOR) -> pd.DataFrame:
+                   floor: float = EFFECT_FLOOR, split_rule: str = DEFAULT_SPLIT_RULE) -> pd.DataFrame:
     """The headline table of ``run`` (default: RelP on the neurons, paired) once per data seed: each seed is a
-    different draw and noun-group split of the generator (:func:`neuronlib.data.sva.write_sva_files`), written to
-    ``directory/seed{s}`` and loaded as community-format files. Returns the rows of :func:`headline_table` with a
-    ``data_seed`` column; :func:`seed_summary` turns them into median [min, max] per template."""
+    different draw and noun-group split of the generator (:func:`neuronlib.data.sva.write_sva_files` under
+    ``split_rule``), written to ``directory/seed{s}`` and loaded as community-format files. Returns the rows of
+    :func:`headline_table` with a ``data_seed`` column; :func:`seed_summary` turns them into median [min, max] per
+    template. Below :data:`~neuronlib.data.sva.MIN_TEST_PREFIXES` test pairs (a smoke run) the files are written with
+    ``n_test`` distinct prefixes, the most there can be."""
     from ..data.sva import write_sva_files
+
+    if n_test < MIN_TEST_PREFIXES:
+        logger.warning("n_test = %d: the data seeds' test splits hold fewer than %d clean prefixes", n_test,
+                       MIN_TEST_PREFIXES)
 
     run = run or Run("relp", ("mlp_acts",), linear=("mlp_acts",))
     frames = []
     for s in seeds:
         folder = Path(directory) / f"seed{s}"
         if not all((folder / f"{t}_{split}.jsonl").exists() for t in templates for split in ("train", "test")):
-            write_sva_files(folder, n_train=n_train, n_test=n_test, seed=int(s), tokenizer=model.tokenizer)
+            write_sva_files(folder, n_train=n_train, n_test=n_test, seed=int(s), tokenizer=model.tokenizer,
+                            split_rule=split_rule, min_test_prefixes=min(n_test, MIN_TEST_PREFIXES))
         data = load_templates(model, templates, n_train=n_train, n_test=n_test, data_dir=folder)
         result = run_benchmark(model, data, plan=[run], log_sizes=log_sizes, linear_sizes=linear_sizes,
                                cache_dir=cache_dir, refresh=refresh)
@@ -825,41 +939,67 @@ def compare_methods(model, td: TemplateData, *, methods=("ig", IG_METHOD, "relp"
     return pd.DataFrame(rows), pd.DataFrame(costs), atts
 
 
-def ig_check(model, data: dict[str, TemplateData], *, templates=("nounpp", "within_rc"), n: int = 16,
-             site: str = "mlp_acts", ks=(10, 100), log_sizes=LOG_SIZES, linear_sizes=LINEAR_SIZES,
-             cache_dir=None, refresh: bool = False, n_boot: int = N_BOOT, seed: int = SEED,
+IG_VARIANTS = {"ig": "per-site IG", IG_METHOD: "IG on inputs"}
+
+
+def ig_check(model, data: dict[str, TemplateData], *, templates=TEMPLATES, n: int = 16, site: str = "mlp_acts",
+             ks=(10, 100), thresholds=(0.8,), log_sizes=LOG_SIZES, linear_sizes=LINEAR_SIZES, cache_dir=None,
+             refresh: bool = False, n_boot: int = N_BOOT, seed: int = SEED, floor: float = EFFECT_FLOOR,
              log=None) -> tuple[pd.DataFrame, BenchmarkResult]:
-    """Per-site IG (the paper's "ig") against IG on the inputs ("ig-inputs") on ``n`` training pairs of each
-    template: top-k overlap of the node rankings, Spearman over all nodes, and for each the circuit size at
-    faithfulness 0.8 (with its bootstrap interval) on the template's test pairs, through :func:`run_benchmark`.
-    Returns (one row per template, the benchmark result of the two runs)."""
+    """Per-site IG (the paper's "ig") against IG on the inputs ("ig-inputs", the benchmark's IG rows) on the first
+    ``n`` training pairs of each template, evaluated through :func:`run_benchmark` on the template's test pairs.
+
+    Returns (a tidy table, the benchmark result of the two runs). The table has one row per (template, IG variant),
+    the templates' rows followed by the across-template rows of :func:`headline_table` ("pooled", "template mean"):
+    ``ig_variant`` names the variant ("per-site IG" / "IG on inputs", :data:`IG_VARIANTS`), ``method`` its method
+    name; k at each faithfulness threshold (headline crossing rule) with its interval (clusters = clean prefixes),
+    the seconds per training pair, and the two variants' agreement on the template (the same in both rows): Spearman
+    over all nodes and top-k overlap of the rankings (NaN on the across-template rows)."""
     sub = {t: data[t] for t in templates if t in data}
     if not sub:
         raise ValueError(f"none of {templates} in the data ({list(data)})")
-    plan = [Run("ig", (site,), n_train=n, linear=(site,)), Run(IG_METHOD, (site,), n_train=n, linear=(site,))]
+    plan = [Run(method, (site,), n_train=n, linear=(site,)) for method in IG_VARIANTS]
     result = run_benchmark(model, sub, plan=plan, log_sizes=log_sizes, linear_sizes=linear_sizes,
                            cache_dir=cache_dir, refresh=refresh, log=log)
-    head = headline_table(result, thresholds=(0.8,), n_boot=n_boot, seed=seed).set_index(["template", "method"])
+    head = headline_table(result, thresholds=thresholds, n_boot=n_boot, seed=seed, floor=floor)
     cost = result.log[result.log.step == "attribution"].set_index(["template", "method"])
-    rows = []
+    agree = {}
     for t in sub:
         a, b = result.attributions[(t, "ig", "paired")], result.attributions[(t, IG_METHOD, "paired")]
-        row = {"model": model.name, "template": t, "n_train": min(n, len(sub[t].train)), "n_test": len(sub[t].test),
-               "spearman": spearman(a[site][0].abs(), b[site][0].abs())}
-        for k in ks:
-            row[f"top{k}_overlap"] = topk_overlap(a, b, site, k)
-        for method, tag in (("ig", "per_site"), (IG_METHOD, "inputs")):
-            h = head.loc[(t, method)]
-            row[f"k@F>=0.8 {tag}"] = h["k@F>=0.8"]
-            row[f"k@F>=0.8 {tag}_lo"] = h["k@F>=0.8_lo"]
-            row[f"k@F>=0.8 {tag}_hi"] = h["k@F>=0.8_hi"]
-            c = cost.loc[(t, method)]
-            row[f"seconds_per_pair {tag}"] = float(c.compute_seconds / c.n)
+        agree[t] = {"spearman": spearman(a[site][0].abs(), b[site][0].abs()),
+                    **{f"top{k}_overlap": topk_overlap(a, b, site, k) for k in ks}}
+    rows = []
+    order = {t: i for i, t in enumerate((*sub, *AGGREGATE_ROWS.values()))}
+    n_train = {t: min(n, len(d.train)) for t, d in sub.items()}
+    for r in head.sort_values("template", key=lambda c: c.map(order), kind="stable").to_dict("records"):
+        t, method = r["template"], r["method"]
+        row = {"model": model.name, "template": t, "ig_variant": IG_VARIANTS[method], "method": method, "site": site,
+               "n_train": n_train.get(t, min(n_train.values())),
+               "n_test": r["n_test"], "n_clusters": r["n_clusters"], "effect": r["effect"],
+               "below_floor": r["below_floor"]}
+        for thr in thresholds:
+            for end in ("", "_lo", "_hi"):
+                row[f"k@F>={thr}{end}"] = r[f"k@F>={thr}{end}"]
+            row[f"reached@F>={thr}"] = r[f"reached@F>={thr}"]
+        row["seconds_per_pair"] = (float(cost.loc[(t, method)].compute_seconds / cost.loc[(t, method)].n)
+                                   if t in sub else np.nan)
+        row.update(agree.get(t, {"spearman": np.nan, **{f"top{k}_overlap": np.nan for k in ks}}))
         rows.append(row)
     return pd.DataFrame(rows), result
 
 
 # ------------------------------------------------------------------------------------------------------------- results
+
+
+def statistics_parameters(result: BenchmarkResult, *, n_boot: int = N_BOOT, seed: int = SEED,
+                          floor: float = EFFECT_FLOOR) -> dict:
+    """What a table's intervals and headline choices were made with, for its sidecar: resamples, seed, effect floor,
+    ``bootstrap_unit`` (:func:`bootstrap_unit`), the across-template rows per aggregate and the crossing rules, and
+    which of them the headline columns hold. :func:`write_tables` records it; a notebook writing another table of
+    ``result`` (e.g. :func:`ig_check`'s, the data seeds') passes it too."""
+    return {"n_boot": n_boot, "seed": seed, "effect_floor": floor, "bootstrap_unit": bootstrap_unit(result),
+            "aggregates": dict(AGGREGATE_ROWS), "headline_aggregate": HEADLINE_AGGREGATE,
+            "crossing_rules": list(stats.CROSSING_RULES), "headline_crossing": HEADLINE_CROSSING}
 
 
 def write_tables(result: BenchmarkResult, directory, *, prefix: str = "sva", suffix: str = "",
@@ -872,7 +1012,7 @@ def write_tables(result: BenchmarkResult, directory, *, prefix: str = "sva", suf
     from .results import write_table
 
     model = ", ".join(sorted(set(result.curves.model)))
-    params = {"n_boot": n_boot, "seed": seed, "effect_floor": floor, **(parameters or {})}
+    params = {**statistics_parameters(result, n_boot=n_boot, seed=seed, floor=floor), **(parameters or {})}
     tables = {f"{prefix}_curves{suffix}": curve_table(result, n_boot=n_boot, seed=seed, floor=floor),
               f"{prefix}_headline{suffix}": add_latent_counts(
                   headline_table(result, n_boot=n_boot, seed=seed, floor=floor), result.attributions),
@@ -881,10 +1021,14 @@ def write_tables(result: BenchmarkResult, directory, *, prefix: str = "sva", suf
     for kind, frame in score_tables(result.attributions, methods=score_methods).items():
         tables[f"{prefix}_scores_{kind}{suffix}"] = frame
     descriptions = {
-        "curves": "faithfulness / completeness per (curve, template, size) and pooled, 95% bootstrap over test pairs",
+        "curves": "faithfulness / completeness per (curve, template, size) and pooled, 95% bootstrap over clean "
+                  "prefixes (bootstrap_unit) within each template",
         "headline": "k at faithfulness 0.8 / 0.9 (log-linear interpolation) with bootstrap intervals, completeness "
-                    "there, m(M) - m(empty), flags; template 'pooled' = pairs of templates above the effect floor; "
-                    "SAE bases: latents@F>=t = that size without the error nodes among its nodes",
+                    "there, m(M) - m(empty), flags; k@F>=t|first = first crossing, k@F>=t|stays_above = stays at or above "
+                    "t from there on, bare k@F>=t = headline_crossing; template 'pooled' = pairs of templates above the "
+                    "effect floor summed (effect-weighted), 'template mean' = unweighted mean of their curves; "
+                    "F>1 / C<0 flags from intervals wholly beyond 1 / 0; SAE bases: latents@F>=t = that size without "
+                    "the error nodes among its nodes",
         "cost": "compute seconds per training pair per attribution method", "accuracy": "the model's own accuracy",
         "steps": "every attribution and evaluation step with the compute seconds it took when it was computed "
                  "(the same on a re-run that reads it from the cache)",
@@ -894,10 +1038,6 @@ def write_tables(result: BenchmarkResult, directory, *, prefix: str = "sva", suf
         write_table(frame, name, directory, parameters=params, model=model,
                     description=descriptions.get(kind, f"score table: {kind}"))
     return tables
-
-
-FLAG_NAMES = (("below floor", "below_floor"), ("F>1", "faithfulness_above_1"), ("C<0", "completeness_below_0"),
-              ("falls back", "falls_back@F>=0.8"))
 
 
 def headline_view(headline: pd.DataFrame, *, methods=None, bases=None, setting: str = "paired",
@@ -923,7 +1063,7 @@ def headline_view(headline: pd.DataFrame, *, methods=None, bases=None, setting: 
                 col = f"latents@F>={t:g}"
                 row[f"latents@F≥{t:g}"] = fmt_size(r[col], r[f"{col}_lo"], r[f"{col}_hi"]) if col in r else "—"
         row["m(M)−m(∅)"] = f"{r['effect']:.2f} [{r['effect_lo']:.2f}, {r['effect_hi']:.2f}]"
-        row["flags"] = ", ".join(name for name, col in FLAG_NAMES if r.get(col, False))
+        row["flags"] = ", ".join(headline_flags(r, thresholds))
         rows.append(row)
     if not rows:
         return pd.DataFrame(columns=["method", "basis", "template"]).set_index(["method", "basis", "template"])
