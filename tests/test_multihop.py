@@ -247,16 +247,16 @@ def test_notebook_has_a_tagged_parameters_cell_and_no_smoke_outputs():
     assert "parameters" in first["metadata"].get("tags", [])
     source = "".join(first["source"])
     for name in ("MODEL", "SMOKE", "STATES", "CORPUS_TOKENS", "MULTIPLIERS", "FIGURES_DIR", "CACHE_DIR", "RESULTS_DIR",
-                 "REFRESH", "N_PERM"):
+                 "REFRESH", "N_PERM", "TWO_HOP", "GROUP_MULTIPLIERS", "DOSE_SIZES", "DENSE_LAYERS", "MAX_PAIRS"):
         assert f"\n{name} =" in "\n" + source, name
     assert "SMOKE = False" in source
     from test_notebooks import smoke_outputs
 
     assert not smoke_outputs(nb), "committed with a SMOKE run's outputs (commit none, or the full run's)"
     text = "".join("".join(c["source"]) for c in code)
-    for fig in ("fig7_texas_circuit", "fig8_capital_scaling", "fig8b_state_swap_matrix",
-                "fig8c_capital_knockout_controls", "fig8d_capital_steer_to_state"):
+    for fig in ("fig7_dallas_circuit", "fig8_capital_scaling", "fig8e_dallas_group_scaling", "fig8f_composition"):
         assert fig in text
+    assert 'MODEL = "qwen2.5-coder-1.5b"' in source  # the two-hop study runs on the model that does two hops
     # setup() follows the parameters (after papermill's injected-parameters cell in an executed copy)
     assert any("setup(" in "".join(c["source"]) for c in code[1:3])
     assert "'" not in source  # papermill cannot parse quotes in comments
@@ -403,3 +403,117 @@ def test_group_circuit_names_groups_by_what_selected_them(tiny_llama):
                          state="texas", capital=cap, city="dallas")
     assert g["group"].fillna("-").tolist() == ["first token", "at ' texas'", "at ' capital'", "say a capital (AUROC)",
                                                "at ' dallas'", "-"]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# composition: set units at one position to their values on another prompt
+
+
+@pytest.mark.parametrize("site", ["mlp_acts", "resid"])
+def test_set_from_donors_matches_a_torch_hook(tiny_llama, site):
+    model = tiny_llama
+    prompts = ["the capital of the state of texas is the city of", "dallas is in texas and the"]
+    width = model.d_mlp if site == "mlp_acts" else model.d_model
+    gen = torch.Generator().manual_seed(0)
+    donor = torch.randn(2, model.n_layers, width, generator=gen) * 3
+    mask = torch.zeros(2, model.n_layers, width, dtype=torch.bool)
+    mask[0, 0, [1, 4]] = True
+    mask[1, 1, [0, 2, 5]] = True
+    got = MH.set_from_donors(model, prompts, site, donor, mask, offset=-2).softmax(-1)
+
+    def setter(layer):
+        def f(v):
+            v = v.clone()
+            m = mask[:, layer]
+            v[:, -2] = torch.where(m, donor[:, layer].to(v.dtype), v[:, -2])
+            return v
+        return f
+
+    logits, _, _ = hooked_forward(model, model.tokenize(prompts), (site,),
+                                  replace={(site, 0): setter(0), (site, 1): setter(1)})
+    assert torch.allclose(got, logits.detach().float().softmax(-1), atol=1e-6)
+    assert (got - MH.last_logits(model, prompts).softmax(-1)).abs().max() > 1e-4  # the edit matters
+    with pytest.raises(ValueError):
+        MH.set_from_donors(model, prompts, site, donor[:1], mask[:1])
+
+
+def test_values_at_reads_the_position_from_the_end(tiny_llama):
+    model = tiny_llama
+    prompts = ["the capital of the state of texas is the city of", "dallas is in texas and the"]
+    got = MH.values_at(model, prompts, "mlp_acts", offset=-2)
+    _, values, _ = hooked_forward(model, model.tokenize(prompts), ("mlp_acts",))
+    for layer in range(model.n_layers):
+        assert torch.equal(got[:, layer], values["mlp_acts"][layer][:, -2].float())
+
+
+def test_composition_swap_of_the_last_residual_gives_the_target_output(tiny_llama):
+    """Setting the whole residual stream after the last layer at the last position to the target prompt's makes the
+    source prompt's output the target's: p(target answer) and success follow the target prompt exactly."""
+    model = tiny_llama
+    prompts = {"a": "the capital of the state of texas is the city of", "b": "dallas is in texas and the",
+               "c": "the keys to the cabinet"}
+    tok = model.tokenizer
+    plain = MH.last_logits(model, list(prompts.values())).softmax(-1)
+    answers = {k: int(plain[i].argmax()) for i, k in enumerate(prompts)}
+    answers["c"] = int(plain[2].argsort()[-2])  # not its top: success must be False for targets c
+    donors = {s: dict(zip(prompts, MH.values_at(model, list(prompts.values()), s, offset=-1)))
+              for s in ("resid", "mlp_acts")}
+    last = torch.zeros(model.n_layers, model.d_model, dtype=torch.bool)
+    last[-1] = True
+    variants = {"resid after layer 1": ("resid", last),
+                "none 0": ("mlp_acts", torch.zeros(model.n_layers, model.d_mlp, dtype=torch.bool))}
+    pairs = [("a", "b"), ("b", "a"), ("a", "c"), ("c", "b")]
+    got = MH.composition_swaps(model, prompts, answers, variants, pairs, offset=-1, donors=donors)
+    full = got[got["variant"] == "resid after layer 1"].reset_index(drop=True)
+    idx = {k: i for i, k in enumerate(prompts)}
+    for j, (a, b) in enumerate(pairs):
+        assert full["p_target_answer"][j] == pytest.approx(float(plain[idx[b], answers[b]]), abs=1e-5)
+        assert full["success"][j] == (b != "c")
+        assert full["top_token"][j] == tok.decode([int(plain[idx[b]].argmax())])
+    none = got[got["variant"] == "none 0"].reset_index(drop=True)
+    assert none["kept"][:2].all() and not none["success"].any() and (none["n_units"] == 0).all()
+    summ = MH.composition_summary(got, n_boot=200)
+    s = summ.set_index("variant")
+    # "layer 1" is no dose size: the variant sets d_model units, not 1
+    assert s.loc["resid after layer 1", "success"] == 0.75 and s.loc["resid after layer 1", "size"] == -1
+    assert s.loc["resid after layer 1", "role"] == "resid after layer 1"
+    assert s.loc["none 0", "role"] == "none" and s.loc["none 0", "size"] == 0
+    assert s.loc["resid after layer 1", "sources"] == 3
+    lo, hi = s.loc["resid after layer 1", ["success_lo", "success_hi"]]
+    assert lo < 0.75 < hi
+
+
+def test_scale_groups_at_one_is_the_plain_model_and_at_zero_removes_the_group(tiny_llama):
+    model = tiny_llama
+    prompt = "the capital of the state of texas is the city of"
+    grouped = pd.DataFrame({"layer": [0, 1, 1], "position": [9, 9, 3], "unit": [3, 7, 2],
+                            "group": ["g", "g", None]})
+    answers = {"capital": 5, "state": 6}
+    got = MH.scale_groups(model, prompt, grouped, [0, 1], answers=answers)
+    assert list(got["group"]) == ["g", "g"] and (got["n_nodes"] == 2).all()
+    plain = MH.last_logits(model, [prompt]).softmax(-1)[0]
+    one = got[got["multiplier"] == 1].iloc[0]
+    assert one["p_capital"] == pytest.approx(float(plain[5]), abs=1e-6)
+    nodes = [Node("mlp_acts", 0, 9, 3), Node("mlp_acts", 1, 9, 7)]
+    zero = neuronlib.ablate(model, [prompt], nodes, mode="zero", metric=None).logits.float().softmax(-1)[0]
+    assert got[got["multiplier"] == 0].iloc[0]["p_state"] == pytest.approx(float(zero[6]), abs=1e-6)
+    assert abs(float(zero[6]) - float(plain[6])) > 1e-5
+
+
+def test_capitals_figures_redraw_from_the_committed_tables(tmp_path):
+    """`make figures` draws figures 7 and 8 of the two-hop study from results/ alone (no model)."""
+    import shutil
+
+    from neuronlib.paper import figures as F
+
+    names = ["fig7_dallas_circuit", "fig8_capital_scaling", "fig8e_dallas_group_scaling", "fig8f_composition"]
+    registry = F.figure_registry()
+    assert set(names) <= set(registry)
+    repo = Path(__file__).resolve().parents[1] / "results"
+    tables = {t for n in names for t in registry[n][0]}
+    for t in tables:
+        for ext in ("csv", "json"):
+            shutil.copy(repo / f"{t}.{ext}", tmp_path / f"{t}.{ext}")
+    out = F.draw_all(tmp_path, tmp_path / "figures", names=names)
+    for name in names:
+        assert (tmp_path / "figures" / f"{name}.png").stat().st_size > 1000, out[name]

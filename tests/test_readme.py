@@ -210,3 +210,39 @@ def test_multihop_rows_are_rendered_from_their_tables(tmp_path):
     reading = rows["what the patching supports"]
     assert reading.startswith("The top 3,000 nodes by |Δactivation| at the city tokens move it beyond random")
     assert "no set of up to 3,000 nodes at the later positions" in reading
+
+
+def test_two_hop_capitals_rows_are_rendered_from_their_tables(tmp_path):
+    import pandas as pd
+
+    from neuronlib.paper.readme import case_study_rows
+
+    acc = [{"task": t, "n": 50, "correct": k, "accuracy": k / 50, "accuracy_lo": 0.1, "accuracy_hi": 0.9}
+           for t, k in (("two_hop", 7), ("two_hop_seeded", 16), ("two_hop_fact", 18), ("city_to_state", 40),
+                        ("state_to_capital", 20))]
+    pd.DataFrame(acc).to_csv(tmp_path / "capitals_qwen_accuracy.csv", index=False)
+    pd.DataFrame([{"variant": "top 30", "site": "mlp_acts", "mean_units": 30.0, "successes": 3, "pairs": 40,
+                   "success": 0.075, "success_lo": 0.02, "success_hi": 0.2},
+                  {"variant": "resid after layer 7", "site": "resid", "mean_units": 1536.0, "successes": 30, "pairs": 40,
+                   "success": 0.75, "success_lo": 0.6, "success_hi": 0.86}]
+                 ).to_csv(tmp_path / "capitals_qwen_composition_summary.csv", index=False)
+    pd.DataFrame([{"set": s, "multiplier": 0.0, "n": 9, "flip_to_state": f, "flip_to_state_lo": lo,
+                   "flip_to_state_hi": hi, "not_capital": f, "not_capital_lo": lo, "not_capital_hi": hi}
+                  for s, f, lo, hi in (("say a capital, top 5", 0.0, 0.0, 0.3), ("random 5", 0.0, 0.0, 0.3))]
+                 ).to_csv(tmp_path / "capitals_qwen_flips.csv", index=False)
+    pd.DataFrame([{"size": 30, "group": "top", "success": 0.075, "success_lo": 0.02, "success_hi": 0.2,
+                   "controls_max": 0.0, "controls_hi": 0.09, "beyond_controls": False}]
+                 ).to_csv(tmp_path / "capitals_qwen_composition_verdict.csv", index=False)
+    rows = {a: b for a, b, c in case_study_rows(tmp_path)}
+    acc_row = next(b for a, b in rows.items() if a.startswith("Qwen2.5-Coder-1.5B: city → state → capital"))
+    assert acc_row.startswith("plain statement 18/50 = 36%") and "seeded \"Answer:\" 7/50 = 14%" in acc_row
+    comp = next(b for a, b in rows.items() if a.startswith("Qwen2.5-Coder-1.5B: composition —"))
+    assert comp.startswith("top 30 (~30 units): 3/40 = 8% [2%, 20%]; resid after layer 7 (~1536 units): 30/40")
+    verdict = next(b for a, b in rows.items() if a.startswith("Qwen2.5-Coder-1.5B: composition, top-n"))
+    assert verdict == "top 30: 8% [2%, 20%] vs controls ≤ 9% (not beyond controls)"
+    assert not any(a.startswith("SmolLM2") for a in rows)  # no SmolLM2 tables here
+    reading = rows["Qwen2.5-Coder-1.5B: what replicates"]
+    assert reading.startswith("The model answers the two-hop prompt with the capital (36% [10%, 90%])")
+    assert "top 5 say-a-capital neuron(s) (×0) does not flip the answer to the state beyond its controls" in reading
+    assert "dense patch of the city token (resid after layer 7) moves the answer" in reading
+    assert reading.endswith("at no size tested (up to 30 neurons).")

@@ -377,3 +377,63 @@ def test_to_frame_rejects_multi_token_strings(tiny_llama):
     with pytest.raises(ValueError, match="is 2 tokens"):
         out.to_frame([" dallas texas"])
     assert "p( texas)" in out.to_frame([" texas"]).columns
+
+
+def test_chunked_model_is_concatenated_and_checked(tmp_path, monkeypatch):
+    """A model shipped as part packages (each module's get_part_path()): assembled in order, checked against the
+    registry's sha256; a damaged file and a killed run's partial file are replaced; a wrong hash refuses."""
+    import hashlib
+
+    pkg_root = tmp_path / "site"
+    chunks = [os.urandom(3000 + 7 * i) for i in range(3)]
+    for i, data in enumerate(chunks, 1):
+        d = pkg_root / f"nlpart_test{i}"
+        (d / "data").mkdir(parents=True)
+        (d / "data" / f"part{i}.bin").write_bytes(data)
+        (d / "__init__.py").write_text("import os\ndef get_part_path():\n    return os.path.join(os.path.dirname("
+                                       f"os.path.abspath(__file__)), 'data', 'part{i}.bin')\n")
+    monkeypatch.syspath_prepend(str(pkg_root))
+    monkeypatch.setenv("NEURONLIB_CACHE", str(tmp_path / "cache"))
+    whole = b"".join(chunks)
+    parts = tuple(f"nlpart_test{i}" for i in range(1, 4))
+    spec = models.PackagedModel("chunked", "torch", "nlpart_test1", "m.gguf", "-", parts=parts,
+                                sha256=hashlib.sha256(whole).hexdigest())
+    target = tmp_path / "cache" / "gguf" / "m.gguf"
+    target.parent.mkdir(parents=True)
+    target.write_bytes(whole[:100])  # an interrupted assembly
+    stale = target.parent / "m.gguf.partial-999999999-1"  # a killed run's partial file, its lock released
+    stale.write_bytes(b"x")
+    stale.with_name(stale.name + ".lock").write_text("{}")
+    assert models._gguf_path(spec) == target
+    assert target.read_bytes() == whole
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m.gguf"]
+    reordered = models.PackagedModel("chunked", "torch", "nlpart_test1", "r.gguf", "-", parts=parts[::-1],
+                                     sha256=spec.sha256)
+    with pytest.raises(OSError, match="sha256"):
+        models._gguf_path(reordered)
+    assert sorted(p.name for p in target.parent.iterdir()) == ["m.gguf"]  # nothing half-written left
+
+
+@pytest.mark.skipif(not models.is_installed("qwen2.5-coder-1.5b"),
+                    reason="the optional Qwen2.5-Coder-1.5B packages are not installed (bash scripts/setup_env.sh --qwen)")
+@pytest.mark.slow
+def test_qwen_gguf_assembles_to_its_registered_sha256():
+    spec = models.PACKAGED["qwen2.5-coder-1.5b"]
+    path = models._gguf_path(spec)
+    assert path.stat().st_size == 1_117_320_768 and models.file_sha256(path) == spec.sha256
+
+
+@pytest.mark.skipif(not models.is_installed("qwen2.5-coder-1.5b"),
+                    reason="the optional Qwen2.5-Coder-1.5B packages are not installed (bash scripts/setup_env.sh --qwen)")
+@pytest.mark.slow
+@pytest.mark.real_model
+def test_qwen_loads_as_a_qwen2_model_that_answers_the_two_hop_prompt():
+    """The registry entry end to end (cache or conversion): the Qwen2 architecture entry, 28 x 8,960 neurons, and the
+    two-hop answer the multi-hop notebook relies on."""
+    from neuronlib.data.capitals import two_hop_fact_prompt
+
+    model = neuronlib.load_model("qwen2.5-coder-1.5b")
+    assert model.config.model_type == "qwen2" and model.arch.family == "llama"
+    assert (model.n_layers, model.d_mlp) == (28, 8960)
+    logits = model.hf(**model.tokenize([two_hop_fact_prompt("Dallas")])).logits[0, -1]
+    assert int(logits.argmax()) == model.token_id(" Austin")

@@ -36,6 +36,22 @@ def two_hop_prompt(city: str, tokenizer) -> str:
     return text + ANSWER_PREFILL
 
 
+SEEDED_PREFILL = "Answer: The capital is"
+FACT = "Fact: the capital of the state containing {city} is"
+
+
+def two_hop_seeded_prompt(city: str, tokenizer) -> str:
+    """The paper's chat prompt with the answer seeded further ("Answer: The capital is"), so that a model that
+    would start with a sentence ("Answer: The capital of Texas is ...") names the capital next."""
+    return two_hop_prompt(city, tokenizer)[: -len(ANSWER_PREFILL)] + SEEDED_PREFILL
+
+
+def two_hop_fact_prompt(city: str) -> str:
+    """The two-hop question as a plain statement to complete, no chat template ("Fact: the capital of the state
+    containing Dallas is"): the form a small base-like model answers most often."""
+    return FACT.format(city=city)
+
+
 def city_to_state_prompt(city: str) -> str:
     """First hop alone."""
     return f"{city} is a city in the state of"

@@ -733,7 +733,8 @@ def plot_steering(sweeps, flips=None, *, paper_range=(0.0, 2.0), title: str | No
     with style():
         fig, axes = plt.subplots(1, len(sweeps), figsize=(5.2 * len(sweeps), 4.6), squeeze=False, layout="constrained")
         for ax, (name, sweep) in zip(axes[0], sweeps.items()):
-            ax.axvspan(*paper_range, color="#ececec", zorder=0, label="paper's range (x0 to x2)")
+            ax.axvspan(*paper_range, color="#ececec", zorder=0,
+                       label=f"paper's range (x{paper_range[0]:g} to x{paper_range[1]:g})")
             ax.axvline(1.0, color="#999", lw=0.8, ls=":")
             for kind in [c[2:] for c in sweep.columns if c.startswith("p_") and not c.endswith(("_lo", "_hi"))]:
                 col = f"p_{kind}"
@@ -991,6 +992,76 @@ def plot_patch_dose(dose, *, kind: str = "other language"):
             _patch_panel(ax, g, answer, task, kind, "nodes patched (layer, position, neuron)")
         axes[0].set_ylabel("top answer = the target city's")
     return fig
+
+
+def fig_dallas_circuit(nodes: pd.DataFrame, tokens: pd.DataFrame, *, per_group: int = 6):
+    """Figure 7 from ``capitals_<model>_dallas_circuit`` (the grouped two-hop circuit, one row per node) and
+    ``capitals_<model>_dallas_tokens`` (position, token): the strongest ``per_group`` nodes of each group (3 of the
+    first-token group), x = token position, y = layer."""
+    from .. import viewer
+    from .multihop import circuit_graph
+
+    toks = tokens.sort_values("position")["token"].fillna("").astype(str).tolist()
+    meta = nodes.attrs if nodes.attrs else {}
+    ranked = nodes.dropna(subset=["group"]).assign(a=lambda x: x["score"].abs()).sort_values("a", ascending=False)
+    shown = pd.concat([ranked[ranked["group"] != "first token"].groupby("group", sort=False).head(per_group),
+                       ranked[ranked["group"] == "first token"].head(3)])
+    title = (f"Dallas two-hop circuit: {len(nodes)} nodes; the {per_group} strongest of each group shown "
+             "(3 of the first-token group)")
+    graph = circuit_graph(shown, toks, title=meta.get("title", title), prompt="".join(toks),
+                          n_layers=int(nodes["layer"].max()) + 1)
+    return viewer.draw_circuit(graph, figsize=(12, 8.5), label_fontsize=6.5, title=title)
+
+
+def fig_composition(summary: pd.DataFrame, *, title: str | None = None):
+    """The composition test (``capitals_<model>_composition_summary``): fraction of pairs whose top answer becomes
+    the target city's capital vs the number of neurons set at the city token (top |attribution|, random, matched;
+    Wilson 95% intervals), with the source circuit's own group and the dense residual patch (best layer) as
+    reference lines."""
+    import matplotlib.pyplot as plt
+
+    from ..plotting import style
+
+    with style():
+        fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+        dose = summary[summary["size"] > 0]
+        for shift, role in zip((1.0, 0.9, 1.1), dict.fromkeys(dose["role"])):
+            h = dose[dose["role"] == role].sort_values("size")
+            err = np.clip(np.vstack([h["success"] - h["success_lo"], h["success_hi"] - h["success"]]), 0, None)
+            ax.errorbar(h["size"] * shift, h["success"], yerr=err, marker="o", capsize=2,
+                        color=ROLE_COLORS.get(role, "#1b6ca8"), label=f"{role} neurons")
+        dense = summary[summary["site"] == "resid"]
+        if len(dense):
+            best = dense.loc[dense["success"].idxmax()]
+            ax.axhline(best["success"], color="#4c9a2a", ls="--", lw=1.2,
+                       label=f"dense: whole residual stream, {best['variant']}")
+        group = summary[(summary["size"] <= 0) & (summary["site"] == "mlp_acts")]
+        for r, ls in zip(group.itertuples(), (":", "-.")):
+            ax.axhline(r.success, color="#d1495b", ls=ls, lw=1.2, label=f"{r.variant} (~{r.mean_units:.0f})")
+        ax.set_xscale("log")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_xlabel("neurons set to their values on the other prompt (at the city token)")
+        ax.set_ylabel("top answer = the other state's capital")
+        n = int(summary["pairs"].max()) if len(summary) else 0
+        ax.set_title(title or f"Swapping the state at the city token ({n} pairs of evaluation prompts)", fontsize=9)
+        ax.legend(fontsize=7, loc="upper left")
+    return fig
+
+
+CAPITALS_FIGURES = {
+    "fig7_dallas_circuit": (("capitals_qwen_dallas_circuit", "capitals_qwen_dallas_tokens"),
+                            lambda t: fig_dallas_circuit(t["capitals_qwen_dallas_circuit"],
+                                                         t["capitals_qwen_dallas_tokens"])),
+    "fig8_capital_scaling": (("capitals_qwen_scaling", "capitals_qwen_flips"),
+                             lambda t: plot_steering(t["capitals_qwen_scaling"], t["capitals_qwen_flips"],
+                                                     title="Scaling 'say a capital' neurons (and controls) at their "
+                                                     "circuit positions, evaluation states (x0 = knock-out)")),
+    "fig8e_dallas_group_scaling": (("capitals_qwen_group_scaling",),
+                                   lambda t: plot_steering(t["capitals_qwen_group_scaling"], paper_range=(-4, 4),
+                                                           xlabel="multiplier on the group's nodes")),
+    "fig8f_composition": (("capitals_qwen_composition_summary",),
+                          lambda t: fig_composition(t["capitals_qwen_composition_summary"])),
+}
 
 
 # keep last: every section's *_FIGURES must be defined before main() runs

@@ -41,6 +41,8 @@ from ..sites import Node
 KINDS = ("capital", "state", "city")
 TASKS = {  # task -> (prompt builder over a row, the expected kind of answer)
     "two_hop": (lambda row, tok: cap_data.two_hop_prompt(row["city"], tok), "capital"),
+    "two_hop_seeded": (lambda row, tok: cap_data.two_hop_seeded_prompt(row["city"], tok), "capital"),
+    "two_hop_fact": (lambda row, tok: cap_data.two_hop_fact_prompt(row["city"]), "capital"),
     "city_to_state": (lambda row, tok: cap_data.city_to_state_prompt(row["city"]), "state"),
     "state_to_capital": (lambda row, tok: cap_data.state_to_capital_prompt(row["state"]), "capital"),
     "state_to_capital_plain": (lambda row, tok: state_to_capital_plain_prompt(row["state"]), "capital"),
@@ -983,4 +985,128 @@ def beyond_controls(summary: pd.DataFrame, *, value: str = "success", group_of=N
                          f"{value}_lo": g.loc[role, f"{value}_lo"], f"{value}_hi": g.loc[role, f"{value}_hi"],
                          "controls_max": max(g.loc[c, value] for c in ctrl) if ctrl else float("nan"),
                          "controls_hi": hi, "beyond_controls": bool(ctrl) and g.loc[role, f"{value}_lo"] > hi})
+    return pd.DataFrame(rows)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# composition (Lindsey et al. 2025): replace what the two-hop prompt holds at the city token by its value on a prompt
+# about a city of another state; does the answer become that state's capital?
+
+
+def values_at(model, prompts: list[str], site: str, *, offset: int = -1, batch_size: int = 16) -> torch.Tensor:
+    """[P, L, U] (float32, CPU): ``site`` at position ``offset`` counted from each prompt's end (left padding lines
+    the ends up, so ``-2`` is the token before the last one in every prompt)."""
+    from ..activations import read_sites
+
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        vals, _ = read_sites(model, model.tokenize(prompts[start:start + batch_size]), (site,))
+        out.append(torch.stack([v[:, offset].float().cpu() for v in vals[site]], 1))
+    return torch.cat(out)
+
+
+def set_from_donors(model, prompts: list[str], site: str, donor_PLU: torch.Tensor, mask_PLU: torch.Tensor, *,
+                    offset: int = -1, batch_size: int = 16) -> torch.Tensor:
+    """Next-token logits [P, V] (float32, CPU) with the units of ``site`` where ``mask_PLU`` (bool [P, L, U]) is
+    true set, at position ``offset`` from each prompt's end, to ``donor_PLU`` (e.g. their values on another prompt)."""
+    from ..inputs import prepare
+    from ..interventions import run_with_edits
+
+    if donor_PLU.shape != mask_PLU.shape or donor_PLU.shape[0] != len(prompts):
+        raise ValueError(f"donor {tuple(donor_PLU.shape)} and mask {tuple(mask_PLU.shape)} must be [P={len(prompts)}, "
+                         "L, U]")
+    layers = {int(l) for l in mask_PLU.any(2).any(0).nonzero()[:, 0]}
+
+    def edit(s, layer, value, rows):
+        if s != site or layer not in layers:
+            return None
+        m = mask_PLU[rows, layer].to(value.device)
+        if not m.any():
+            return None
+        out = value.clone()
+        out[:, offset] = torch.where(m, donor_PLU[rows, layer].to(value.device, value.dtype), out[:, offset])
+        return out
+
+    return run_with_edits(model, prepare(model, prompts), edits=edit, sites=(site,), batch_size=batch_size).logits.float()
+
+
+def composition_swaps(model, prompts: dict, answer_ids: dict, variants: dict, pairs, *, offset: int,
+                      donors: dict, batch_size: int = 16) -> pd.DataFrame:
+    """For each pair (source A, target B) of keys of ``prompts`` and each variant (name -> (site, units)), run A's
+    prompt with ``units`` of ``site`` at position ``offset`` set to their values on B's prompt. ``units``: a bool
+    [L, U] mask (the same for every pair) or ``f(A, B) -> mask``; ``donors``: site -> {key: [L, U] values at
+    ``offset``} (:func:`values_at`). One row per (variant, pair): n_units, p(A's answer), p(B's answer) (first
+    tokens of ``answer_ids``), the top token, ``success`` (top = B's answer), ``kept`` (top = A's answer) and
+    ``prefers_target`` (p(B's answer) > p(A's answer))."""
+    tok = model.tokenizer
+    pairs = list(pairs)
+    rows = []
+    for variant, (site, units) in variants.items():
+        masks = torch.stack([torch.as_tensor(units(a, b) if callable(units) else units, dtype=torch.bool)
+                             for a, b in pairs])
+        donor = torch.stack([donors[site][b] for _, b in pairs])
+        probs = set_from_donors(model, [prompts[a] for a, _ in pairs], site, donor, masks, offset=offset,
+                                batch_size=batch_size).softmax(-1)
+        for j, (a, b) in enumerate(pairs):
+            top = int(probs[j].argmax())
+            pa, pb = float(probs[j, answer_ids[a]]), float(probs[j, answer_ids[b]])
+            rows.append({"variant": variant, "site": site, "source": a, "target": b, "n_units": int(masks[j].sum()),
+                         "p_source_answer": pa, "p_target_answer": pb, "top_token": tok.decode([top]),
+                         "success": top == answer_ids[b], "kept": top == answer_ids[a], "prefers_target": pb > pa})
+    return pd.DataFrame(rows)
+
+
+def composition_summary(swaps: pd.DataFrame, *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+    """Per variant: pairs, mean units, the success rate (top answer = the target's) with a Wilson interval over pairs
+    and a bootstrap interval over distinct source prompts (pairs sharing a source are not independent), the rate at
+    which the source's answer is kept, and ``role`` / ``size`` for variants named "<role> <size>" that set exactly
+    <size> units in every pair (others: role = the variant, size = -1)."""
+    from ..stats import bootstrap_ratio, wilson_interval
+
+    out = []
+    for variant, g in swaps.groupby("variant", sort=False):
+        k, n = int(g["success"].sum()), len(g)
+        lo, hi = wilson_interval(k, n)
+        by_source = g.groupby("source")["success"].agg(["sum", "size"])
+        boot = bootstrap_ratio(by_source["sum"].to_numpy(), by_source["size"].to_numpy(), n_boot=n_boot, seed=seed)
+        kept = int(g["kept"].sum())
+        head, _, tail = variant.rpartition(" ")
+        # "<role> <n>" names a dose-curve set only when it sets exactly n units ("resid after layer 7" sets 1,536)
+        dose = tail.isdigit() and g["n_units"].nunique() == 1 and int(tail) == int(g["n_units"].iloc[0])
+        out.append({"variant": variant, "site": g["site"].iloc[0], "pairs": n, "sources": len(by_source),
+                    "mean_units": g["n_units"].mean(), "successes": k, "success": k / n, "success_lo": lo,
+                    "success_hi": hi, "success_boot_lo": float(boot["lo"]), "success_boot_hi": float(boot["hi"]),
+                    "kept": kept / n, "prefers_target": g["prefers_target"].mean(),
+                    "mean_p_target": g["p_target_answer"].mean(), "mean_p_source": g["p_source_answer"].mean(),
+                    "role": head if dose else variant, "size": int(tail) if dose else -1})
+    return pd.DataFrame(out)
+
+
+def unit_mask(neurons, shape) -> torch.Tensor:
+    """A bool [L, U] mask with ``neurons`` ((layer, unit) pairs) set."""
+    mask = torch.zeros(shape, dtype=torch.bool)
+    for l, u in neurons:
+        mask[int(l), int(u)] = True
+    return mask
+
+
+def scale_groups(model, prompt: str, grouped: pd.DataFrame, multipliers, *, answers: dict) -> pd.DataFrame:
+    """Each group of one prompt's grouped circuit (:func:`group_circuit`) multiplied at its nodes' positions by each
+    multiplier; one row per (group, multiplier): n_nodes, p(name) of each ``answers`` (kind -> first token id),
+    the top token and which kind it is."""
+    import neuronlib
+
+    tok = model.tokenizer
+    ids = torch.tensor(list(answers.values()))
+    rows = []
+    for group, g in grouped.dropna(subset=["group"]).groupby("group", sort=False):
+        nodes = [Node("mlp_acts", int(r.layer), int(r.position), int(r.unit)) for r in g.itertuples()]
+        for mult in multipliers:
+            res = neuronlib.steer(model, [prompt], nodes, multiplier=float(mult), positions="circuit", metric=None)
+            probs = res.logits.float().softmax(-1)[0]
+            top = int(probs.argmax())
+            kind = next((k for k, i in answers.items() if i == top), "other")
+            rows.append({"group": group, "n_nodes": len(nodes), "multiplier": float(mult),
+                         **{f"p_{k}": float(probs[i]) for k, i in zip(answers, ids.tolist())},
+                         "top_token": tok.decode([top]), "top_is": kind})
     return pd.DataFrame(rows)

@@ -31,8 +31,120 @@ def _read(results: Path, name: str) -> pd.DataFrame | None:
     return pd.read_csv(path) if path.exists() else None
 
 
-def case_study_rows(results: str | Path = "results") -> list[tuple[str, str, str]]:
-    """(study, result, notebook) rows for every case-study table present in ``results``."""
+def _knockout_row(ko, study: str, what: str):
+    ko = ko[ko.multiplier == 0.0]
+    if "template" in ko.columns:
+        ko = ko[ko.template == "state_to_capital"]
+    group = ko[ko.set.str.startswith(study.replace("-", " "))]
+    if not len(group):
+        return None
+    g = group.iloc[0]
+    ctrl = ", ".join(f"{r['set']} {_rate(r, 'changed', 'changed_lo', 'changed_hi')}" for _, r in ko.iterrows()
+                     if r["set"] != g["set"])
+    return (f"knock-out (×0) of the {int(g.n_neurons)} {study} neurons, evaluation {what}: top answer changes "
+            "(necessity, not steering)", _rate(g, "changed", "changed_lo", "changed_hi") + f"; controls: {ctrl}")
+
+
+def _steer_row(v, study: str, target: str, what: str):
+    if "template" in v.columns:
+        v = v[v.template == "state_to_capital"]
+    parts = [f"{int(r['size'])} neurons: {_rate(r, 'success', 'success_lo', 'success_hi')} vs controls ≤ "
+             f"{_pct(r['controls_hi'])} ({'beyond' if bool(r['beyond_controls']) else 'not beyond'} controls)"
+             for _, r in v.iterrows()]
+    return (f"steering: {study} neurons set to their values on {what} prompts, top answer becomes {target} "
+            "(evaluation prompts)", "; ".join(parts))
+
+
+def qwen_capitals_rows(results: str | Path = "results", tag: str = "qwen") -> list[tuple[str, str]]:
+    """(study, result) rows of notebook 03's two-hop study (tables ``capitals_{tag}_*``)."""
+    results = Path(results)
+    rows = []
+    acc = _read(results, f"capitals_{tag}_accuracy")
+    if acc is None:
+        return rows
+    a = acc.set_index("task")
+    meta_model = "Qwen2.5-Coder-1.5B" if tag == "qwen" else tag
+    rows.append((f"{meta_model}: city → state → capital, two-hop capital top-1",
+                 "plain statement " + _rate(a.loc["two_hop_fact"], n="n", k="correct") + "; the paper's chat form, "
+                 "seeded \"Answer: The capital is\" " + _rate(a.loc["two_hop_seeded"], n="n", k="correct")
+                 + ", seeded \"Answer:\" " + _rate(a.loc["two_hop"], n="n", k="correct") + "; single hops: city → "
+                 "state " + _rate(a.loc["city_to_state"]) + ", state → capital " + _rate(a.loc["state_to_capital"])))
+    circuit = _read(results, f"capitals_{tag}_dallas_circuit")
+    if circuit is not None:
+        named = circuit.dropna(subset=["group"])
+        rows.append((f"{meta_model}: the Dallas two-hop circuit (RelP, sum of top-5 logits, τ = 0.005; paper: 257 "
+                     "neurons)", f"{len(circuit):,} nodes, {len(circuit[['layer', 'unit']].drop_duplicates()):,} "
+                     "distinct neurons; named groups: " + ", ".join(f"{g} {n}" for g, n in
+                                                                    named["group"].value_counts().items())))
+    null = _read(results, f"capitals_{tag}_group_null")
+    if null is not None:
+        parts = [f"{r.group.split(' (')[0]}, {r.contrast} (null: {r.null}): {int(r.observed):,} neurons vs "
+                 f"{r.null_mean:,.0f} under the null, p = {r.p_value:.3f}" for r in null.itertuples()]
+        rows.append((f"{meta_model}: AUROC neuron groups beside permutation nulls (selection states)", "; ".join(parts)))
+    flips = _read(results, f"capitals_{tag}_flips")
+    if flips is not None:
+        f0 = flips[flips.multiplier == 0.0]
+        parts = [f"{r['set']}: {_rate(r, 'flip_to_state', 'flip_to_state_lo', 'flip_to_state_hi')} (no longer the "
+                 f"capital {_rate(r, 'not_capital', 'not_capital_lo', 'not_capital_hi')})" for _, r in f0.iterrows()]
+        n = int(f0["n"].max()) if len(f0) else 0
+        rows.append((f"{meta_model}: say-a-capital neurons scaled to ×0 at their circuit positions (the paper's "
+                     f"figure 8), top answer capital → state, {n} evaluation two-hop prompts", "; ".join(parts)))
+    comp = _read(results, f"capitals_{tag}_composition_summary")
+    if comp is not None:
+        parts = [f"{r['variant']} (~{r['mean_units']:.0f} units): {int(r['successes'])}/{int(r['pairs'])} = "
+                 f"{_rate(r, 'success', 'success_lo', 'success_hi')}" for _, r in comp.iterrows()]
+        rows.append((f"{meta_model}: composition — units at the city token set to their values on another state's "
+                     "two-hop prompt, top answer becomes that state's capital (evaluation pairs)", "; ".join(parts)))
+    verdict = _read(results, f"capitals_{tag}_composition_verdict")
+    if verdict is not None:
+        parts = [f"top {int(r['size'])}: {_rate(r, 'success', 'success_lo', 'success_hi')} vs controls ≤ "
+                 f"{_pct(r['controls_hi'])} ({'beyond' if bool(r['beyond_controls']) else 'not beyond'} controls)"
+                 for _, r in verdict.iterrows()]
+        rows.append((f"{meta_model}: composition, top-n neurons vs random / matched n", "; ".join(parts)))
+    reading = capitals_reading(acc, flips, comp, verdict)
+    if reading:
+        rows.append((f"{meta_model}: what replicates", reading))
+    return rows
+
+
+def capitals_reading(acc, flips=None, comp=None, verdict=None) -> str:
+    """What of the paper's capitals study replicates, in words, from the two-hop study's tables (each claim decided
+    by an interval: a rate whose lower bound is above 0, or a group's lower bound above its controls' upper bound)."""
+    parts = []
+    a = acc.set_index("task")
+    if "two_hop_fact" in a.index:
+        r = a.loc["two_hop_fact"]
+        parts.append(("the model answers the two-hop prompt with the capital" if r["accuracy_lo"] > 0 else
+                      "the model does not answer the two-hop prompt") + f" ({_rate(r)})")
+    if flips is not None and len(flips):
+        f0 = flips[flips.multiplier == 0.0].set_index("set")
+        groups = [s for s in f0.index if s.startswith("say a capital")]
+        ctrl_hi = max((f0.loc[s, "flip_to_state_hi"] for s in f0.index if s not in groups), default=float("nan"))
+        for s in groups:
+            r = f0.loc[s]
+            beyond = r["flip_to_state_lo"] > 0 and r["flip_to_state_lo"] > ctrl_hi
+            parts.append(f"removing {s.split(', ')[-1]} say-a-capital neuron(s) (×0) "
+                         + ("flips the answer to the state, beyond its controls" if beyond else
+                            "does not flip the answer to the state beyond its controls (the paper's figure-8 result "
+                            "does not replicate)") + f" ({_rate(r, 'flip_to_state', 'flip_to_state_lo', 'flip_to_state_hi')}"
+                         f" of {int(r['n'])} prompts)")
+    if comp is not None and len(comp):
+        dense = comp[comp["site"] == "resid"]
+        if len(dense):
+            best = dense.loc[dense["success"].idxmax()]
+            parts.append(f"the dense patch of the city token ({best['variant']}) moves the answer to the other state's "
+                         f"capital in {_rate(best, 'success', 'success_lo', 'success_hi')} of pairs")
+    if verdict is not None and len(verdict):
+        hit = verdict[verdict["beyond_controls"].astype(bool)]
+        parts.append("swapping the top neurons at the city token composes beyond random and matched controls "
+                     + (f"from {int(hit['size'].iloc[0]):,} neurons" if len(hit) else
+                        f"at no size tested (up to {int(verdict['size'].max()):,} neurons)"))
+    text = "; ".join(parts)
+    return (text[0].upper() + text[1:] + ".") if text else ""
+
+
+def smollm2_capitals_rows(results: str | Path = "results") -> list[tuple[str, str]]:
+    """(study, result) rows of the SmolLM2-135M capitals run (tables ``capitals_*`` without a model tag)."""
     results = Path(results)
     rows = []
     acc = _read(results, "capitals_accuracy")
@@ -43,44 +155,35 @@ def case_study_rows(results: str | Path = "results") -> list[tuple[str, str, str
                  if "frame_capital" in a.index else "")
         rows.append(("city → state → capital, two-hop prompt: capital top-1",
                      _rate(a.loc["two_hop"], n="n", k="correct") + "; single hops: city → state "
-                     + _rate(a.loc["city_to_state"]) + ", state → capital " + _rate(a.loc["state_to_capital"]) + frame,
-                     "03"))
+                     + _rate(a.loc["city_to_state"]) + ", state → capital " + _rate(a.loc["state_to_capital"]) + frame))
     null = _read(results, "capitals_group_null")
     if null is not None and "contrast" in null.columns:
         parts = [f"{r.group.split(' (')[0]}, {r.contrast} (null: {r.null}): {int(r.observed):,} neurons vs "
                  f"{r.null_mean:,.0f} under the null, p = {r.p_value:.3f}" for r in null.itertuples()]
         rows.append(("capitals: AUROC neuron groups beside permutation nulls (say a capital from the selection states)",
-                     "; ".join(parts), "03"))
-    for table, study, what, nb in (("capitals_knockout_controls", "say-a-capital", "state → capital prompts", "03"),
-                                   ("languages_knockout_controls", "say-a-language", "two-hop prompts", "05")):
-        ko = _read(results, table)
-        if ko is None:
-            continue
-        ko = ko[ko.multiplier == 0.0]
-        if "template" in ko.columns:
-            ko = ko[ko.template == "state_to_capital"]
-        group = ko[ko.set.str.startswith(study.replace("-", " "))]
-        if not len(group):
-            continue
-        g = group.iloc[0]
-        ctrl = ", ".join(f"{r['set']} {_rate(r, 'changed', 'changed_lo', 'changed_hi')}" for _, r in ko.iterrows()
-                         if r["set"] != g["set"])
-        rows.append((f"knock-out (×0) of the {int(g.n_neurons)} {study} neurons, evaluation {what}: top answer changes "
-                     "(necessity, not steering)", _rate(g, "changed", "changed_lo", "changed_hi") + f"; controls: {ctrl}",
-                     nb))
-    for table, study, target, what, nb in (
-            ("capitals_steer_to_state_verdict", "say-a-capital", "the state", "state-answer", "03"),
-            ("languages_steer_to_country_verdict", "say-a-language", "the country", "country-answer", "05")):
-        v = _read(results, table)
-        if v is None:
-            continue
-        if "template" in v.columns:
-            v = v[v.template == "state_to_capital"]
-        parts = [f"{int(r['size'])} neurons: {_rate(r, 'success', 'success_lo', 'success_hi')} vs controls ≤ "
-                 f"{_pct(r['controls_hi'])} ({'beyond' if bool(r['beyond_controls']) else 'not beyond'} controls)"
-                 for _, r in v.iterrows()]
-        rows.append((f"steering: {study} neurons set to their values on {what} prompts, top answer becomes {target} "
-                     "(evaluation prompts)", "; ".join(parts), nb))
+                     "; ".join(parts)))
+    ko = _read(results, "capitals_knockout_controls")
+    row = _knockout_row(ko, "say-a-capital", "state → capital prompts") if ko is not None else None
+    if row:
+        rows.append(row)
+    v = _read(results, "capitals_steer_to_state_verdict")
+    if v is not None:
+        rows.append(_steer_row(v, "say-a-capital", "the state", "state-answer"))
+    return [(f"SmolLM2-135M (appendix): {study}", result) for study, result in rows]
+
+
+def case_study_rows(results: str | Path = "results") -> list[tuple[str, str, str]]:
+    """(study, result, notebook) rows for every case-study table present in ``results``."""
+    results = Path(results)
+    rows = [(study, result, "03") for study, result in qwen_capitals_rows(results)]
+    rows += [(study, result, "03") for study, result in smollm2_capitals_rows(results)]
+    ko = _read(results, "languages_knockout_controls")
+    row = _knockout_row(ko, "say-a-language", "two-hop prompts") if ko is not None else None
+    if row:
+        rows.append((*row, "05"))
+    v = _read(results, "languages_steer_to_country_verdict")
+    if v is not None:
+        rows.append((*_steer_row(v, "say-a-language", "the country", "country-answer"), "05"))
     lang = _read(results, "languages_accuracy")
     if lang is not None:
         a = lang[lang.split == "all"].set_index("task") if "split" in lang.columns else lang.set_index("task")

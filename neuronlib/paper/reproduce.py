@@ -190,8 +190,9 @@ def _figure_state(directory: Path) -> dict[str, float]:
     return {p.name: p.stat().st_mtime for p in directory.iterdir() if p.is_file()}
 
 
-def run_notebook(path: Path, *, smoke: bool, model: str, out_dir: Path, figures: Path, log=None,
+def run_notebook(path: Path, *, smoke: bool, model: str | None, out_dir: Path, figures: Path, log=None,
                  parameters: dict | None = None) -> dict:
+    """Execute one notebook with papermill; ``model`` None keeps the notebook's own MODEL default."""
     log = log or logger.info
     import papermill
 
@@ -210,7 +211,8 @@ def run_notebook(path: Path, *, smoke: bool, model: str, out_dir: Path, figures:
         with temporary(out_dir, f".{path.stem}.running-", suffix=".ipynb") as running:
             try:
                 papermill.execute_notebook(
-                    str(path), str(running), parameters={"MODEL": model, "SMOKE": smoke, **(parameters or {})},
+                    str(path), str(running), parameters={**({} if model is None else {"MODEL": model}), "SMOKE": smoke,
+                                                         **(parameters or {})},
                     cwd=str(path.parent), progress_bar=True, kernel_name="python3",
                     kernel_manager_class=_kernel_manager(out_dir / f"{path.stem}.kernel.log"),
                 )
@@ -257,11 +259,14 @@ def _kernel_manager(log: Path):
     return KernelLoggingToFile
 
 
-def reproduce(*, smoke: bool = False, model: str = DEFAULT_MODEL, only: list[str] | None = None,
+def reproduce(*, smoke: bool = False, model: str | None = None, only: list[str] | None = None,
               out_dir: Path | None = None, log=None, sva_data: str | Path | None = None,
               parameters: dict | None = None) -> pd.DataFrame:
     """Execute the notebooks; returns one row per notebook (seconds, figures written, executed copy).
 
+    ``model``: run every notebook on it; None (default) runs each on its own MODEL default (the package default
+    :data:`neuronlib.registry.DEFAULT_MODEL`, except the multi-hop notebook's two-hop model). Every model is checked
+    before any notebook runs.
     ``sva_data``: a directory of community-format SVA files; notebook 02 then runs on them (parameter SVA_DATA).
     ``parameters``: papermill parameters, each passed to the notebooks whose parameters cell declares it (an
     unknown name is an error before anything runs)."""
@@ -269,7 +274,8 @@ def reproduce(*, smoke: bool = False, model: str = DEFAULT_MODEL, only: list[str
         raise ValueError(f"--sva-data {sva_data}: not a directory")
     parameters = dict(parameters or {})
     log = log or logger.info
-    check_model(model)
+    if model is not None:
+        check_model(model)
     root = checkout()
     base = Path(out_dir) if out_dir is not None else root / "runs" / ("smoke" if smoke else "full")
     figures = base / "figures" if smoke else Path(os.environ.get("NEURONLIB_FIGURES", root / "figures"))
@@ -286,8 +292,13 @@ def reproduce(*, smoke: bool = False, model: str = DEFAULT_MODEL, only: list[str
         for name, value in parameters.items():
             if name in defaults:
                 check_parameter(name, value, defaults[name], book.name)
+    if model is None:
+        for defaults in declared.values():
+            default = defaults.get("MODEL", DEFAULT_MODEL)
+            check_model(default if isinstance(default, str) else DEFAULT_MODEL)
     check_device_here()
-    log(f"neuronlib reproduce: {len(books)} notebooks, model {model}, {'SMOKE' if smoke else 'full'} mode")
+    log(f"neuronlib reproduce: {len(books)} notebooks, model {model or 'each notebook default'}, "
+        f"{'SMOKE' if smoke else 'full'} mode")
     t0 = time.perf_counter()
     rows = []
     from ..locks import remove_stale, temporary
