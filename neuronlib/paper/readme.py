@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from .figures import fmt_size
+from .style import fmt_size
 
 START, END = "<!-- case-studies:start -->", "<!-- case-studies:end -->"
 

@@ -33,7 +33,7 @@ RESULT_CODE = (
 PRESENTATION = (
     "neuronlib", "neuronlib.__main__", "neuronlib.cli", "neuronlib.logs", "neuronlib.plotting",
     "neuronlib.paper", "neuronlib.paper.figures", "neuronlib.paper.readme", "neuronlib.paper.reproduce",
-    "neuronlib.paper.notebook", "neuronlib.paper.results", "neuronlib.viewer",
+    "neuronlib.paper.notebook", "neuronlib.paper.results", "neuronlib.paper.style", "neuronlib.viewer",
 )
 RUN_COMMIT_ENV = "NEURONLIB_RUN_COMMIT"  # the commit of the checkout when the run started (set by the runner)
 

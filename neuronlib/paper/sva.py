@@ -51,7 +51,7 @@ from .. import cache, stats
 from ..attribution import Attribution
 from ..data.sva import TEMPLATES, load_sva
 from ..evaluation import evaluate_circuit
-from .figures import BASIS_LABELS, METHOD_LABELS, fmt_size  # noqa: F401  (one set of labels and formats)
+from .style import BASIS_LABELS, METHOD_LABELS, fmt_size  # noqa: F401  (notebooks read them as sva.*)
 
 logger = logging.getLogger(__name__)
 
