@@ -1,4 +1,4 @@
-"""The city -> country -> language study (issue 14): data, the selection/evaluation split, AUROC groups with
+"""The city -> country -> language study: data, the selection/evaluation split, AUROC groups with
 permutation nulls, control neuron sets, patching and steering bookkeeping, on small hand-made cases."""
 import json
 from pathlib import Path
@@ -25,7 +25,7 @@ CAPITALS = {"Berlin", "Vienna", "Paris", "Madrid", "Mexico City", "Buenos Aires"
 # data
 
 
-def test_languages_table_meets_the_issue():
+def test_languages_table_has_enough_countries_and_cities():
     df = LD.load_languages()
     assert list(df.columns) == ["city", "country", "language"]
     assert len(df) >= 80 and df["country"].nunique() >= 15

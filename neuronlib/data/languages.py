@@ -1,4 +1,4 @@
-"""City -> country -> language two-hop task (issue 14), the capitals task's companion on a task the default model does.
+"""City -> country -> language two-hop task, the capitals task's companion on a task the default model does.
 
 ``data/languages.jsonl`` holds, per country, four to six well-known cities that are *not* its capital, with the
 country and its main language (typed by hand). Several countries share a language (German: Germany and Austria;
