@@ -16,7 +16,8 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from .style import BASIS_LABELS, KIND_COLORS, METHOD_LABELS, ROLE_COLORS, VARIANT_COLORS, fmt_size, style
+from ..data.sva import TEMPLATES as _SVA_TEMPLATES
+from .style import BASIS_LABELS, KIND_COLORS, METHOD_LABELS, ROLE_COLORS, VARIANT_COLORS, style
 from .style import METHOD_LINESTYLES as _METHOD_STYLES
 from .style import color as _color
 
@@ -26,10 +27,6 @@ from .style import color as _color
 # intervals over test pairs; ``*_scores_*``: sva.score_tables; ``edge_pruning``: the edges study) and returns a figure.
 # Bands are the bootstrap intervals of the table (never a range over templates).
 # ===================================================================================================================
-
-SVA_ALL = 10**12  # the requested size of the full circuit (sva.ALL)
-_SVA_TEMPLATES = ("simple", "nounpp", "rc", "within_rc")
-
 
 def _sva_select(curves, **eq):
     sel = curves
@@ -506,81 +503,6 @@ def fig_addition_nulls(draws, *, title: str | None = None):
     return fig
 
 
-# ===================================================================================================================
-# The README's results table (``python -m neuronlib.paper.figures --readme-table``)
-# ===================================================================================================================
-
-
-def readme_table(results_dir, *, template_rows: bool = True) -> str:
-    """The README's results table as Markdown, rendered from ``results/sva_headline.csv`` (and ``basis_headline``
-    when present): per template and pooled, k at faithfulness 0.8 and 0.9 with 95 % bootstrap intervals, the
-    completeness there and m(M) − m(∅). Numbers are formatted by :func:`readme_cells` so the test can re-derive them."""
-    from .results import read_provenance, read_table
-
-    results_dir = Path(results_dir)
-    header = ["| model | method | basis | template | k @ F≥0.8 [95% CI] | completeness there | k @ F≥0.9 [95% CI] | "
-              "completeness there | m(M) − m(∅) | flags |", "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
-    lines = []
-    # notebook 02's table has the neuron bases; notebook 01's adds the SAE bases (its neuron rows are the same runs)
-    for table, rows in (("sva_headline", README_ROWS), ("basis_headline", README_SAE_ROWS)):
-        if not (results_dir / f"{table}.csv").exists():
-            continue
-        frame = read_table(table, results_dir)
-        lines += header
-        for row in readme_rows(frame, template_rows=template_rows, rows=rows):
-            lines.append("| " + " | ".join(readme_cells(row)) + " |")
-        meta = read_provenance(table, results_dir)
-        lines.append("")
-        lines.append(f"*`{table}`: run of {meta.get('date', '?')} at commit {meta.get('commit', '?')}, model "
-                     f"{meta.get('model', '?')}.*")
-        lines.append("")
-    if (results_dir / "sva_seed_summary.csv").exists():
-        seeds = read_table("sva_seed_summary", results_dir)
-        n = int(seeds.seeds.max())
-        lines += [f"Across {n} data seeds (other draws and noun-group splits of the generator; RelP on the neurons, "
-                  "paired): median [min, max] over the seeds, ∞ where a seed does not reach the threshold.", "",
-                  "| model | template | k @ F≥0.8 | k @ F≥0.9 | m(M) − m(∅) | seeds |", "|---|---|---:|---:|---:|---|"]
-        order = {t: i for i, t in enumerate((*_SVA_TEMPLATES, "pooled"))}
-        for _, r in seeds.sort_values("template", key=lambda c: c.map(order).fillna(9)).iterrows():
-            ks = [fmt_size(r[f'k@F>={t}_median'], r[f'k@F>={t}_min'], r[f'k@F>={t}_max'])
-                  for t in (0.8, 0.9)]
-            lines.append(f"| {r.model} | {r.template} | {ks[0]} | {ks[1]} | {float(r.effect_median):.2f} "
-                         f"[{float(r.effect_min):.2f}, {float(r.effect_max):.2f}] | {r.data_seeds} |")
-        meta = read_provenance("sva_seed_summary", results_dir)
-        lines += ["", f"*`sva_seed_summary`: run of {meta.get('date', '?')} at commit {meta.get('commit', '?')}.*"]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-README_ROWS = (("relp", "mlp_acts"), ("ig-inputs", "mlp_acts"), ("relp", "mlp_out"), ("ig-inputs", "mlp_out"),
-               ("relp", "sae_mlp_out"), ("relp", "sae_resid"))
-README_SAE_ROWS = tuple((m, b) for m in ("relp", "ig-inputs") for b in ("sae_mlp_out", "sae_resid"))
-
-
-def readme_rows(frame, *, template_rows: bool = True, rows=None):
-    sel = frame[(frame.setting == "paired") & (frame.eval_metric == "logit_diff") & (frame.ablation == "mean")]
-    for method, basis in README_ROWS if rows is None else rows:
-        g = sel[(sel.method == method) & (sel.basis == basis)]
-        if not template_rows:
-            g = g[g.template == "pooled"]
-        order = {t: i for i, t in enumerate((*_SVA_TEMPLATES, "pooled"))}
-        yield from (r for _, r in g.sort_values("template", key=lambda s: s.map(order).fillna(9)).iterrows())
-
-
-def readme_cells(row) -> list[str]:
-    """The Markdown cells of one headline row (the format the README test parses back)."""
-    flags = [name for name, col in (("below floor", "below_floor"), ("F>1", "faithfulness_above_1"),
-                                    ("C<0", "completeness_below_0"), ("falls back", "falls_back@F>=0.8"))
-             if bool(row.get(col, False))]
-    cells = [str(row.model), METHOD_LABELS.get(row.method, row.method), str(row.basis), str(row.template)]
-    for t in (0.8, 0.9):
-        cells.append(fmt_size(row[f'k@F>={t}'], row[f'k@F>={t}_lo'], row[f'k@F>={t}_hi']))
-        c = float(row[f"completeness@F>={t}"])
-        cells.append("—" if np.isnan(c) else f"{c:.2f}")
-    cells.append(f"{float(row.effect):.2f} [{float(row.effect_lo):.2f}, {float(row.effect_hi):.2f}]")
-    cells.append(", ".join(flags))
-    return cells
-
-
 # ===============================================================================================================
 # capitals and languages (notebooks 03 and 05; tables from neuronlib.paper.multihop and neuronlib.paper.languages)
 
@@ -1021,7 +943,6 @@ def main(argv=None) -> int:
     parser.add_argument("--results", default="results")
     parser.add_argument("--figures", default="figures")
     parser.add_argument("--only", nargs="+", metavar="NAME", help="draw only these figures")
-    parser.add_argument("--readme-table", action="store_true", help="print the README results table and exit")
     args = parser.parse_args(argv)
     if not Path(args.results).is_dir():
         print(f"error: no results folder {args.results} (run from the checkout, or pass --results)", file=sys.stderr)
@@ -1033,9 +954,6 @@ def main(argv=None) -> int:
     # the module as imported, also when this file runs as __main__
     from neuronlib.paper import figures as module
 
-    if args.readme_table:
-        print(module.readme_table(args.results), end="")
-        return 0
     matplotlib.use("Agg")
     t0 = time.perf_counter()
     drawn = module.draw_all(Path(args.results), Path(args.figures), names=args.only)
