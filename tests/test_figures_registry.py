@@ -95,3 +95,15 @@ def test_missing_results_folder_fails_in_one_line(tmp_path):
     assert proc.returncode != 0 and proc.stdout == ""
     assert len(proc.stderr.strip().splitlines()) == 1 and "no results folder" in proc.stderr
     assert not (tmp_path / "figures").exists()
+
+
+def test_a_notebook_session_draws_by_name_the_committed_file(tmp_path):
+    from neuronlib.paper.notebook import Session
+
+    session = Session(model_name="smollm2-135m", smoke=True, figures=tmp_path, results=RESULTS, cache=None,
+                      refresh=False, threads=1)
+    with plt.rc_context(matplotlib.rcParamsDefault):  # as a fresh kernel starts
+        paths = session.figure("fig6_edge_pruning")
+    assert [p.name for p in paths] == ["fig6_edge_pruning.png", "fig6_edge_pruning.pdf"]
+    for p in paths:
+        assert p.read_bytes() == (FIGURES / p.name).read_bytes()
