@@ -23,6 +23,6 @@ test-fast: env
 lint: env
 	$(PY) -m ruff check .
 
-# re-draw every figure from the tables in results/ (no model; under a minute)
+# re-draw every figure registered in neuronlib/paper/figures.py from the tables in results/ (no model; about a minute)
 figures: env
 	$(PY) -m neuronlib.paper.figures --results results --figures figures
