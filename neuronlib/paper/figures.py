@@ -17,7 +17,18 @@ import numpy as np
 import pandas as pd
 
 from ..data.sva import TEMPLATES as _SVA_TEMPLATES
-from .style import BASIS_LABELS, KIND_COLORS, METHOD_LABELS, ROLE_COLORS, VARIANT_COLORS, style
+from .style import (
+    BASIS_LABELS,
+    EDGE_WEIGHT_COLORS,
+    FEATURE_COLORS,
+    IOI_SITE_COLORS,
+    KIND_COLORS,
+    METHOD_LABELS,
+    NULL_COLORS,
+    ROLE_COLORS,
+    VARIANT_COLORS,
+    style,
+)
 from .style import METHOD_LINESTYLES as _METHOD_STYLES
 from .style import color as _color
 
@@ -280,7 +291,7 @@ def fig_edge_pruning(edges, *, title: str | None = None):
 
     pooled = edges[edges.template == "pooled"] if "pooled" in set(edges.template) else edges
     per = edges[edges.template != "pooled"]
-    colors = {"raw": _color("relp"), "relevance": "#d1495b"}
+    colors = {w: _color(w, colors=EDGE_WEIGHT_COLORS) for w in EDGE_WEIGHT_COLORS}
     labels = {"relevance": r"relevance $v_s\,\partial v_t/\partial v_s\cdot\partial m/\partial v_t$ (paper's code)",
               "raw": r"raw $v_s\,\partial v_t/\partial v_s$ (paper's text)"}
     weights = [w for w in ("relevance", "raw") if w in set(edges.weight)]
@@ -419,14 +430,13 @@ def fig_features_by_layer(layers, *, title: str | None = None):
     feature type (``antonyms_features_by_layer``)."""
     import matplotlib.pyplot as plt
 
-    colors = {"language": "#1b6ca8", "concept": "#d1495b", "attribute": "#4c9a2a"}
     fams = list(dict.fromkeys(layers["family"]))
     with style():
         fig, axes = plt.subplots(1, max(1, len(fams)), figsize=(3.6 * max(1, len(fams)), 3.4), squeeze=False,
                                  layout="constrained")
         for ax, fam in zip(axes[0], fams):
             g = layers[layers["family"] == fam]
-            c = colors.get(fam, "#555")
+            c = _color(fam, "#555", colors=FEATURE_COLORS)
             ax.plot(g["layer"], g["replicated"], color=c, marker="o", ms=3, label="replicated on held-out phrasing")
             ax.plot(g["layer"], g["selected"], color=c, ls="--", lw=1, label="selected (AUROC ≥ 0.9)")
             ax.set_xlabel("layer")
@@ -443,7 +453,7 @@ def fig_ioi_curves(curves, *, title: str | None = None):
     axis."""
     import matplotlib.pyplot as plt
 
-    colors = {"mlp_acts": "#1b6ca8", "mlp_out": "#d1495b"}
+    colors = {site: _color(site, colors=IOI_SITE_COLORS) for site in IOI_SITE_COLORS}
     names = {"mlp_acts": "MLP neurons", "mlp_out": "MLP outputs"}
     pooled = curves[curves["order"] == "pooled"]
     strata = curves[curves["order"] != "pooled"]
@@ -478,7 +488,7 @@ def fig_addition_nulls(draws, *, title: str | None = None):
     ``addition_mod_null_draws``)."""
     import matplotlib.pyplot as plt
 
-    colors = {"operand-balanced": "#1b6ca8", "label shuffle": "#d1495b"}
+    colors = {kind: _color(kind, colors=NULL_COLORS) for kind in NULL_COLORS}
     tokens = list(dict.fromkeys(draws["token"]))
     fams = list(dict.fromkeys(draws["family"]))
     with style():
@@ -879,7 +889,8 @@ def draw(name: str, results: str | Path = "results", *, rc: dict | None = None, 
     """Figure ``name`` drawn from the tables in ``results``; returns the matplotlib figure.
 
     ``rc``: matplotlib rcParams for this figure (they win over the project style and the user's settings);
-    ``colors``: {basis or method: colour} for the figures that colour by basis or method (1-6, 2a, 2b, A);
+    ``colors``: {key: colour} for a basis or method (figures 1-6, 2a, 2b, A), an edge score (``relevance``,
+    ``raw``), a feature type, IOI site or null (A1-A5);
     ``kwargs``: the figure function's own options (e.g. ``title=``, ``methods=``), over the recipe's.
     Example: ``draw("fig1_sva_faithfulness", rc={"font.size": 12}, colors={"relp": "black"})``."""
     from .results import read_table

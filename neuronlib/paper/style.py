@@ -40,6 +40,11 @@ KIND_COLORS = {"capital": "#1b6ca8", "state": "#d1495b", "city": "#4c9a2a", "lan
                "country": "#d1495b"}
 VARIANT_COLORS = {"country group": "#1b6ca8", "random": "#999999", "matched": "#e39b2d"}
 ROLE_COLORS = {"random": "#999999", "matched": "#e39b2d"}
+# the edges study's two edge scores, and the appendix studies' feature types, IOI sites and nulls
+EDGE_WEIGHT_COLORS = {"raw": COLORS["relp"], "relevance": "#d1495b"}
+FEATURE_COLORS = {"language": "#1b6ca8", "concept": "#d1495b", "attribute": "#4c9a2a"}
+IOI_SITE_COLORS = {"mlp_acts": "#1b6ca8", "mlp_out": "#d1495b"}
+NULL_COLORS = {"operand-balanced": "#1b6ca8", "label shuffle": "#d1495b"}
 
 STYLE = {
     "figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight", "font.size": 10, "axes.titlesize": 11,
@@ -50,9 +55,10 @@ STYLE = {
 _PALETTE: contextvars.ContextVar[dict] = contextvars.ContextVar("palette", default={})
 
 
-def color(key: str, default: str = "0.3") -> str:
-    """The colour of a basis or method: a :func:`palette` override, else :data:`COLORS`, else ``default``."""
-    return _PALETTE.get().get(key, COLORS.get(key, default))
+def color(key: str, default: str = "0.3", *, colors: dict | None = None) -> str:
+    """The colour of ``key`` (a basis, method or a figure's own category): a :func:`palette` override, else
+    ``colors`` (default :data:`COLORS`), else ``default``."""
+    return _PALETTE.get().get(key, (COLORS if colors is None else colors).get(key, default))
 
 
 @contextlib.contextmanager
