@@ -896,6 +896,8 @@ def draw(name: str, results: str | Path = "results", *, rc: dict | None = None, 
     from .results import read_table
     from .style import palette
 
+    if name not in FIGURES:
+        raise ValueError(f"no figure {name!r}; the figures are {', '.join(FIGURES)}")
     recipe = FIGURES[name]
     if recipe.function is None:
         raise ValueError(f"{name} is a circuit graph drawn by notebook {recipe.notebook} from the model; it has no "
