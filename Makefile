@@ -28,6 +28,10 @@ test-fast: env
 lint: env
 	$(PY) -m ruff check .
 
-# re-draw every figure from the tables in results/ (no model; under a minute)
+# re-draw every figure registered in neuronlib/paper/figures.py from the tables in results/ (no model; about a minute)
+# (RESULTS= and FIGURES= to read and write other folders; a missing results folder stops make with one line)
+RESULTS ?= results
+FIGURES ?= figures
 figures: env
-	$(PY) -m neuronlib.paper.figures --results results --figures figures
+	$(if $(wildcard $(RESULTS)/.),,$(error no results folder $(RESULTS): run make reproduce, or make figures RESULTS=DIR))
+	$(PY) -m neuronlib.paper.figures --results $(RESULTS) --figures $(FIGURES)

@@ -25,7 +25,7 @@ CAPITALS = {"Berlin", "Vienna", "Paris", "Madrid", "Mexico City", "Buenos Aires"
 # data
 
 
-def test_languages_table_meets_the_issue():
+def test_languages_table_has_enough_countries_and_cities():
     df = LD.load_languages()
     assert list(df.columns) == ["city", "country", "language"]
     assert len(df) >= 80 and df["country"].nunique() >= 15

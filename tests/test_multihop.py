@@ -1,4 +1,4 @@
-"""neuronlib.describe and neuronlib.multihop (issue 6) on the tiny models, plus the notebook's parameters cell."""
+"""neuronlib.describe and neuronlib.multihop on the tiny models, plus the notebook's parameters cell."""
 import json
 from pathlib import Path
 

@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from neuronlib.paper import figures, results
+from neuronlib.paper import readme, results
 from neuronlib.paper import sva as sb
 
 REPO = Path(__file__).resolve().parents[1]
@@ -61,7 +61,7 @@ def test_readme_table_adds_the_data_seed_summary(tmp_path):
     shifted = main.assign(**{"k@F>=0.8": main["k@F>=0.8"] * 2, "k@F>=0.9": np.inf})
     per_seed = pd.concat([main.assign(data_seed=0), shifted.assign(data_seed=1)], ignore_index=True)
     results.write_table(sb.seed_summary(per_seed), "sva_seed_summary", out, model="smollm2-135m")
-    rows = parse_table(figures.readme_table(out))
+    rows = parse_table(readme.readme_table(out))
     seed_rows = [r for r in rows if len(r) == 6]
     assert [r[1] for r in seed_rows] == [*sb.TEMPLATES, "pooled", sb.TEMPLATE_MEAN]
     pooled = main[main.template == "pooled"].iloc[0]
@@ -160,10 +160,10 @@ def parse_table(markdown: str) -> list[list[str]]:
 
 def test_readme_table_renders_every_number_from_the_tables(tmp_path):
     out = _synthetic(tmp_path)
-    text = figures.readme_table(out)
+    text = readme.readme_table(out)
     rows = parse_table(text)
     head = results.read_table("sva_headline", out)
-    expected = [figures.readme_cells(r) for r in figures.readme_rows(head)]
+    expected = [readme.readme_cells(r) for r in readme.readme_rows(head)]
     # two methods x two bases x (4 templates + the two across-template rows: pooled, template mean)
     assert rows == expected and len(rows) == 4 * 6
     pooled = head[(head.template == "pooled") & (head.method == "relp") & (head.basis == "mlp_acts")].iloc[0]
@@ -172,18 +172,18 @@ def test_readme_table_renders_every_number_from_the_tables(tmp_path):
 
 def test_readme_numbers_match_results():
     """The README's results table (between the markers) is exactly what results/ renders."""
-    readme = (REPO / "README.md").read_text()
+    text = (REPO / "README.md").read_text()
     folder = REPO / "results"
-    has_block = START in readme and END in readme
+    has_block = START in text and END in text
     has_tables = (folder / "sva_headline.csv").exists()
     if not has_block and not has_tables:
         pytest.skip("no results/sva_headline.csv and no generated table in the README yet (full run not committed)")
     assert has_tables, "the README states results but results/sva_headline.csv is missing"
-    assert has_block, f"results/ has tables: put `python -m neuronlib.paper.figures --readme-table` between {START} " \
+    assert has_block, f"results/ has tables: put `python -m neuronlib.paper.readme --results-table` between {START} " \
                       f"and {END} in the README"
-    block = readme.split(START, 1)[1].split(END, 1)[0]
-    assert parse_table(block) == parse_table(figures.readme_table(folder))
+    block = text.split(START, 1)[1].split(END, 1)[0]
+    assert parse_table(block) == parse_table(readme.readme_table(folder))
     # every number in the block comes from the tables (no stray typed numbers)
     numbers = set(re.findall(r"\d[\d,]*\.?\d*", block))
-    rendered = set(re.findall(r"\d[\d,]*\.?\d*", figures.readme_table(folder)))
+    rendered = set(re.findall(r"\d[\d,]*\.?\d*", readme.readme_table(folder)))
     assert numbers <= rendered

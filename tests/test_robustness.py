@@ -250,7 +250,7 @@ def test_partial_gemma_assembly_is_replaced(tmp_path, monkeypatch):
 
 @pytest.mark.real_model
 def test_zeroed_row_in_real_cache_is_detected(tmp_path, monkeypatch):
-    """The issue's case: a zeroed embedding row of SmolLM2 passed the reference-logit check. Checked on a copy."""
+    """A zeroed embedding row of SmolLM2 once passed the reference-logit check. Checked on a copy."""
     spec = models.PACKAGED["smollm2-135m"]
     real = models._model_cache_path(spec)
     neuronlib.load_model("smollm2-135m")  # make sure the real cache exists (and is verified)
@@ -344,7 +344,7 @@ def test_long_prompt_warns_about_memory(tiny_llama, caplog, monkeypatch):
 
 
 def test_memory_estimate_matches_the_measured_long_prompt():
-    """The issue measured 12.5 GB for a 5,000-word prompt (~6,000 tokens) on SmolLM2-135M."""
+    """A 5,000-word prompt (~6,000 tokens) on SmolLM2-135M was measured at 12.5 GB."""
     from types import SimpleNamespace
 
     from neuronlib.inputs import estimate_memory

@@ -2,12 +2,35 @@
 re-draws them all in seconds and they can be restyled without recomputing.
 
 Each function takes DataFrames (as read by :func:`neuronlib.paper.results.read_table`) and returns a matplotlib
-figure; :func:`draw_all` maps table names to figure functions. Sections below are one per study.
+figure. :data:`FIGURES` (at the end) registers every file in ``figures/`` once: which tables and which function
+with which options draw it; :func:`draw` draws one by name (with ``rc=``/``colors=`` overrides) and
+:func:`draw_all` all of them. Labels, colours and the style come from :mod:`neuronlib.paper.style`. Sections below
+are one per study.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
 import numpy as np
 import pandas as pd
+
+from ..data.sva import TEMPLATES as _SVA_TEMPLATES
+from .style import (
+    BASIS_LABELS,
+    EDGE_WEIGHT_COLORS,
+    FEATURE_COLORS,
+    IOI_SITE_COLORS,
+    KIND_COLORS,
+    METHOD_LABELS,
+    NULL_COLORS,
+    ROLE_COLORS,
+    VARIANT_COLORS,
+    style,
+)
+from .style import METHOD_LINESTYLES as _METHOD_STYLES
+from .style import color as _color
 
 # ===================================================================================================================
 # SVA, basis comparison and edges (notebooks 01, 02, 04): figures 1, 2, 2a, 3, 4, 5, 6 and A.
@@ -15,27 +38,6 @@ import pandas as pd
 # intervals over test pairs; ``*_scores_*``: sva.score_tables; ``edge_pruning``: the edges study) and returns a figure.
 # Bands are the bootstrap intervals of the table (never a range over templates).
 # ===================================================================================================================
-
-SVA_ALL = 10**12  # the requested size of the full circuit (sva.ALL)
-METHOD_LABELS = {
-    "atp": "AtP", "relp": "RelP", "relp-no-gate": "RelP, no gate rule", "relp-no-half": "RelP, no half rule",
-    "ig": "IG-10 (per site)", "ig-inputs": "IG-10 (inputs)",
-}
-BASIS_LABELS = {
-    "mlp_acts": "MLP activations (neurons)", "mlp_out": "MLP outputs", "attn_out": "attention outputs",
-    "resid": "residual stream", "sae_mlp_out": "SAE latents on MLP outputs",
-    "sae_resid": "SAE latents on residual stream", "sae_attn_out": "SAE latents on attention outputs",
-}
-_METHOD_STYLES = {"relp": "-", "ig-inputs": "-", "ig": "-", "atp": ":", "relp-no-gate": "-.", "relp-no-half": "--"}
-_EXTRA_COLORS = {"relp-no-gate": "#8c564b", "relp-no-half": "#e377c2", "ig": "#17becf"}
-_SVA_TEMPLATES = ("simple", "nounpp", "rc", "within_rc")
-
-
-def _color(key: str) -> str:
-    from .. import plotting
-
-    return _EXTRA_COLORS.get(key, plotting.COLORS.get(key, "0.3"))
-
 
 def _sva_select(curves, **eq):
     sel = curves
@@ -101,15 +103,13 @@ def fig_faithfulness(curves, *, basis: str = "mlp_acts", methods=("relp", "ig-in
     over test pairs."""
     import matplotlib.pyplot as plt
 
-    from .. import plotting
-
     sel = _sva_select(curves, basis=basis, setting=setting, ablation=ablation, eval_metric=eval_metric,
                       method=tuple(methods))
     present = set(sel.template)
     templates = [t for t in _SVA_TEMPLATES if t in present] + sorted(present - set(_SVA_TEMPLATES) - {"pooled"})
     panels = templates + (["pooled"] if "pooled" in present else [])
     ylim = _sva_ylim(sel)
-    with plotting.style():
+    with style():
         fig, axes = plt.subplots(2, max(1, len(panels)), figsize=(3.0 * max(1, len(panels)), 6.0), squeeze=False,
                                  sharey=True, layout="constrained")
         for col, t in enumerate(panels):
@@ -141,8 +141,6 @@ def fig_methods_by_basis(curves, *, bases=("mlp_acts", "mlp_out", "attn_out", "r
     and its ablated rule sets on the neurons. Bands: bootstrap intervals."""
     import matplotlib.pyplot as plt
 
-    from .. import plotting
-
     sel = _sva_select(curves, setting=setting, ablation=ablation, eval_metric="logit_diff", template=template)
     bases = [b for b in bases if b in set(sel.basis)]
     panels = [(BASIS_LABELS.get(b, b), sel[sel.basis == b], methods) for b in bases]
@@ -150,7 +148,7 @@ def fig_methods_by_basis(curves, *, bases=("mlp_acts", "mlp_out", "attn_out", "r
     if abl.method.nunique() > 1:
         panels.append(("RelP rules (neurons)", abl, ablation_methods))
     used = []
-    with plotting.style():
+    with style():
         fig, axes = plt.subplots(1, max(1, len(panels)), figsize=(3.2 * max(1, len(panels)), 3.9), squeeze=False,
                                  sharey=True, layout="constrained")
         ylim = _sva_ylim(pd.concat([p[1] for p in panels])) if panels else None
@@ -180,12 +178,10 @@ def fig_basis_comparison(curves, *, methods=("ig-inputs", "relp"),
     (neuron-basis sites solid, SAE sites dashed); top row log axis, bottom row linear 0–400. Bands: bootstrap."""
     import matplotlib.pyplot as plt
 
-    from .. import plotting
-
     sel = _sva_select(curves, setting="paired", ablation="mean", eval_metric="logit_diff", template=template)
     methods = [m for m in methods if m in set(sel.method)] or list(methods[:1])
     ylim = _sva_ylim(sel)
-    with plotting.style():
+    with style():
         fig, axes = plt.subplots(2, len(methods), figsize=(5.6 * len(methods), 8.0), squeeze=False, sharey=True,
                                  layout="constrained")
         for col, method in enumerate(methods):
@@ -214,23 +210,21 @@ def fig_unpaired(curves, *, template: str = "pooled", title: str | None = None):
     (logit(y) under zero and mean ablation), each with its own y range."""
     import matplotlib.pyplot as plt
 
-    from .. import plotting
-
     sel = _sva_select(curves, setting="unpaired", template=template)
     panels = [("paired evaluation: logit difference,\nmean ablation (as the paper)", "logit_diff", "mean")]
     panels += [(f"extra: logit(y), {a} ablation", "logit", a) for a in ("zero", "mean")
                if len(sel[(sel.eval_metric == "logit") & (sel.ablation == a)])]
     used = []
-    with plotting.style():
+    with style():
         fig, axes = plt.subplots(1, len(panels), figsize=(4.3 * len(panels), 4.0), squeeze=False,
                                  layout="constrained")
         for ax, (ptitle, metric, ablation) in zip(axes[0], panels):
             frame = sel[(sel.eval_metric == metric) & (sel.ablation == ablation)]
             for (method, basis), g in frame.groupby(["method", "basis"]):
-                style = _METHOD_STYLES.get(method, "-") if method != "relp" else "-"
-                _sva_curve(ax, g, color=_color(basis), linestyle=style)
+                ls = _METHOD_STYLES.get(method, "-") if method != "relp" else "-"
+                _sva_curve(ax, g, color=_color(basis), linestyle=ls)
                 label = f"{METHOD_LABELS.get(method, method)}, {BASIS_LABELS.get(basis, basis)}"
-                entry = (label, _color(basis), style)
+                entry = (label, _color(basis), ls)
                 if entry not in used:
                     used.append(entry)
             _sva_decorate(ax, ylim=_sva_ylim(frame, limit=(-10.0, 10.0)))
@@ -249,14 +243,12 @@ def fig_score_distribution(histogram, concentration, layers, *, method: str = "r
     (c..) the layers of the top-k nodes, per basis."""
     import matplotlib.pyplot as plt
 
-    from .. import plotting
-
     h = histogram[histogram.method == method]
     c = concentration[concentration.method == method]
     lay = layers[layers.method == method]
     bases = [b for b in BASIS_LABELS if b in set(h.basis) | set(c.basis)]
     ks = sorted(set(lay.k))
-    with plotting.style():
+    with style():
         fig, axes = plt.subplots(1, 2 + len(ks), figsize=(3.1 * (2 + len(ks)), 3.5), squeeze=False,
                                  layout="constrained")
         ax_hist, ax_cum, ax_layers = axes[0][0], axes[0][1], axes[0][2:]
@@ -297,15 +289,13 @@ def fig_edge_pruning(edges, *, title: str | None = None):
     templates with bootstrap bands; (c) faithfulness at equal neuron count against the top neurons by node score."""
     import matplotlib.pyplot as plt
 
-    from .. import plotting
-
     pooled = edges[edges.template == "pooled"] if "pooled" in set(edges.template) else edges
     per = edges[edges.template != "pooled"]
-    colors = {"raw": _color("relp"), "relevance": "#d1495b"}
+    colors = {w: _color(w, colors=EDGE_WEIGHT_COLORS) for w in EDGE_WEIGHT_COLORS}
     labels = {"relevance": r"relevance $v_s\,\partial v_t/\partial v_s\cdot\partial m/\partial v_t$ (paper's code)",
               "raw": r"raw $v_s\,\partial v_t/\partial v_s$ (paper's text)"}
     weights = [w for w in ("relevance", "raw") if w in set(edges.weight)]
-    with plotting.style():
+    with style():
         fig, axes = plt.subplots(1, 3, figsize=(13.5, 4.2), layout="constrained")
         for ax, col in ((axes[0], "faithfulness"), (axes[1], "completeness")):
             for w in weights:
@@ -342,26 +332,27 @@ def fig_edge_pruning(edges, *, title: str | None = None):
     return fig
 
 
-# The SVA section's figures: name -> (tables it needs, how to draw it from them). Read by draw_all below.
-SVA_FIGURES = {
-    "fig1_sva_faithfulness": (("sva_curves",), lambda t: fig_faithfulness(t["sva_curves"])),
-    "fig3_sva_ig_vs_relp": (("sva_curves",), lambda t: fig_methods_by_basis(t["sva_curves"])),
-    "fig4_sva_score_distribution": (("sva_scores_histogram", "sva_scores_concentration", "sva_scores_layers"),
-                                    lambda t: fig_score_distribution(t["sva_scores_histogram"],
-                                                                     t["sva_scores_concentration"],
-                                                                     t["sva_scores_layers"])),
-    "fig5_sva_unpaired": (("sva_curves",), lambda t: fig_unpaired(t["sva_curves"])),
-    "figA_gemma_basis_comparison": (("sva_curves_gemma",), lambda t: fig_methods_by_basis(
-        t["sva_curves_gemma"], bases=("mlp_acts", "mlp_out"), methods=("relp", "ig-inputs"), ablation_methods=(),
-        title="Gemma-3-270M, SVA: pooled over templates (paired, mean ablation; bands: 95% bootstrap)")),
-    "fig2_basis_comparison": (("basis_curves",), lambda t: fig_basis_comparison(t["basis_curves"])),
-    "fig2a_attribution_concentration": (("basis_scores_histogram", "basis_scores_concentration",
-                                         "basis_scores_layers"),
-                                        lambda t: fig_score_distribution(t["basis_scores_histogram"],
-                                                                         t["basis_scores_concentration"],
-                                                                         t["basis_scores_layers"])),
-    "fig6_edge_pruning": (("edge_pruning",), lambda t: fig_edge_pruning(t["edge_pruning"])),
-}
+def fig_sae_training(quality, *, title: str | None = None):
+    """Figure 2b: the baseline SAEs per layer (``sae_quality``): explained variance on held-out corpus tokens, L0
+    (active latents per token on the SVA prompts) and the fraction of latents that never fire on held-out corpus
+    tokens, one line per site."""
+    import matplotlib.pyplot as plt
+
+    panels = (("heldout_explained_variance", "held-out explained variance"), ("l0", "L0 (active latents / token, SVA prompts)"),
+              ("dead_fraction", "latents never firing (held out)"))
+    with style():
+        fig, axes = plt.subplots(1, 3, figsize=(11, 3.2), layout="constrained")
+        for site, g in quality.groupby("site"):
+            g = g.sort_values("layer")
+            for ax, (col, _) in zip(axes, panels):
+                ax.plot(g.layer, g[col], marker="o", color=_color("sae_" + site), label=f"sae_{site}")
+        for ax, (_, name) in zip(axes, panels):
+            ax.set_title(name)
+            ax.set_xlabel("layer")
+        axes[0].legend()
+        d_sae, k = (int(quality[c].iloc[0]) if len(quality) else 0 for c in ("d_sae", "k"))
+        fig.suptitle(title or f"Baseline SAEs on {_sva_models(quality)}: d_sae {d_sae}, k {k}")
+    return fig
 
 
 # ===================================================================================================================
@@ -379,8 +370,6 @@ def fig_addition_auroc_histograms(hist, *, threshold: float = 0.8, title: str | 
     """One panel per label family (``addition_auroc_hist``): histogram over neurons of the best folded AUROC
     (|AUROC - 0.5| + 0.5) over the family's one-vs-rest labels, real labels (bars) vs one null draw (line)."""
     import matplotlib.pyplot as plt
-
-    from ..plotting import style
 
     h = hist.copy()
     h["panel"] = h["family"].map(_appendix_family)
@@ -409,8 +398,6 @@ def fig_addition_heatmaps(heat, *, title: str | None = None):
     """A 10 x 10 heatmap (a down, b across) of each strongest neuron's position-summed attribution
     (``addition_heatmap``)."""
     import matplotlib.pyplot as plt
-
-    from ..plotting import style
 
     neurons = list(dict.fromkeys(heat["neuron"]))
     ncol = min(3, max(1, len(neurons)))
@@ -443,16 +430,13 @@ def fig_features_by_layer(layers, *, title: str | None = None):
     feature type (``antonyms_features_by_layer``)."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import style
-
-    colors = {"language": "#1b6ca8", "concept": "#d1495b", "attribute": "#4c9a2a"}
     fams = list(dict.fromkeys(layers["family"]))
     with style():
         fig, axes = plt.subplots(1, max(1, len(fams)), figsize=(3.6 * max(1, len(fams)), 3.4), squeeze=False,
                                  layout="constrained")
         for ax, fam in zip(axes[0], fams):
             g = layers[layers["family"] == fam]
-            c = colors.get(fam, "#555")
+            c = _color(fam, "#555", colors=FEATURE_COLORS)
             ax.plot(g["layer"], g["replicated"], color=c, marker="o", ms=3, label="replicated on held-out phrasing")
             ax.plot(g["layer"], g["selected"], color=c, ls="--", lw=1, label="selected (AUROC ≥ 0.9)")
             ax.set_xlabel("layer")
@@ -469,9 +453,7 @@ def fig_ioi_curves(curves, *, title: str | None = None):
     axis."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import style
-
-    colors = {"mlp_acts": "#1b6ca8", "mlp_out": "#d1495b"}
+    colors = {site: _color(site, colors=IOI_SITE_COLORS) for site in IOI_SITE_COLORS}
     names = {"mlp_acts": "MLP neurons", "mlp_out": "MLP outputs"}
     pooled = curves[curves["order"] == "pooled"]
     strata = curves[curves["order"] != "pooled"]
@@ -506,9 +488,7 @@ def fig_addition_nulls(draws, *, title: str | None = None):
     ``addition_mod_null_draws``)."""
     import matplotlib.pyplot as plt
 
-    from ..plotting import style
-
-    colors = {"operand-balanced": "#1b6ca8", "label shuffle": "#d1495b"}
+    colors = {kind: _color(kind, colors=NULL_COLORS) for kind in NULL_COLORS}
     tokens = list(dict.fromkeys(draws["token"]))
     fams = list(dict.fromkeys(draws["family"]))
     with style():
@@ -533,184 +513,19 @@ def fig_addition_nulls(draws, *, title: str | None = None):
     return fig
 
 
-APPENDIX_FIGURES = {
-    "figA1_addition_auroc_histograms": (("addition_auroc_hist",),
-                                         lambda t: fig_addition_auroc_histograms(t["addition_auroc_hist"])),
-    "figA2_addition_heatmaps": (("addition_heatmap",), lambda t: fig_addition_heatmaps(t["addition_heatmap"])),
-    "figA3_antonyms_features_by_layer": (("antonyms_features_by_layer",),
-                                          lambda t: fig_features_by_layer(t["antonyms_features_by_layer"])),
-    "figA4_ioi_curves": (("ioi_curves",), lambda t: fig_ioi_curves(t["ioi_curves"])),
-    "figA5_addition_nulls": (("addition_mod_null_draws",), lambda t: fig_addition_nulls(t["addition_mod_null_draws"])),
-}
-
-
-# ===================================================================================================================
-# Re-drawing every figure from results/ (``make figures``; ``python -m neuronlib.paper.figures``)
-# ===================================================================================================================
-
-
-def figure_registry() -> dict:
-    """{figure name: (table names, draw function)} from every section's ``*_FIGURES`` dict of this module."""
-    registry = {}
-    for name, value in sorted(globals().items()):
-        if name.endswith("_FIGURES") and isinstance(value, dict):
-            registry.update(value)
-    return registry
-
-
-def draw_all(results_dir, figures_dir, *, names=None) -> dict:
-    """Draw every figure whose tables are in ``results_dir`` into ``figures_dir`` (PNG + PDF).
-
-    Returns {figure name: list of paths, or the reason it was skipped}; no model is loaded."""
-    from pathlib import Path
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from ..plotting import save_figure
-    from .results import read_table
-
-    results_dir, out = Path(results_dir), {}
-    for name, (tables, draw) in figure_registry().items():
-        if names and name not in names:
-            continue
-        missing = [t for t in tables if not (results_dir / f"{t}.csv").exists()]
-        if missing:
-            out[name] = f"skipped: no table {', '.join(missing)}"
-            continue
-        fig = draw({t: read_table(t, results_dir) for t in tables})
-        out[name] = save_figure(fig, name, directory=figures_dir)
-        plt.close(fig)
-    return out
-
-
-def readme_table(results_dir, *, template_rows: bool = True) -> str:
-    """The README's results table as Markdown, rendered from ``results/sva_headline.csv`` (and ``basis_headline``
-    when present): per template and pooled, k at faithfulness 0.8 and 0.9 with 95 % bootstrap intervals, the
-    completeness there and m(M) − m(∅). Numbers are formatted by :func:`readme_cells` so the test can re-derive them."""
-    from pathlib import Path
-
-    from .results import read_provenance, read_table
-
-    results_dir = Path(results_dir)
-    header = ["| model | method | basis | template | k @ F≥0.8 [95% CI] | completeness there | k @ F≥0.9 [95% CI] | "
-              "completeness there | m(M) − m(∅) | flags |", "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
-    lines = []
-    # notebook 02's table has the neuron bases; notebook 01's adds the SAE bases (its neuron rows are the same runs)
-    for table, rows in (("sva_headline", README_ROWS), ("basis_headline", README_SAE_ROWS)):
-        if not (results_dir / f"{table}.csv").exists():
-            continue
-        frame = read_table(table, results_dir)
-        lines += header
-        for row in readme_rows(frame, template_rows=template_rows, rows=rows):
-            lines.append("| " + " | ".join(readme_cells(row)) + " |")
-        meta = read_provenance(table, results_dir)
-        lines.append("")
-        lines.append(f"*`{table}`: run of {meta.get('date', '?')} at commit {meta.get('commit', '?')}, model "
-                     f"{meta.get('model', '?')}.*")
-        lines.append("")
-    if (results_dir / "sva_seed_summary.csv").exists():
-        seeds = read_table("sva_seed_summary", results_dir)
-        n = int(seeds.seeds.max())
-        lines += [f"Across {n} data seeds (other draws and noun-group splits of the generator; RelP on the neurons, "
-                  "paired): median [min, max] over the seeds, ∞ where a seed does not reach the threshold.", "",
-                  "| model | template | k @ F≥0.8 | k @ F≥0.9 | m(M) − m(∅) | seeds |", "|---|---|---:|---:|---:|---|"]
-        order = {t: i for i, t in enumerate((*_SVA_TEMPLATES, "pooled"))}
-        for _, r in seeds.sort_values("template", key=lambda c: c.map(order).fillna(9)).iterrows():
-            ks = [fmt_size(r[f'k@F>={t}_median'], r[f'k@F>={t}_min'], r[f'k@F>={t}_max'])
-                  for t in (0.8, 0.9)]
-            lines.append(f"| {r.model} | {r.template} | {ks[0]} | {ks[1]} | {float(r.effect_median):.2f} "
-                         f"[{float(r.effect_min):.2f}, {float(r.effect_max):.2f}] | {r.data_seeds} |")
-        meta = read_provenance("sva_seed_summary", results_dir)
-        lines += ["", f"*`sva_seed_summary`: run of {meta.get('date', '?')} at commit {meta.get('commit', '?')}.*"]
-    return "\n".join(lines).rstrip() + "\n"
-
-
-README_ROWS = (("relp", "mlp_acts"), ("ig-inputs", "mlp_acts"), ("relp", "mlp_out"), ("ig-inputs", "mlp_out"),
-               ("relp", "sae_mlp_out"), ("relp", "sae_resid"))
-README_SAE_ROWS = tuple((m, b) for m in ("relp", "ig-inputs") for b in ("sae_mlp_out", "sae_resid"))
-
-
-def readme_rows(frame, *, template_rows: bool = True, rows=None):
-    sel = frame[(frame.setting == "paired") & (frame.eval_metric == "logit_diff") & (frame.ablation == "mean")]
-    for method, basis in README_ROWS if rows is None else rows:
-        g = sel[(sel.method == method) & (sel.basis == basis)]
-        if not template_rows:
-            g = g[g.template == "pooled"]
-        order = {t: i for i, t in enumerate((*_SVA_TEMPLATES, "pooled"))}
-        yield from (r for _, r in g.sort_values("template", key=lambda s: s.map(order).fillna(9)).iterrows())
-
-
-def fmt_size(v, lo=None, hi=None) -> str:
-    """A size with its interval, e.g. "62 [41, 95]" (— when not reached or unknown; ∞ for an open upper bound)."""
-    def one(x):
-        x = float("nan") if x is None else float(x)
-        return "—" if np.isnan(x) else ("∞" if np.isinf(x) else f"{x:,.0f}")
-    return one(v) if lo is None else f"{one(v)} [{one(lo)}, {one(hi)}]"
-
-
-def headline_flags(row, thresholds=(0.8, 0.9)) -> list[str]:
-    """The flags of one headline row: "below floor", "F>1" / "C<0" (an interval wholly beyond 1 / 0 at some size)
-    and "falls back@t" for every threshold t where the curve drops under t again after reaching it."""
-    flags = [name for name, col in (("below floor", "below_floor"), ("F>1", "faithfulness_above_1"),
-                                    ("C<0", "completeness_below_0")) if bool(row.get(col, False))]
-    return flags + [f"falls back@{t:g}" for t in thresholds if bool(row.get(f"falls_back@F>={t:g}", False))]
-
-
-def readme_cells(row) -> list[str]:
-    """The Markdown cells of one headline row (the format the README test parses back)."""
-    flags = headline_flags(row)
-    cells = [str(row.model), METHOD_LABELS.get(row.method, row.method), str(row.basis), str(row.template)]
-    for t in (0.8, 0.9):
-        cells.append(fmt_size(row[f'k@F>={t}'], row[f'k@F>={t}_lo'], row[f'k@F>={t}_hi']))
-        c = float(row[f"completeness@F>={t}"])
-        cells.append("—" if np.isnan(c) else f"{c:.2f}")
-    cells.append(f"{float(row.effect):.2f} [{float(row.effect_lo):.2f}, {float(row.effect_hi):.2f}]")
-    cells.append(", ".join(flags))
-    return cells
-
-
-def main(argv=None) -> int:
-    import argparse
-    import time
-    from pathlib import Path
-
-    parser = argparse.ArgumentParser(prog="python -m neuronlib.paper.figures",
-                                     description="Re-draw every paper figure from the tables in results/.")
-    parser.add_argument("--results", default="results")
-    parser.add_argument("--figures", default="figures")
-    parser.add_argument("--readme-table", action="store_true", help="print the README results table and exit")
-    args = parser.parse_args(argv)
-    # the module as imported (every section loaded), also when this file runs as __main__ before its end
-    from neuronlib.paper import figures as module
-
-    if args.readme_table:
-        print(module.readme_table(args.results), end="")
-        return 0
-    t0 = time.perf_counter()
-    drawn = module.draw_all(Path(args.results), Path(args.figures))
-    for name, what in drawn.items():
-        print(f"{name:36s} {what if isinstance(what, str) else ', '.join(str(p) for p in what)}")
-    print(f"{sum(not isinstance(w, str) for w in drawn.values())} figures in {time.perf_counter() - t0:.1f} s")
-    return 0
-
-
 # ===============================================================================================================
 # capitals and languages (notebooks 03 and 05; tables from neuronlib.paper.multihop and neuronlib.paper.languages)
 
 
-KIND_COLORS = {"capital": "#1b6ca8", "state": "#d1495b", "city": "#4c9a2a", "language": "#1b6ca8",
-               "country": "#d1495b"}
-VARIANT_COLORS = {"country group": "#1b6ca8", "random": "#999999", "matched": "#e39b2d"}
 
 
 def _by_set(frames):
-    """A tidy table with a ``set`` column -> {set: frame}; a dict passes through."""
+    """A tidy table with a ``set`` column -> {set: frame}, without the columns that are empty for that set (the
+    table's sets measure different flips); a dict passes through."""
     if isinstance(frames, dict):
         return frames
-    return {name: g.drop(columns="set").reset_index(drop=True) for name, g in frames.groupby("set", sort=False)}
+    return {name: g.drop(columns="set").dropna(axis=1, how="all").reset_index(drop=True)
+            for name, g in frames.groupby("set", sort=False)}
 
 
 
@@ -934,9 +749,6 @@ def plot_language_steering(summary):
     return fig
 
 
-ROLE_COLORS = {"random": "#999999", "matched": "#e39b2d"}
-
-
 def plot_set_group(summary, *, target: str, title: str | None = None):
     """Steering toward a target (:func:`neuronlib.paper.multihop.set_group_summary`): per group size, the fraction
     of prompts whose top answer becomes the ``target`` (Wilson 95% intervals) for the group and its random and
@@ -1048,22 +860,183 @@ def fig_composition(summary: pd.DataFrame, *, title: str | None = None):
     return fig
 
 
-CAPITALS_FIGURES = {
-    "fig7_dallas_circuit": (("capitals_qwen_dallas_circuit", "capitals_qwen_dallas_tokens"),
-                            lambda t: fig_dallas_circuit(t["capitals_qwen_dallas_circuit"],
-                                                         t["capitals_qwen_dallas_tokens"])),
-    "fig8_capital_scaling": (("capitals_qwen_scaling", "capitals_qwen_flips"),
-                             lambda t: plot_steering(t["capitals_qwen_scaling"], t["capitals_qwen_flips"],
-                                                     title="Scaling 'say a capital' neurons (and controls) at their "
-                                                     "circuit positions, evaluation states (x0 = knock-out)")),
-    "fig8e_dallas_group_scaling": (("capitals_qwen_group_scaling",),
-                                   lambda t: plot_steering(t["capitals_qwen_group_scaling"], paper_range=(-4, 4),
-                                                           xlabel="multiplier on the group's nodes")),
-    "fig8f_composition": (("capitals_qwen_composition_summary",),
-                          lambda t: fig_composition(t["capitals_qwen_composition_summary"])),
+# ===================================================================================================================
+# The registry: every file in figures/ has exactly one recipe here, and ``make figures`` (:func:`main`) draws each
+# from the tables in results/. ``draw(name)`` is how a notebook or a reader draws one, with any override in view.
+# ===================================================================================================================
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one figure is drawn: ``function(*tables, **named, **kwargs)``, the tables read from results/ (``named``:
+    {keyword: table}; ``where``: {column: value} rows of the first table to keep). ``function`` None: a circuit
+    graph that its notebook draws from the model, with no results/ table to draw it from (``make figures`` leaves
+    its files alone)."""
+    function: Callable | None
+    tables: tuple[str, ...] = ()
+    kwargs: dict = field(default_factory=dict)
+    notebook: str = ""
+    formats: tuple[str, ...] = ("png", "pdf")
+    where: dict = field(default_factory=dict)
+    named: dict = field(default_factory=dict)
+    kept: tuple[str, ...] = ()  # formats its notebook writes from the model (an interactive page): left alone here
+
+
+FIGURES = {
+    "fig1_sva_faithfulness": Recipe(fig_faithfulness, ("sva_curves",), notebook="02"),
+    "fig2_basis_comparison": Recipe(fig_basis_comparison, ("basis_curves",), notebook="01"),
+    "fig2a_attribution_concentration": Recipe(
+        fig_score_distribution, ("basis_scores_histogram", "basis_scores_concentration", "basis_scores_layers"),
+        notebook="01"),
+    "fig2b_sae_training": Recipe(fig_sae_training, ("sae_quality",), notebook="01"),
+    "fig3_sva_ig_vs_relp": Recipe(fig_methods_by_basis, ("sva_curves",), notebook="02"),
+    "fig4_sva_score_distribution": Recipe(
+        fig_score_distribution, ("sva_scores_histogram", "sva_scores_concentration", "sva_scores_layers"),
+        notebook="02"),
+    "fig5_sva_unpaired": Recipe(fig_unpaired, ("sva_curves",), notebook="02"),
+    "fig6_edge_pruning": Recipe(fig_edge_pruning, ("edge_pruning",), notebook="04"),
+    "figA_gemma_basis_comparison": Recipe(
+        fig_methods_by_basis, ("sva_curves_gemma",), notebook="02",
+        kwargs={"bases": ("mlp_acts", "mlp_out"), "methods": ("relp", "ig-inputs"), "ablation_methods": (),
+                "title": "Gemma-3-270M, SVA: pooled over templates (paired, mean ablation; bands: 95% bootstrap)"}),
+    "fig7_texas_circuit": Recipe(None, notebook="03", formats=("html", "png", "pdf")),
+    "fig7_dallas_circuit": Recipe(fig_dallas_circuit, ("capitals_qwen_dallas_circuit", "capitals_qwen_dallas_tokens"),
+                                  notebook="03", kept=("html",)),
+    "fig8_capital_scaling": Recipe(
+        plot_steering, ("capitals_qwen_scaling", "capitals_qwen_flips"), notebook="03",
+        kwargs={"title": "Scaling 'say a capital' neurons (and controls) at their circuit positions, evaluation "
+                         "states (x0 = knock-out)"}),
+    "fig8e_dallas_group_scaling": Recipe(
+        plot_steering, ("capitals_qwen_group_scaling",), notebook="03",
+        kwargs={"paper_range": (-4, 4), "xlabel": "multiplier on the group's nodes"}),
+    "fig8f_composition": Recipe(fig_composition, ("capitals_qwen_composition_summary",), notebook="03"),
+    "fig8b_state_swap_matrix": Recipe(
+        plot_swap_matrix, ("capitals_swaps",), named={"sweep": "capitals_swap_sweep"}, notebook="03",
+        kwargs={"title": "Swapping the state: source prompt run with neurons set to their values on the target "
+                         "prompt"}),
+    "fig8c_capital_knockout_controls": Recipe(plot_language_steering, ("capitals_knockout_controls",),
+                                              notebook="03", where={"template": "state_to_capital"}),
+    "fig8d_capital_steer_to_state": Recipe(
+        plot_set_group, ("capitals_steer_to_state",), notebook="03",
+        kwargs={"target": "state", "title": "Setting say-a-capital neurons to their values on state-answer prompts "
+                                            "(evaluation states)"}),
+    "fig9a_language_accuracy": Recipe(plot_language_accuracy, ("languages_accuracy",), notebook="05"),
+    "fig9b_country_patching": Recipe(plot_language_patching, ("languages_patch_summary",), notebook="05"),
+    "fig9c_language_knockout_controls": Recipe(plot_language_steering, ("languages_knockout_controls",),
+                                               notebook="05"),
+    "fig9d_language_steer_to_country": Recipe(
+        plot_set_group, ("languages_steer_to_country",), notebook="05",
+        kwargs={"target": "country", "title": "Setting say-a-language neurons to their values on country-answer "
+                                              "prompts (evaluation cities)"}),
+    "fig9e_country_patch_dose": Recipe(plot_patch_dose, ("languages_patch_dose",), notebook="05"),
+    "figA1_addition_auroc_histograms": Recipe(fig_addition_auroc_histograms, ("addition_auroc_hist",),
+                                              notebook="06"),
+    "figA2_addition_heatmaps": Recipe(fig_addition_heatmaps, ("addition_heatmap",), notebook="06"),
+    "figA3_antonyms_features_by_layer": Recipe(fig_features_by_layer, ("antonyms_features_by_layer",),
+                                               notebook="06"),
+    "figA4_ioi_curves": Recipe(fig_ioi_curves, ("ioi_curves",), notebook="06"),
+    "figA5_addition_nulls": Recipe(fig_addition_nulls, ("addition_mod_null_draws",), notebook="06"),
+    "quickstart_circuit": Recipe(None, notebook="00", formats=("html",)),
+    "sva_edge_circuit": Recipe(None, notebook="04", formats=("html", "png", "pdf")),
 }
 
 
-# keep last: every section's *_FIGURES must be defined before main() runs
+def figure_registry() -> dict[str, Recipe]:
+    """{figure name: :class:`Recipe`} for every file in figures/."""
+    return dict(FIGURES)
+
+
+def draw(name: str, results: str | Path = "results", *, rc: dict | None = None, colors: dict | None = None,
+         **kwargs):
+    """Figure ``name`` drawn from the tables in ``results``; returns the matplotlib figure.
+
+    ``rc``: matplotlib rcParams for this figure (they win over the project style and the user's settings);
+    ``colors``: {key: colour} for a basis or method (figures 1-6, 2a, 2b, A), an edge score (``relevance``,
+    ``raw``), a feature type, IOI site or null (A1-A5);
+    ``kwargs``: the figure function's own options (e.g. ``title=``, ``methods=``), over the recipe's.
+    Example: ``draw("fig1_sva_faithfulness", rc={"font.size": 12}, colors={"relp": "black"})``."""
+    from .results import read_table
+    from .style import palette
+
+    if name not in FIGURES:
+        raise ValueError(f"no figure {name!r}; the figures are {', '.join(FIGURES)}")
+    recipe = FIGURES[name]
+    if recipe.function is None:
+        raise ValueError(f"{name} is a circuit graph drawn by notebook {recipe.notebook} from the model; it has no "
+                         "results/ table to draw it from")
+    frames = [read_table(t, results) for t in recipe.tables]
+    for col, value in recipe.where.items():
+        frames[0] = frames[0][frames[0][col] == value]
+    named = {key: read_table(t, results) for key, t in recipe.named.items()}
+    with style(rc), palette(colors):
+        return recipe.function(*frames, **named, **{**recipe.kwargs, **kwargs})
+
+
+def save(name: str, results: str | Path = "results", figures: str | Path = "figures", *, rc: dict | None = None,
+         colors: dict | None = None, **kwargs) -> list[Path]:
+    """:func:`draw` figure ``name`` and save it as ``figures/{name}.png`` and ``.pdf``; returns the paths."""
+    import matplotlib as mpl
+    import matplotlib.pyplot as plt
+
+    from ..plotting import save_figure
+
+    fig = draw(name, results, rc=rc, colors=colors, **kwargs)
+    try:
+        with mpl.rc_context(rc or {}):  # savefig.* parameters are read when saving
+            return save_figure(fig, name, directory=figures)
+    finally:
+        plt.close(fig)
+
+
+def draw_all(results_dir, figures_dir, *, names=None) -> dict:
+    """Draw every registered figure whose tables are in ``results_dir`` into ``figures_dir`` (PNG + PDF).
+
+    Returns {figure name: list of paths, or the reason it was skipped}; no model is loaded."""
+    results_dir, out = Path(results_dir), {}
+    for name, recipe in FIGURES.items():
+        if names and name not in names:
+            continue
+        missing = [t for t in (*recipe.tables, *recipe.named.values()) if not (results_dir / f"{t}.csv").exists()]
+        if recipe.function is None:
+            out[name] = f"kept: a circuit graph drawn by notebook {recipe.notebook} from the model"
+        elif missing:
+            out[name] = f"skipped: no table {', '.join(missing)} (notebook {recipe.notebook} writes it)"
+        else:
+            out[name] = save(name, results_dir, figures_dir)
+    return out
+
+
+def main(argv=None) -> int:
+    import argparse
+    import sys
+    import time
+
+    import matplotlib
+
+    parser = argparse.ArgumentParser(prog="python -m neuronlib.paper.figures",
+                                     description="Re-draw every paper figure from the tables in results/.")
+    parser.add_argument("--results", default="results")
+    parser.add_argument("--figures", default="figures")
+    parser.add_argument("--only", nargs="+", metavar="NAME", help="draw only these figures")
+    args = parser.parse_args(argv)
+    if not Path(args.results).is_dir():
+        print(f"error: no results folder {args.results} (run from the checkout, or pass --results)", file=sys.stderr)
+        return 2
+    unknown = sorted(set(args.only or ()) - set(FIGURES))
+    if unknown:
+        print(f"error: no figure {', '.join(unknown)}; the figures are {', '.join(FIGURES)}", file=sys.stderr)
+        return 2
+    # the module as imported, also when this file runs as __main__
+    from neuronlib.paper import figures as module
+
+    matplotlib.use("Agg")
+    t0 = time.perf_counter()
+    drawn = module.draw_all(Path(args.results), Path(args.figures), names=args.only)
+    for name, what in drawn.items():
+        print(f"{name:36s} {what if isinstance(what, str) else ', '.join(str(p) for p in what)}")
+    print(f"{sum(not isinstance(w, str) for w in drawn.values())} figures in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
 if __name__ == "__main__":
     raise SystemExit(main())

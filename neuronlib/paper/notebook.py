@@ -75,6 +75,18 @@ class Session:
 
         paths = save_figure(fig, name, directory=self.figures)
         plt.close(fig)
+        return self._display(paths)
+
+    def figure(self, name: str, **overrides):
+        """Draw registered figure ``name`` (:data:`neuronlib.paper.figures.FIGURES`) from this session's results
+        tables, save it into its figures folder and display it: the same file ``make figures`` draws. ``overrides``
+        (``rc=``, ``colors=``, the figure function's options) go to :func:`neuronlib.paper.figures.draw`."""
+        from .figures import save
+
+        return self._display(save(name, self.results, self.figures, **overrides))
+
+    @staticmethod
+    def _display(paths):
         try:
             from IPython.display import Image, display
 

@@ -2,7 +2,9 @@
 
 ``python -m neuronlib.paper.readme`` prints the Markdown block that sits between ``<!-- case-studies:start -->`` and
 ``<!-- case-studies:end -->`` in README.md; ``--write README.md`` replaces it in place. ``tests/test_readme.py``
-checks the committed README against the tables.
+checks the committed README against the tables. :func:`readme_table` renders the SVA results table, the block
+between ``<!-- results-table:start -->`` and ``<!-- results-table:end -->`` (``--results-table`` prints it;
+``tests/test_results.py`` checks it).
 """
 from __future__ import annotations
 
@@ -10,9 +12,11 @@ import argparse
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
-from .figures import fmt_size
+from ..data.sva import TEMPLATES
+from .style import METHOD_LABELS, fmt_size, headline_flags
 
 START, END = "<!-- case-studies:start -->", "<!-- case-studies:end -->"
 
@@ -350,11 +354,86 @@ def replace_block(text: str, block: str) -> str:
     return pattern.sub(lambda _m: block, text)
 
 
+# The README's results table: between <!-- results-table:start --> and <!-- results-table:end -->
+
+
+def readme_table(results_dir, *, template_rows: bool = True) -> str:
+    """The README's results table as Markdown, rendered from ``results/sva_headline.csv`` (and ``basis_headline``
+    when present): per template and pooled, k at faithfulness 0.8 and 0.9 with 95 % bootstrap intervals, the
+    completeness there and m(M) − m(∅). Numbers are formatted by :func:`readme_cells` so the test can re-derive them."""
+    from .results import read_provenance, read_table
+
+    results_dir = Path(results_dir)
+    header = ["| model | method | basis | template | k @ F≥0.8 [95% CI] | completeness there | k @ F≥0.9 [95% CI] | "
+              "completeness there | m(M) − m(∅) | flags |", "|---|---|---|---|---:|---:|---:|---:|---:|---|"]
+    lines = []
+    # notebook 02's table has the neuron bases; notebook 01's adds the SAE bases (its neuron rows are the same runs)
+    for table, rows in (("sva_headline", README_ROWS), ("basis_headline", README_SAE_ROWS)):
+        if not (results_dir / f"{table}.csv").exists():
+            continue
+        frame = read_table(table, results_dir)
+        lines += header
+        for row in readme_rows(frame, template_rows=template_rows, rows=rows):
+            lines.append("| " + " | ".join(readme_cells(row)) + " |")
+        meta = read_provenance(table, results_dir)
+        lines.append("")
+        lines.append(f"*`{table}`: run of {meta.get('date', '?')} at commit {meta.get('commit', '?')}, model "
+                     f"{meta.get('model', '?')}.*")
+        lines.append("")
+    if (results_dir / "sva_seed_summary.csv").exists():
+        seeds = read_table("sva_seed_summary", results_dir)
+        n = int(seeds.seeds.max())
+        lines += [f"Across {n} data seeds (other draws and noun-group splits of the generator; RelP on the neurons, "
+                  "paired): median [min, max] over the seeds, ∞ where a seed does not reach the threshold.", "",
+                  "| model | template | k @ F≥0.8 | k @ F≥0.9 | m(M) − m(∅) | seeds |", "|---|---|---:|---:|---:|---|"]
+        order = {t: i for i, t in enumerate((*TEMPLATES, "pooled"))}
+        for _, r in seeds.sort_values("template", key=lambda c: c.map(order).fillna(9)).iterrows():
+            ks = [fmt_size(r[f'k@F>={t}_median'], r[f'k@F>={t}_min'], r[f'k@F>={t}_max'])
+                  for t in (0.8, 0.9)]
+            lines.append(f"| {r.model} | {r.template} | {ks[0]} | {ks[1]} | {float(r.effect_median):.2f} "
+                         f"[{float(r.effect_min):.2f}, {float(r.effect_max):.2f}] | {r.data_seeds} |")
+        meta = read_provenance("sva_seed_summary", results_dir)
+        lines += ["", f"*`sva_seed_summary`: run of {meta.get('date', '?')} at commit {meta.get('commit', '?')}.*"]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+README_ROWS = (("relp", "mlp_acts"), ("ig-inputs", "mlp_acts"), ("relp", "mlp_out"), ("ig-inputs", "mlp_out"),
+               ("relp", "sae_mlp_out"), ("relp", "sae_resid"))
+README_SAE_ROWS = tuple((m, b) for m in ("relp", "ig-inputs") for b in ("sae_mlp_out", "sae_resid"))
+
+
+def readme_rows(frame, *, template_rows: bool = True, rows=None):
+    sel = frame[(frame.setting == "paired") & (frame.eval_metric == "logit_diff") & (frame.ablation == "mean")]
+    for method, basis in README_ROWS if rows is None else rows:
+        g = sel[(sel.method == method) & (sel.basis == basis)]
+        if not template_rows:
+            g = g[g.template == "pooled"]
+        order = {t: i for i, t in enumerate((*TEMPLATES, "pooled"))}
+        yield from (r for _, r in g.sort_values("template", key=lambda s: s.map(order).fillna(9)).iterrows())
+
+
+def readme_cells(row) -> list[str]:
+    """The Markdown cells of one headline row (the format the README test parses back)."""
+    flags = headline_flags(row)
+    cells = [str(row.model), METHOD_LABELS.get(row.method, row.method), str(row.basis), str(row.template)]
+    for t in (0.8, 0.9):
+        cells.append(fmt_size(row[f'k@F>={t}'], row[f'k@F>={t}_lo'], row[f'k@F>={t}_hi']))
+        c = float(row[f"completeness@F>={t}"])
+        cells.append("—" if np.isnan(c) else f"{c:.2f}")
+    cells.append(f"{float(row.effect):.2f} [{float(row.effect_lo):.2f}, {float(row.effect_hi):.2f}]")
+    cells.append(", ".join(flags))
+    return cells
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--results", default="results")
     parser.add_argument("--write", metavar="README", help="replace the block in this file")
+    parser.add_argument("--results-table", action="store_true", help="print the SVA results table and exit")
     args = parser.parse_args(argv)
+    if args.results_table:
+        print(readme_table(args.results), end="")
+        return 0
     block = case_study_block(args.results)
     if args.write:
         path = Path(args.write)

@@ -552,11 +552,10 @@ def sva_prompts(model, templates: Sequence[str] | None = None, *, split: str = "
                 data_dir=None) -> dict[str, list[str]]:
     """The SVA prompts the circuits are found on: clean and counterfactual prefixes per template (one token length
     per template), from the packaged ``data/sva`` files."""
-    from ..data.sva import load_sva
+    from ..data.sva import TEMPLATES, load_sva
 
-    if templates is None:
-        from .sva import TEMPLATES as templates
     out = {}
+    templates = TEMPLATES if templates is None else templates
     for t in templates:
         rows = load_sva(t, tokenizer=model.tokenizer, split=split, n=n, data_dir=data_dir).dataset
         out[t] = [r["clean_prefix"] for r in rows] + [r["patch_prefix"] for r in rows]

@@ -54,7 +54,7 @@ from ..attribution import Attribution
 from ..data import packaged
 from ..data.sva import DEFAULT_SPLIT_RULE, MIN_TEST_PREFIXES, TEMPLATES, load_sva, split_directory
 from ..evaluation import evaluate_circuit
-from .figures import BASIS_LABELS, METHOD_LABELS, fmt_size, headline_flags  # noqa: F401  (one set of labels)
+from .style import BASIS_LABELS, METHOD_LABELS, fmt_size, headline_flags  # noqa: F401  (notebooks read sva.*)
 
 logger = logging.getLogger(__name__)
 
