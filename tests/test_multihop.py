@@ -510,7 +510,7 @@ def test_capitals_figures_redraw_from_the_committed_tables(tmp_path):
     registry = F.figure_registry()
     assert set(names) <= set(registry)
     repo = Path(__file__).resolve().parents[1] / "results"
-    tables = {t for n in names for t in registry[n][0]}
+    tables = {t for n in names for t in (*registry[n].tables, *registry[n].named.values())}
     for t in tables:
         for ext in ("csv", "json"):
             shutil.copy(repo / f"{t}.{ext}", tmp_path / f"{t}.{ext}")
