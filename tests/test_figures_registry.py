@@ -109,3 +109,67 @@ def test_a_notebook_session_draws_by_name_the_committed_file(tmp_path):
     assert [p.name for p in paths] == ["fig6_edge_pruning.png", "fig6_edge_pruning.pdf"]
     for p in paths:
         assert p.read_bytes() == (FIGURES / p.name).read_bytes()
+
+
+def test_font_size_scales_every_text_and_a_style_sheet_is_honoured():
+    def sizes(fig):
+        ax = fig.axes[0]
+        return (fig._suptitle.get_fontsize(), ax.title.get_fontsize(),  # matplotlib has no public getter
+                ax.xaxis.label.get_fontsize(), ax.get_xticklabels()[0].get_fontsize(),
+                fig.legends[0].get_texts()[0].get_fontsize())
+
+    with plt.rc_context(matplotlib.rcParamsDefault):
+        base = sizes(F.draw("fig1_sva_faithfulness", RESULTS))
+        big = sizes(F.draw("fig1_sva_faithfulness", RESULTS, rc={"font.size": 15.0}))
+        with plt.rc_context({"font.size": 15.0}):  # the user's own font size, no rc=
+            users = sizes(F.draw("fig1_sva_faithfulness", RESULTS))
+        plt.close("all")
+    assert base[1:] == (11.0, 10.0, 10.0, 8.0) and base[0] == 9.0
+    assert big == users == tuple(1.5 * s for s in base)  # suptitle, titles, labels, ticks and legend alike
+    with plt.style.context("ggplot"):  # a style sheet: its colours and grid stay
+        fig = F.draw("fig1_sva_faithfulness", RESULTS)
+        face = matplotlib.colors.to_hex(fig.axes[0].get_facecolor())
+        assert face == matplotlib.colors.to_hex(matplotlib.rcParams["axes.facecolor"]) != "#ffffff"
+        plt.close(fig)
+
+
+def test_single_panel_figures_draw_into_your_axes_and_multi_panel_ones_refuse_them():
+    from neuronlib.paper.results import read_table
+
+    fig, (left, right) = plt.subplots(1, 2)
+    drawn = F.draw("fig9a_language_accuracy", RESULTS, ax=right, colors={"all": "#000000"})
+    assert drawn is fig and len(fig.axes) == 2 and not left.patches
+    bars = [p for p in right.patches if matplotlib.colors.to_hex(p.get_facecolor()) == "#000000"]
+    assert bars and right.get_title().startswith("city → country → language")
+    assert F.draw("fig8f_composition", RESULTS, ax=left) is fig and left.get_lines()
+    plt.close(fig)
+    fig, ax = plt.subplots()
+    with pytest.raises(ValueError, match="fig_faithfulness draws several panels"):
+        F.draw("fig1_sva_faithfulness", RESULTS, ax=ax)
+    with pytest.raises(ValueError, match="takes no ax="):
+        F.fig_edge_pruning(read_table("edge_pruning", RESULTS), ax=ax)
+    assert not ax.lines and len(plt.get_fignums()) == 1  # nothing drawn, no stray figure
+    plt.close(fig)
+
+
+def test_readme_restyle_snippet_runs_and_restyles(tmp_path, monkeypatch):
+    import re
+
+    text = (REPO / "README.md").read_text()
+    start = text.index("## Restyle a figure\n")
+    section = text[start:text.index("\n## ", start + 1)]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    (results := tmp_path / "results").symlink_to(RESULTS)
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    with plt.rc_context(matplotlib.rcParamsDefault):
+        exec(compile(code, "README.md (## Restyle a figure)", "exec"), namespace)
+    fig = namespace["fig"]
+    (size,) = re.findall(r'"font\.size": (\d+)', code)
+    (colour,) = re.findall(r'colors=\{"relp": "(\w+)"\}', code)
+    assert fig.axes[0].title.get_fontsize() == 11.0 * int(size) / 10
+    lines = {matplotlib.colors.to_hex(line.get_color()) for ax in fig.axes for line in ax.get_lines()}
+    assert matplotlib.colors.to_hex(colour) in lines and style.COLORS["relp"] not in lines
+    (saved,) = re.findall(r'savefig\("([^"]+)"\)', code)
+    assert (tmp_path / saved).stat().st_size > 10_000 and results.is_symlink()
+    plt.close(fig)

@@ -2,10 +2,11 @@
 re-draws them all in seconds and they can be restyled without recomputing.
 
 Each function takes DataFrames (as read by :func:`neuronlib.paper.results.read_table`) and returns a matplotlib
-figure. :data:`FIGURES` (at the end) registers every file in ``figures/`` once: which tables and which function
-with which options draw it; :func:`draw` draws one by name (with ``rc=``/``colors=`` overrides) and
-:func:`draw_all` all of them. Labels, colours and the style come from :mod:`neuronlib.paper.style`. Sections below
-are one per study.
+figure; the single-panel ones (:func:`plot_language_accuracy`, :func:`fig_composition`, :func:`fig_dallas_circuit`)
+draw into ``ax=`` when given, the multi-panel ones refuse it with a ``ValueError``. :data:`FIGURES` (at the end)
+registers every file in ``figures/`` once: which tables and which function with which options draw it;
+:func:`draw` draws one by name (with ``rc=``/``colors=`` overrides) and :func:`draw_all` all of them. Labels,
+colours and the style come from :mod:`neuronlib.paper.style`. Sections below are one per study.
 """
 from __future__ import annotations
 
@@ -26,11 +27,28 @@ from .style import (
     METHOD_LABELS,
     NULL_COLORS,
     ROLE_COLORS,
+    SPLIT_COLORS,
     VARIANT_COLORS,
     style,
 )
 from .style import METHOD_LINESTYLES as _METHOD_STYLES
 from .style import color as _color
+from .style import fontsize as _fs
+
+
+def _no_ax(ax, name: str) -> None:
+    """Multi-panel figures make their own figure: an ``ax`` given to one is refused, not ignored."""
+    if ax is not None:
+        raise ValueError(f"{name} draws several panels into a figure of its own, so it takes no ax=; restyle it with "
+                         "rc= and colors=, or draw a single-panel figure into your axes")
+
+
+def _one_panel(ax, **subplots):
+    """(figure, axes) of a single-panel figure: the caller's ``ax`` and its figure, else a new figure."""
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(**subplots) if ax is None else (ax.figure, ax)
+
 
 # ===================================================================================================================
 # SVA, basis comparison and edges (notebooks 01, 02, 04): figures 1, 2, 2a, 3, 4, 5, 6 and A.
@@ -97,10 +115,11 @@ def _sva_models(frame) -> str:
 
 
 def fig_faithfulness(curves, *, basis: str = "mlp_acts", methods=("relp", "ig-inputs"), setting: str = "paired",
-                     ablation: str = "mean", eval_metric: str = "logit_diff", title: str | None = None):
+                     ablation: str = "mean", eval_metric: str = "logit_diff", title: str | None = None, ax=None):
     """Figure 1: faithfulness and completeness of circuits on one basis vs size, one column per template and one for
     the pooled line; top row log axis (up to every node), bottom row linear 0–400. Bands: 95 % bootstrap intervals
     over test pairs."""
+    _no_ax(ax, "fig_faithfulness")
     import matplotlib.pyplot as plt
 
     sel = _sva_select(curves, basis=basis, setting=setting, ablation=ablation, eval_metric=eval_metric,
@@ -128,7 +147,7 @@ def fig_faithfulness(curves, *, basis: str = "mlp_acts", methods=("relp", "ig-in
         axes[1, 0].set_ylabel("faithfulness / completeness\nlinear axis, 0–400")
         _sva_legend(fig, [(METHOD_LABELS.get(m, m), _color(m), "-") for m in methods if m in set(sel.method)])
         fig.suptitle(title or f"SVA circuits on {BASIS_LABELS.get(basis, basis)}\n({_sva_models(sel)}; "
-                     f"{setting} runs, {ablation} ablation; bands: 95% bootstrap over test pairs)", fontsize=9)
+                     f"{setting} runs, {ablation} ablation; bands: 95% bootstrap over test pairs)", fontsize=_fs(9))
     return fig
 
 
@@ -136,9 +155,10 @@ def fig_methods_by_basis(curves, *, bases=("mlp_acts", "mlp_out", "attn_out", "r
                          methods=("relp", "ig-inputs", "atp"),
                          ablation_methods=("relp", "relp-no-gate", "relp-no-half"),
                          setting: str = "paired", ablation: str = "mean", template: str = "pooled",
-                         title: str | None = None):
+                         title: str | None = None, ax=None):
     """Figure 3 (and A): the pooled curves, one panel per basis comparing the methods, and a last panel with RelP
     and its ablated rule sets on the neurons. Bands: bootstrap intervals."""
+    _no_ax(ax, "fig_methods_by_basis")
     import matplotlib.pyplot as plt
 
     sel = _sva_select(curves, setting=setting, ablation=ablation, eval_metric="logit_diff", template=template)
@@ -166,16 +186,17 @@ def fig_methods_by_basis(curves, *, bases=("mlp_acts", "mlp_out", "attn_out", "r
         _sva_legend(fig, [(METHOD_LABELS.get(m, m), c, _METHOD_STYLES.get(m, "-")) for m, c in used],
                     ncol=len(used) + 2)
         fig.suptitle(title or f"SVA, {template} over templates\n({_sva_models(sel)}; {setting} runs, {ablation} "
-                     "ablation; bands: 95% bootstrap)", fontsize=9)
+                     "ablation; bands: 95% bootstrap)", fontsize=_fs(9))
     return fig
 
 
 def fig_basis_comparison(curves, *, methods=("ig-inputs", "relp"),
                          bases=("mlp_acts", "mlp_out", "attn_out", "resid", "sae_mlp_out", "sae_resid"),
                          linear_bases=("mlp_acts", "sae_mlp_out", "sae_resid"), template: str = "pooled",
-                         title: str | None = None):
+                         title: str | None = None, ax=None):
     """Figure 2: pooled faithfulness / completeness vs size, one column per method, every basis in each panel
     (neuron-basis sites solid, SAE sites dashed); top row log axis, bottom row linear 0–400. Bands: bootstrap."""
+    _no_ax(ax, "fig_basis_comparison")
     import matplotlib.pyplot as plt
 
     sel = _sva_select(curves, setting="paired", ablation="mean", eval_metric="logit_diff", template=template)
@@ -196,18 +217,19 @@ def fig_basis_comparison(curves, *, methods=("ig-inputs", "relp"),
                 _sva_decorate(ax, linear=linear, ylim=ylim)
                 ax.set_xlabel("circuit size (nodes)")
                 ax.set_title(METHOD_LABELS.get(method, method) + (" (linear axis, 0–400)" if linear else ""))
-            axes[0][col].legend(fontsize=6.5, loc="center left")
+            axes[0][col].legend(fontsize=_fs(6.5), loc="center left")
         for row in range(2):
             axes[row][0].set_ylabel("faithfulness (filled, ideal 1)\ncompleteness (open, ideal 0)")
         fig.suptitle(title or f"SVA circuits by basis: neurons vs SAE latents\n({_sva_models(sel)}; {template} over "
-                     "templates; paired, mean ablation; bands: 95% bootstrap)", fontsize=9)
+                     "templates; paired, mean ablation; bands: 95% bootstrap)", fontsize=_fs(9))
     return fig
 
 
-def fig_unpaired(curves, *, template: str = "pooled", title: str | None = None):
+def fig_unpaired(curves, *, template: str = "pooled", title: str | None = None, ax=None):
     """Figure 5: circuits found without a counterfactual (zero baseline, metric logit(y)). Left: evaluated as the
     paper does, on the test pairs' logit difference under mean ablation; right panels: the single-answer extra
     (logit(y) under zero and mean ablation), each with its own y range."""
+    _no_ax(ax, "fig_unpaired")
     import matplotlib.pyplot as plt
 
     sel = _sva_select(curves, setting="unpaired", template=template)
@@ -233,14 +255,16 @@ def fig_unpaired(curves, *, template: str = "pooled", title: str | None = None):
             ax.set_ylabel("faithfulness / completeness")
         _sva_legend(fig, used, ncol=3)
         fig.suptitle(title or "Unpaired SVA: circuits from the zero baseline and metric logit(y)\n"
-                     f"({_sva_models(sel)}; {template}; bands: 95% bootstrap)", fontsize=9)
+                     f"({_sva_models(sel)}; {template}; bands: 95% bootstrap)", fontsize=_fs(9))
     return fig
 
 
-def fig_score_distribution(histogram, concentration, layers, *, method: str = "relp", title: str | None = None):
+def fig_score_distribution(histogram, concentration, layers, *, method: str = "relp", title: str | None = None,
+                           ax=None):
     """Figure 4 (and 2a per method): (a) distribution of log10 |node score| per basis, every template's nodes
     pooled; (b) share of the total |score| held by the top-k nodes (median over templates, with the range);
     (c..) the layers of the top-k nodes, per basis."""
+    _no_ax(ax, "fig_score_distribution")
     import matplotlib.pyplot as plt
 
     h = histogram[histogram.method == method]
@@ -283,10 +307,11 @@ def fig_score_distribution(histogram, concentration, layers, *, method: str = "r
     return fig
 
 
-def fig_edge_pruning(edges, *, title: str | None = None):
+def fig_edge_pruning(edges, *, title: str | None = None, ax=None):
     """Figure 6: faithfulness and completeness vs edges kept, per edge score (``relevance``: the pruning score of the
     paper's released experiments, v_s·∂v_t/∂v_s × ∂m/∂v_t; ``raw``: the paper's text formula), pooled over
     templates with bootstrap bands; (c) faithfulness at equal neuron count against the top neurons by node score."""
+    _no_ax(ax, "fig_edge_pruning")
     import matplotlib.pyplot as plt
 
     pooled = edges[edges.template == "pooled"] if "pooled" in set(edges.template) else edges
@@ -312,7 +337,7 @@ def fig_edge_pruning(edges, *, title: str | None = None):
             ax.axhline(0.8 if col == "faithfulness" else 0.0, color="grey", ls=":", lw=1)
         axes[0].set_title("(a) faithfulness (ideal 1)")
         axes[1].set_title("(b) completeness (ideal 0)")
-        axes[0].legend(loc="lower right", fontsize=7)
+        axes[0].legend(loc="lower right", fontsize=_fs(7))
         ax = axes[2]
         for w in weights:
             g = pooled[pooled.weight == w].sort_values("n_nodes")
@@ -326,16 +351,17 @@ def fig_edge_pruning(edges, *, title: str | None = None):
         ax.set_ylabel("faithfulness")
         ax.axhline(0.8, color="grey", ls=":", lw=1)
         ax.set_title("(c) at equal circuit size")
-        ax.legend(loc="lower right", fontsize=7)
+        ax.legend(loc="lower right", fontsize=_fs(7))
         models = _sva_models(edges)
         fig.suptitle(title or f"Edge pruning on SVA ({models}; thin: templates, thick: pooled with 95% bootstrap)")
     return fig
 
 
-def fig_sae_training(quality, *, title: str | None = None):
+def fig_sae_training(quality, *, title: str | None = None, ax=None):
     """Figure 2b: the baseline SAEs per layer (``sae_quality``): explained variance on held-out corpus tokens, L0
     (active latents per token on the SVA prompts) and the fraction of latents that never fire on held-out corpus
     tokens, one line per site."""
+    _no_ax(ax, "fig_sae_training")
     import matplotlib.pyplot as plt
 
     panels = (("heldout_explained_variance", "held-out explained variance"), ("l0", "L0 (active latents / token, SVA prompts)"),
@@ -366,9 +392,10 @@ def _appendix_family(fam: str) -> str:
                                                               "mod5": "sum mod 5", "tens": "tens digit"}.get(fam, fam)
 
 
-def fig_addition_auroc_histograms(hist, *, threshold: float = 0.8, title: str | None = None):
+def fig_addition_auroc_histograms(hist, *, threshold: float = 0.8, title: str | None = None, ax=None):
     """One panel per label family (``addition_auroc_hist``): histogram over neurons of the best folded AUROC
     (|AUROC - 0.5| + 0.5) over the family's one-vs-rest labels, real labels (bars) vs one null draw (line)."""
+    _no_ax(ax, "fig_addition_auroc_histograms")
     import matplotlib.pyplot as plt
 
     h = hist.copy()
@@ -386,17 +413,18 @@ def fig_addition_auroc_histograms(hist, *, threshold: float = 0.8, title: str | 
                     label="null labels")
             ax.axvline(threshold, color="#444", ls=":", lw=1)
             ax.set_yscale("log")
-            ax.set_title(p, fontsize=9)
+            ax.set_title(p, fontsize=_fs(9))
             ax.set_xlabel("|AUROC − 0.5| + 0.5 (best label)")
         axes[0][0].set_ylabel("neurons")
-        axes[0][0].legend(fontsize=7)
-        fig.suptitle(title or "Addition: how well each neuron's attribution separates a label", fontsize=10)
+        axes[0][0].legend(fontsize=_fs(7))
+        fig.suptitle(title or "Addition: how well each neuron's attribution separates a label", fontsize=_fs(10))
     return fig
 
 
-def fig_addition_heatmaps(heat, *, title: str | None = None):
+def fig_addition_heatmaps(heat, *, title: str | None = None, ax=None):
     """A 10 x 10 heatmap (a down, b across) of each strongest neuron's position-summed attribution
     (``addition_heatmap``)."""
+    _no_ax(ax, "fig_addition_heatmaps")
     import matplotlib.pyplot as plt
 
     neurons = list(dict.fromkeys(heat["neuron"]))
@@ -414,20 +442,21 @@ def fig_addition_heatmaps(heat, *, title: str | None = None):
             ax.axis("on")
             ax.grid(False)
             ax.set_xticks(range(len(M.columns)))
-            ax.set_xticklabels(M.columns, fontsize=6)
+            ax.set_xticklabels(M.columns, fontsize=_fs(6))
             ax.set_yticks(range(len(M.index)))
-            ax.set_yticklabels(M.index, fontsize=6)
-            ax.set_xlabel("b", fontsize=7)
-            ax.set_ylabel("a", fontsize=7)
-            ax.set_title(f"{name}: {g['label'].iloc[0]} (AUROC {g['auroc_select'].iloc[0]:.2f})", fontsize=7)
+            ax.set_yticklabels(M.index, fontsize=_fs(6))
+            ax.set_xlabel("b", fontsize=_fs(7))
+            ax.set_ylabel("a", fontsize=_fs(7))
+            ax.set_title(f"{name}: {g['label'].iloc[0]} (AUROC {g['auroc_select'].iloc[0]:.2f})", fontsize=_fs(7))
             fig.colorbar(im, ax=ax, shrink=0.75)
-        fig.suptitle(title or "Addition: attribution of the strongest sum-mod-10 neurons over (a, b)", fontsize=10)
+        fig.suptitle(title or "Addition: attribution of the strongest sum-mod-10 neurons over (a, b)", fontsize=_fs(10))
     return fig
 
 
-def fig_features_by_layer(layers, *, title: str | None = None):
+def fig_features_by_layer(layers, *, title: str | None = None, ax=None):
     """Neurons per layer selected by AUROC (dashed) and replicated on the held-out phrasing (solid), one line per
     feature type (``antonyms_features_by_layer``)."""
+    _no_ax(ax, "fig_features_by_layer")
     import matplotlib.pyplot as plt
 
     fams = list(dict.fromkeys(layers["family"]))
@@ -440,17 +469,18 @@ def fig_features_by_layer(layers, *, title: str | None = None):
             ax.plot(g["layer"], g["replicated"], color=c, marker="o", ms=3, label="replicated on held-out phrasing")
             ax.plot(g["layer"], g["selected"], color=c, ls="--", lw=1, label="selected (AUROC ≥ 0.9)")
             ax.set_xlabel("layer")
-            ax.set_title(f"{fam} neurons", fontsize=9)
-            ax.legend(fontsize=7)
+            ax.set_title(f"{fam} neurons", fontsize=_fs(9))
+            ax.legend(fontsize=_fs(7))
         axes[0][0].set_ylabel("neurons")
-        fig.suptitle(title or "Multilingual antonyms: language / concept / attribute neurons by layer", fontsize=10)
+        fig.suptitle(title or "Multilingual antonyms: language / concept / attribute neurons by layer", fontsize=_fs(10))
     return fig
 
 
-def fig_ioi_curves(curves, *, title: str | None = None):
+def fig_ioi_curves(curves, *, title: str | None = None, ax=None):
     """Faithfulness and completeness vs circuit size, neurons vs MLP outputs (``ioi_curves``): pooled over every
     (template, name order) with its 95% bootstrap band over test pairs (thick), each (template, order) thin; log x
     axis."""
+    _no_ax(ax, "fig_ioi_curves")
     import matplotlib.pyplot as plt
 
     colors = {site: _color(site, colors=IOI_SITE_COLORS) for site in IOI_SITE_COLORS}
@@ -474,18 +504,19 @@ def fig_ioi_curves(curves, *, title: str | None = None):
             ax.set_xlabel("circuit size (nodes; 0 plotted at 0.5)")
             ax.set_title(what)
         axes[0].set_ylabel("ratio (paired, mean ablation)")
-        axes[0].legend(fontsize=8)
+        axes[0].legend(fontsize=_fs(8))
         n = int(pooled["n_test"].iloc[0]) if len(pooled) else 0
         k = len(strata.drop_duplicates(["template", "order"]))
         fig.suptitle(title or f"IOI circuits per template and name order ({k} strata, thin), pooled over {n} held-out "
-                     "pairs (thick; band: 95% bootstrap over pairs)", fontsize=9)
+                     "pairs (thick; band: 95% bootstrap over pairs)", fontsize=_fs(9))
     return fig
 
 
-def fig_addition_nulls(draws, *, title: str | None = None):
+def fig_addition_nulls(draws, *, title: str | None = None, ax=None):
     """Per answer token (rows) and sum-mod-k family (columns): the held-out replicated count with the real labels
     (vertical line) against its operand-balanced and label-shuffle nulls (histograms over draws;
     ``addition_mod_null_draws``)."""
+    _no_ax(ax, "fig_addition_nulls")
     import matplotlib.pyplot as plt
 
     colors = {kind: _color(kind, colors=NULL_COLORS) for kind in NULL_COLORS}
@@ -504,12 +535,12 @@ def fig_addition_nulls(draws, *, title: str | None = None):
                 for kind, c in colors.items():
                     ax.hist(g.loc[g["kind"] == kind, "n_replicated"], bins=bins, color=c, alpha=0.5, label=kind)
                 ax.axvline(observed, color="#222", lw=1.5, label="real labels")
-                ax.set_title(f"{_appendix_family(fam)}, {token}", fontsize=8)
-                ax.set_xlabel("neuron-label pairs replicated on held-out pairs", fontsize=7)
+                ax.set_title(f"{_appendix_family(fam)}, {token}", fontsize=_fs(8))
+                ax.set_xlabel("neuron-label pairs replicated on held-out pairs", fontsize=_fs(7))
         axes[0][0].set_ylabel("null draws")
-        axes[0][0].legend(fontsize=7)
+        axes[0][0].legend(fontsize=_fs(7))
         fig.suptitle(title or "Addition: sum-mod-k neurons against the operand-balanced and the label-shuffle null",
-                     fontsize=10)
+                     fontsize=_fs(10))
     return fig
 
 
@@ -531,13 +562,14 @@ def _by_set(frames):
 
 
 def plot_steering(sweeps, flips=None, *, paper_range=(0.0, 2.0), title: str | None = None,
-                  xlabel: str = "multiplier on 'say a capital' neurons"):
+                  xlabel: str = "multiplier on 'say a capital' neurons", ax=None):
     """One panel per prompt set: p(kind) for each kind (capital/state/city, or language/country/city) vs
     multiplier (thin: per prompt; thick: mean), the paper's 0-2 range shaded; flip fractions on a twin axis.
 
     ``sweeps``: a tidy table with a ``set`` column (one :func:`neuronlib.paper.multihop.steering_sweep` frame per
     set, as the notebook writes it to ``results/``) or a dict set -> frame; ``flips`` likewise
     (:func:`neuronlib.paper.multihop.flip_fraction` frames, with ``source`` and ``target`` columns in the table)."""
+    _no_ax(ax, "plot_steering")
     import matplotlib.pyplot as plt
 
     from ..plotting import style
@@ -565,7 +597,7 @@ def plot_steering(sweeps, flips=None, *, paper_range=(0.0, 2.0), title: str | No
                 ax2.plot(fl["multiplier"], fl[col], color="#444", ls="--", lw=1.3,
                          label=f"top answer {source} → {col[8:]} (of {int(fl['n'].iloc[0])})")
                 ax2.set_ylim(-0.02, 1.02)
-                ax2.set_ylabel("fraction of prompts flipped", fontsize=8)
+                ax2.set_ylabel("fraction of prompts flipped", fontsize=_fs(8))
                 ax2.grid(False)
                 ax2.spines["right"].set_visible(True)
                 h2, l2 = ax2.get_legend_handles_labels()
@@ -577,18 +609,19 @@ def plot_steering(sweeps, flips=None, *, paper_range=(0.0, 2.0), title: str | No
             ax.set_ylabel("next-token probability (first token)")
             ax.set_ylim(-0.02, 1.02)
             h, l = ax.get_legend_handles_labels()
-            ax.legend(h + h2, l + l2, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=3, fontsize=7)
+            ax.legend(h + h2, l + l2, loc="upper center", bbox_to_anchor=(0.5, -0.17), ncol=3, fontsize=_fs(7))
         if title:
-            fig.suptitle(title, fontsize=10)
+            fig.suptitle(title, fontsize=_fs(10))
     return fig
 
 
 def plot_swap_matrix(swaps: pd.DataFrame, *, variants=None, value: str = "p_target_capital",
-                     sweep: pd.DataFrame | None = None, title: str | None = None):
+                     sweep: pd.DataFrame | None = None, title: str | None = None, ax=None):
     """One heatmap per variant: source state (rows) x target state (columns) of p(target's capital) after the
     swap; white dots mark pairs whose top answer became the target's capital; the success rate in each title.
     With ``sweep`` (a :func:`swap_summary` frame with an ``n_nodes`` axis), a last panel plots success rate vs the
     number of patched neurons."""
+    _no_ax(ax, "plot_swap_matrix")
     import matplotlib.pyplot as plt
 
     from ..plotting import style
@@ -613,15 +646,15 @@ def plot_swap_matrix(swaps: pd.DataFrame, *, variants=None, value: str = "p_targ
             ys, xs = np.nonzero(S.fillna(False).to_numpy(dtype=bool))
             ax.scatter(xs, ys, s=10, c="white", edgecolors="black", linewidths=0.4)
             ax.set_xticks(range(n))
-            ax.set_xticklabels(states, rotation=90, fontsize=6)
+            ax.set_xticklabels(states, rotation=90, fontsize=_fs(6))
             ax.set_yticks(range(n))
-            ax.set_yticklabels(states, fontsize=6)
-            ax.set_xlabel("target state (values from its prompt)", fontsize=8)
+            ax.set_yticklabels(states, fontsize=_fs(6))
+            ax.set_xlabel("target state (values from its prompt)", fontsize=_fs(8))
             ax.grid(False)
             nodes = summ.loc[variant, "mean_nodes"]
             ax.set_title(f"{variant}\n~{nodes:.0f} neurons; success {summ.loc[variant, 'success_rate']:.0%} "
-                         f"of {int(summ.loc[variant, 'pairs'])} pairs", fontsize=8)
-        axes[0][0].set_ylabel("source state (its prompt is run)", fontsize=8)
+                         f"of {int(summ.loc[variant, 'pairs'])} pairs", fontsize=_fs(8))
+        axes[0][0].set_ylabel("source state (its prompt is run)", fontsize=_fs(8))
         if im is not None:
             fig.colorbar(im, ax=list(axes[0][:len(variants)]), shrink=0.8, pad=0.01, label="p(target's capital)")
         if sweep is not None:
@@ -636,53 +669,51 @@ def plot_swap_matrix(swaps: pd.DataFrame, *, variants=None, value: str = "p_targ
             ticks = sorted(set(sweep["mean_nodes"]))
             ax.set_xscale("log")
             ax.set_xticks(ticks)
-            ax.set_xticklabels([f"{v:.0f}" for v in ticks], fontsize=7)
+            ax.set_xticklabels([f"{v:.0f}" for v in ticks], fontsize=_fs(7))
             ax.minorticks_off()
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel("neurons patched at the state token (top: mean |attribution| on selection states)",
-                          fontsize=8)
-            ax.set_ylabel("fraction of pairs", fontsize=8)
-            ax.set_title(f"how many neurons carry the state? ({int(sweep['pairs'].iloc[0])} pairs)", fontsize=8)
-            ax.legend(fontsize=7, loc="upper left")
+                          fontsize=_fs(8))
+            ax.set_ylabel("fraction of pairs", fontsize=_fs(8))
+            ax.set_title(f"how many neurons carry the state? ({int(sweep['pairs'].iloc[0])} pairs)", fontsize=_fs(8))
+            ax.legend(fontsize=_fs(7), loc="upper left")
         if title:
-            fig.suptitle(title, fontsize=10)
+            fig.suptitle(title, fontsize=_fs(10))
     return fig
 
 
-def plot_language_accuracy(acc):
+def plot_language_accuracy(acc, *, ax=None):
     """Accuracy of each task of the languages study (the ``split == "all"`` rows of ``languages_accuracy``) and per
-    split, with Wilson 95% intervals."""
-    import matplotlib.pyplot as plt
-
+    split, with Wilson 95% intervals; into ``ax`` when given (the figure returned is its figure)."""
     from ..plotting import style
 
     splits = list(dict.fromkeys(acc["split"])) if "split" in acc else ["all"]
     tasks = list(dict.fromkeys(acc["task"]))
-    colors = {"all": "#333333", "selection": "#1b6ca8", "evaluation": "#d1495b"}
     with style():
-        fig, ax = plt.subplots(figsize=(1.6 * len(tasks) + 2.5, 3.8), layout="constrained")
+        fig, ax = _one_panel(ax, figsize=(1.6 * len(tasks) + 2.5, 3.8), layout="constrained")
         width = 0.8 / len(splits)
         for j, split in enumerate(splits):
             g = acc[acc["split"] == split].set_index("task").reindex(tasks) if "split" in acc else acc.set_index("task")
             x = np.arange(len(tasks)) + (j - (len(splits) - 1) / 2) * width
             err = np.vstack([g["accuracy"] - g["accuracy_lo"], g["accuracy_hi"] - g["accuracy"]])
-            ax.bar(x, g["accuracy"], width, color=colors.get(split, "#777"), alpha=0.85,
+            ax.bar(x, g["accuracy"], width, color=_color(split, "#777", colors=SPLIT_COLORS), alpha=0.85,
                    label=f"{split} (n = {'/'.join(str(int(v)) for v in g['n'].unique())})")
             ax.errorbar(x, g["accuracy"], yerr=err, fmt="none", ecolor="black", lw=0.8, capsize=2)
         ax.set_xticks(range(len(tasks)))
-        ax.set_xticklabels([t.replace("_", " ") for t in tasks], fontsize=8)
+        ax.set_xticklabels([t.replace("_", " ") for t in tasks], fontsize=_fs(8))
         ax.set_ylim(0, 1.02)
         ax.set_ylabel("top answer = expected name (whole name)")
-        ax.set_title("city → country → language: accuracy with Wilson 95% intervals", fontsize=9)
-        ax.legend(fontsize=7)
+        ax.set_title("city → country → language: accuracy with Wilson 95% intervals", fontsize=_fs(9))
+        ax.legend(fontsize=_fs(7))
     return fig
 
 
-def plot_language_patching(summary, *, kind: str = "other language"):
+def plot_language_patching(summary, *, kind: str = "other language", ax=None):
     """Patching at the city's tokens (``languages_patch_summary``): success rate (top answer = the target city's)
     vs number of patched neurons for the country group and its random and |attribution|-matched controls, with
     Wilson intervals; dense references as horizontal lines. Left: language answer (two-hop prompt); right: country
     answer (city -> country prompt)."""
+    _no_ax(ax, "plot_language_patching")
     import matplotlib.pyplot as plt
 
     from ..plotting import style
@@ -713,15 +744,16 @@ def _patch_panel(ax, g, answer: str, task: str, kind: str, xlabel: str):
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(xlabel)
     n = int(g["pairs"].max()) if len(g) else 0
-    ax.set_title(f"{answer} answer ({task.replace('_', ' ')} prompt), {n} {kind} pairs", fontsize=9)
-    ax.legend(fontsize=7, loc="upper left")
+    ax.set_title(f"{answer} answer ({task.replace('_', ' ')} prompt), {n} {kind} pairs", fontsize=_fs(9))
+    ax.legend(fontsize=_fs(7), loc="upper left")
 
 
-def plot_language_steering(summary):
+def plot_language_steering(summary, *, ax=None):
     """Scaling say-an-answer neurons and controls at the last position (``languages_knockout_controls``,
     ``capitals_knockout_controls``): one panel per neuron set, mean p(kind) (language, country, city, or
     capital, state, city) with bootstrap intervals and the fraction of prompts whose top answer changed (Wilson),
     vs multiplier."""
+    _no_ax(ax, "plot_language_steering")
     import matplotlib.pyplot as plt
 
     from ..plotting import style
@@ -741,18 +773,19 @@ def plot_language_steering(summary):
                                 alpha=0.15)
             ax.plot(g["multiplier"], g["changed"], color="black", ls="--", lw=1.2, label="top answer changed")
             ax.fill_between(g["multiplier"], g["changed_lo"], g["changed_hi"], color="black", alpha=0.08)
-            ax.set_title(f"{name} ({int(g['n_neurons'].iloc[0])} neurons, n = {int(g['n'].iloc[0])})", fontsize=9)
+            ax.set_title(f"{name} ({int(g['n_neurons'].iloc[0])} neurons, n = {int(g['n'].iloc[0])})", fontsize=_fs(9))
             ax.set_xlabel("multiplier at the last position")
             ax.set_ylim(-0.02, 1.02)
         axes[0][0].set_ylabel("probability / fraction")
-        axes[0][0].legend(fontsize=7)
+        axes[0][0].legend(fontsize=_fs(7))
     return fig
 
 
-def plot_set_group(summary, *, target: str, title: str | None = None):
+def plot_set_group(summary, *, target: str, title: str | None = None, ax=None):
     """Steering toward a target (:func:`neuronlib.paper.multihop.set_group_summary`): per group size, the fraction
     of prompts whose top answer becomes the ``target`` (Wilson 95% intervals) for the group and its random and
     matched controls (one panel per ``template`` when the table has that column)."""
+    _no_ax(ax, "plot_set_group")
     import matplotlib.pyplot as plt
 
     from ..plotting import style
@@ -772,19 +805,20 @@ def plot_set_group(summary, *, target: str, title: str | None = None):
             ax.set_ylim(-0.02, 1.02)
             ax.set_xlabel("neurons set at the last position")
             n = int(g["n"].max()) if len(g) else 0
-            ax.set_title(f"{panel or ''} (n = {n} prompts)".strip(), fontsize=9)
-            ax.legend(fontsize=7, loc="upper left")
+            ax.set_title(f"{panel or ''} (n = {n} prompts)".strip(), fontsize=_fs(9))
+            ax.legend(fontsize=_fs(7), loc="upper left")
         axes[0][0].set_ylabel(f"top answer = the {target}")
         if title:
-            fig.suptitle(title, fontsize=10)
+            fig.suptitle(title, fontsize=_fs(10))
     return fig
 
 
-def plot_patch_dose(dose, *, kind: str = "other language"):
+def plot_patch_dose(dose, *, kind: str = "other language", ax=None):
     """The patch dose curve (``languages_patch_dose``): success rate (top answer = the target city's) vs the
     number of nodes patched, top |activation difference| vs random nodes at the same positions, at the city's
     tokens (solid) and at the later positions (dashed), with Wilson intervals; language answer left, country
     answer right."""
+    _no_ax(ax, "plot_patch_dose")
     import matplotlib.pyplot as plt
 
     from ..plotting import style
@@ -806,10 +840,10 @@ def plot_patch_dose(dose, *, kind: str = "other language"):
     return fig
 
 
-def fig_dallas_circuit(nodes: pd.DataFrame, tokens: pd.DataFrame, *, per_group: int = 6):
+def fig_dallas_circuit(nodes: pd.DataFrame, tokens: pd.DataFrame, *, per_group: int = 6, ax=None):
     """Figure 7 from ``capitals_<model>_dallas_circuit`` (the grouped two-hop circuit, one row per node) and
     ``capitals_<model>_dallas_tokens`` (position, token): the strongest ``per_group`` nodes of each group (3 of the
-    first-token group), x = token position, y = layer."""
+    first-token group), x = token position, y = layer; into ``ax`` when given."""
     from .. import viewer
     from .multihop import circuit_graph
 
@@ -822,26 +856,24 @@ def fig_dallas_circuit(nodes: pd.DataFrame, tokens: pd.DataFrame, *, per_group: 
              "(3 of the first-token group)")
     graph = circuit_graph(shown, toks, title=meta.get("title", title), prompt="".join(toks),
                           n_layers=int(nodes["layer"].max()) + 1)
-    return viewer.draw_circuit(graph, figsize=(12, 8.5), label_fontsize=6.5, title=title)
+    return viewer.draw_circuit(graph, ax=ax, figsize=(12, 8.5), label_fontsize=_fs(6.5), title=title)
 
 
-def fig_composition(summary: pd.DataFrame, *, title: str | None = None):
+def fig_composition(summary: pd.DataFrame, *, title: str | None = None, ax=None):
     """The composition test (``capitals_<model>_composition_summary``): fraction of pairs whose top answer becomes
     the target city's capital vs the number of neurons set at the city token (top |attribution|, random, matched;
     Wilson 95% intervals), with the source circuit's own group and the dense residual patch (best layer) as
-    reference lines."""
-    import matplotlib.pyplot as plt
-
+    reference lines; into ``ax`` when given (the figure returned is its figure)."""
     from ..plotting import style
 
     with style():
-        fig, ax = plt.subplots(figsize=(6.4, 4.2), layout="constrained")
+        fig, ax = _one_panel(ax, figsize=(6.4, 4.2), layout="constrained")
         dose = summary[summary["size"] > 0]
         for shift, role in zip((1.0, 0.9, 1.1), dict.fromkeys(dose["role"])):
             h = dose[dose["role"] == role].sort_values("size")
             err = np.clip(np.vstack([h["success"] - h["success_lo"], h["success_hi"] - h["success"]]), 0, None)
             ax.errorbar(h["size"] * shift, h["success"], yerr=err, marker="o", capsize=2,
-                        color=ROLE_COLORS.get(role, "#1b6ca8"), label=f"{role} neurons")
+                        color=_color(role, "#1b6ca8", colors=ROLE_COLORS), label=f"{role} neurons")
         dense = summary[summary["site"] == "resid"]
         if len(dense):
             best = dense.loc[dense["success"].idxmax()]
@@ -855,8 +887,9 @@ def fig_composition(summary: pd.DataFrame, *, title: str | None = None):
         ax.set_xlabel("neurons set to their values on the other prompt (at the city token)")
         ax.set_ylabel("top answer = the other state's capital")
         n = int(summary["pairs"].max()) if len(summary) else 0
-        ax.set_title(title or f"Swapping the state at the city token ({n} pairs of evaluation prompts)", fontsize=9)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.set_title(title or f"Swapping the state at the city token ({n} pairs of evaluation prompts)",
+                     fontsize=_fs(9))
+        ax.legend(fontsize=_fs(7), loc="upper left")
     return fig
 
 
@@ -953,8 +986,10 @@ def draw(name: str, results: str | Path = "results", *, rc: dict | None = None, 
     ``rc``: matplotlib rcParams for this figure (they win over the project style and the user's settings);
     ``colors``: {key: colour} for a basis or method (figures 1-6, 2a, 2b, A), an edge score (``relevance``,
     ``raw``), a feature type, IOI site or null (A1-A5);
-    ``kwargs``: the figure function's own options (e.g. ``title=``, ``methods=``), over the recipe's.
-    Example: ``draw("fig1_sva_faithfulness", rc={"font.size": 12}, colors={"relp": "black"})``."""
+    ``kwargs``: the figure function's own options (e.g. ``title=``, ``methods=``), over the recipe's, and ``ax=``
+    (an Axes of yours) for a single-panel figure.
+    Example: ``draw("fig1_sva_faithfulness", rc={"font.size": 12}, colors={"relp": "black"})``: every text size
+    follows ``font.size``."""
     from .results import read_table
     from .style import palette
 

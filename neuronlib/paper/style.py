@@ -6,8 +6,10 @@ these names, so a method is called and coloured the same in every table, README 
 Style precedence, lowest first: matplotlib's defaults < :data:`STYLE` (the project's rcParams) < the user's own
 rcParams (a style sheet, ``matplotlibrc`` or ``plt.rcParams[...] = ...`` before drawing) < the ``rc`` passed to
 :func:`style` or to :func:`neuronlib.paper.figures.draw`. Only rcParams that still hold matplotlib's default get
-the project's value, so a user's setting is never silently overwritten. Colours: :func:`color` reads
-:data:`COLORS`, overridden inside ``with palette({...}):``.
+the project's value, so a user's setting is never silently overwritten. Every text size follows ``font.size``: the
+project's title, label and legend sizes and the sizes the figure functions pass (:func:`fontsize`) are stated at
+the project's 10 pt and scale with the font size in force, so ``rc={"font.size": 13}`` enlarges all of a figure's
+text. Colours: :func:`color` reads :data:`COLORS`, overridden inside ``with palette({...}):``.
 """
 from __future__ import annotations
 
@@ -45,6 +47,7 @@ EDGE_WEIGHT_COLORS = {"raw": COLORS["relp"], "relevance": "#d1495b"}
 FEATURE_COLORS = {"language": "#1b6ca8", "concept": "#d1495b", "attribute": "#4c9a2a"}
 IOI_SITE_COLORS = {"mlp_acts": "#1b6ca8", "mlp_out": "#d1495b"}
 NULL_COLORS = {"operand-balanced": "#1b6ca8", "label shuffle": "#d1495b"}
+SPLIT_COLORS = {"all": "#333333", "selection": "#1b6ca8", "evaluation": "#d1495b"}
 
 STYLE = {
     "figure.dpi": 110, "savefig.dpi": 200, "savefig.bbox": "tight", "font.size": 10, "axes.titlesize": 11,
@@ -81,15 +84,31 @@ def _unchanged(key: str) -> bool:
         return bool(np.array_equal(now, default))
 
 
+# the project's text sizes, stated at STYLE["font.size"] and scaled with the font size in force
+_TEXT_SIZES = ("axes.titlesize", "axes.labelsize", "legend.fontsize")
+
+
 @contextlib.contextmanager
 def style(rc: dict | None = None):
     """``with style():`` the project style for figures made inside the block only (see the module docstring for
     what wins): :data:`STYLE` for the rcParams still at matplotlib's default, then ``rc``."""
     import matplotlib as mpl
 
+    rc = dict(rc or {})
     project = {k: v for k, v in STYLE.items() if _unchanged(k)}
-    with mpl.rc_context({**project, **(rc or {})}):
+    base = float(rc.get("font.size", project.get("font.size", mpl.rcParams["font.size"])))
+    for key in _TEXT_SIZES:
+        if key in project:
+            project[key] = STYLE[key] * base / STYLE["font.size"]
+    with mpl.rc_context({**project, **rc}):
         yield
+
+
+def fontsize(points: float) -> float:
+    """A text size stated at the project's font size (:data:`STYLE`), scaled to the ``font.size`` in force."""
+    import matplotlib as mpl
+
+    return points * float(mpl.rcParams["font.size"]) / STYLE["font.size"]
 
 
 def fmt_size(v, lo=None, hi=None) -> str:
