@@ -37,7 +37,7 @@ FORMAT = 2  # the on-disk entry format (1 = pickled torch.save of arbitrary obje
 KIND_CODE: dict[str, str] = {
     "sva_attribution": "neuronlib.paper.sva",
     "sva_eval": "neuronlib.paper.sva",
-    "prompt_circuits": "neuronlib.paper.multihop",
+    "prompt_circuits": "neuronlib.paper.casestudy",
     "neuron_maxima": "neuronlib.describe",
     "edges": "neuronlib.edges",
     "sae_baseline": "neuronlib.paper.sae_baselines",

@@ -10,8 +10,8 @@ import torch
 
 import neuronlib
 from neuronlib.data import languages as LD
+from neuronlib.paper import casestudy as CS
 from neuronlib.paper import languages as LG
-from neuronlib.paper import multihop as MH
 from neuronlib.sites import Node
 from neuronlib.stats import auroc_per_unit, permutation_null_counts
 
@@ -114,7 +114,7 @@ def test_every_city_is_found_in_every_prompt(smollm):
 def test_split_by_key_rules_on_a_hand_made_table():
     keys = ["a", "a", "b", "c", "d", "e", "f", "g", "g"]
     strata = ["X", "X", "X", "X", "Y", "Y", "Z", "W", "W"]
-    sel = MH.split_by_key(keys, strata, seed=3)
+    sel = CS.split_by_key(keys, strata, seed=3)
     by_key = {}
     for k, s in zip(keys, sel):
         by_key.setdefault(k, set()).add(bool(s))
@@ -123,12 +123,12 @@ def test_split_by_key_rules_on_a_hand_made_table():
     assert sum(side[k] for k in "abc") == 2  # ceil(3/2) of X's keys select
     assert side["d"] != side["e"]  # Y: one each
     assert side["f"] and side["g"]  # single-key strata: selection only
-    assert np.array_equal(sel, MH.split_by_key(keys, strata, seed=3)), "seeded"
-    assert any(not np.array_equal(sel, MH.split_by_key(keys, strata, seed=s)) for s in range(10))
+    assert np.array_equal(sel, CS.split_by_key(keys, strata, seed=3)), "seeded"
+    assert any(not np.array_equal(sel, CS.split_by_key(keys, strata, seed=s)) for s in range(10))
     with pytest.raises(ValueError, match="several strata"):
-        MH.split_by_key(["a", "a"], ["X", "Y"])
+        CS.split_by_key(["a", "a"], ["X", "Y"])
     with pytest.raises(ValueError):
-        MH.split_by_key(["a"], ["X", "Y"])
+        CS.split_by_key(["a"], ["X", "Y"])
 
 
 def test_split_by_city_puts_every_country_on_both_sides():
@@ -149,7 +149,7 @@ def test_class_aurocs_equal_the_stats_module_and_skip_small_classes():
     rng = np.random.default_rng(0)
     scores = rng.normal(size=(7, 5))
     classes = np.array(["A", "A", "B", "B", "B", "C", "A"])
-    got = MH.class_aurocs(scores, classes, min_positives=2)
+    got = CS.class_aurocs(scores, classes, min_positives=2)
     assert set(got) == {"A", "B"}  # C has one prompt
     for c, a in got.items():
         assert np.allclose(a, auroc_per_unit(scores, classes == c))
@@ -170,7 +170,7 @@ def test_permutation_nulls_find_a_planted_signal_and_not_noise():
     classes = np.array(["A"] * 5 + ["B"] * 5 + ["C"] * 10)
     planted = noise.copy()
     planted[:5, :3] += 10  # three "A" units
-    res = MH.class_group_null(planted, classes, high=0.99, n_perm=50, seed=0)
+    res = CS.class_group_null(planted, classes, high=0.99, n_perm=50, seed=0)
     assert res["n_classes"] == 3 and res["observed"] >= 3 and res["observed"] > res["null_q95"]
 
 
@@ -181,8 +181,8 @@ def test_group_counts_on_hand_made_circuits():
     summed[:4, 1, 2] += 20  # neuron L1/N2 marks country X (prompts 0-3)
     two_last = torch.randn(P, L, U)
     two_last[:, 0, 5] += 20  # L0/N5 fires at the last position whenever the answer is a language
-    hop2 = MH.PromptCircuits(["p"] * P, pd.DataFrame(), summed, two_last, torch.ones(P), [[]] * P, 0.005)
-    hop1 = MH.PromptCircuits(["q"] * P, pd.DataFrame(), torch.randn(P, L, U), torch.randn(P, L, U), torch.ones(P),
+    hop2 = CS.PromptCircuits(["p"] * P, pd.DataFrame(), summed, two_last, torch.ones(P), [[]] * P, 0.005)
+    hop1 = CS.PromptCircuits(["q"] * P, pd.DataFrame(), torch.randn(P, L, U), torch.randn(P, L, U), torch.ones(P),
                              [[]] * P, 0.005)
     rows = pd.DataFrame({"country": ["X"] * 4 + ["Y"] * 4, "language": ["x"] * 4 + ["y"] * 4})
     counts = LG.group_counts(hop2, hop1, rows, n_perm=30, seed=0).set_index("group")
@@ -194,7 +194,7 @@ def test_group_counts_on_hand_made_circuits():
 
 def test_at_city_attribution_sums_the_city_positions():
     s = [torch.arange(2 * 4 * 3, dtype=torch.float32).reshape(2, 4, 3)]
-    pc = MH.PromptCircuits(["x"], pd.DataFrame(), torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), torch.ones(1),
+    pc = CS.PromptCircuits(["x"], pd.DataFrame(), torch.zeros(1, 2, 3), torch.zeros(1, 2, 3), torch.ones(1),
                            [["The", " Mar", " del", " is"]], 0.005, s)
     got = LG.at_city_attribution(pc, ["Mar del"])
     assert torch.equal(got[0], s[0][:, 1:3].sum(1))
@@ -207,17 +207,17 @@ def test_at_city_attribution_sums_the_city_positions():
 
 
 def test_random_and_matched_neurons():
-    got = MH.random_neurons(20, (3, 10), exclude=[(0, 0), (2, 9)], seed=0)
+    got = CS.random_neurons(20, (3, 10), exclude=[(0, 0), (2, 9)], seed=0)
     assert len(set(got)) == 20 and not {(0, 0), (2, 9)} & set(got)
     assert all(0 <= l < 3 and 0 <= u < 10 for l, u in got)
-    assert got == MH.random_neurons(20, (3, 10), exclude=[(0, 0), (2, 9)], seed=0)
+    assert got == CS.random_neurons(20, (3, 10), exclude=[(0, 0), (2, 9)], seed=0)
     with pytest.raises(ValueError):
-        MH.random_neurons(30, (3, 10), exclude=[(0, 0)])
+        CS.random_neurons(30, (3, 10), exclude=[(0, 0)])
     strength = np.array([[1.0, 2.0, 3.0, 10.0], [2.1, 9.0, 0.5, 3.05]])
     chosen = [(0, 3), (0, 1)]  # strengths 10 and 2
-    got = MH.matched_neurons(strength, chosen)
+    got = CS.matched_neurons(strength, chosen)
     assert got == [(1, 1), (1, 0)]  # 9 is nearest to 10; 2.1 nearest to 2
-    assert MH.matched_neurons(strength, chosen, exclude=[(1, 1)])[0] == (1, 3)  # then 3.05
+    assert CS.matched_neurons(strength, chosen, exclude=[(1, 1)])[0] == (1, 3)  # then 3.05
 
 
 def test_country_group_ranks_by_both_countries():
@@ -265,18 +265,18 @@ def test_patch_sweep_reports_what_neuronlib_patch_gives(tiny_llama):
         src, tgt = build({"city": "dallas"}, tok), build({"city": "austin"}, tok)
         pos = LG.city_positions(LG.prompt_tokens(tok, src), "dallas")
         assert pos
-        res = neuronlib.patch(model, [src], [tgt], MH.at_positions(neurons, pos), metric=None)
+        res = neuronlib.patch(model, [src], [tgt], CS.at_positions(neurons, pos), metric=None)
         p = res.logits.float().softmax(-1)[0]
         row = got[(got["task"] == task) & (got["variant"] == "country group 2")].iloc[0]
-        assert row["p_source"] == pytest.approx(float(p[MH._name_ids(tok, answer_src)[0]]), abs=1e-6)
-        assert row["p_target"] == pytest.approx(float(p[MH._name_ids(tok, answer_tgt)[0]]), abs=1e-6)
+        assert row["p_source"] == pytest.approx(float(p[CS.name_ids(tok, answer_src)[0]]), abs=1e-6)
+        assert row["p_target"] == pytest.approx(float(p[CS.name_ids(tok, answer_tgt)[0]]), abs=1e-6)
         assert row["n_neurons"] == 2
     # a dense patch of the embedding at the only token that differs reproduces the target prompt's output exactly
     emb = got[(got["variant"] == "embedding (dense)") & (got["task"] == "two_hop")].iloc[0]
     tgt_probs = neuronlib.patch(model, [LG.TASKS["two_hop"][0]({"city": "austin"}, tok)],
                                 [LG.TASKS["two_hop"][0]({"city": "austin"}, tok)], [], metric=None)
     q = tgt_probs.logits.float().softmax(-1)[0]
-    assert emb["p_target"] == pytest.approx(float(q[MH._name_ids(tok, "city")[0]]), abs=1e-5)
+    assert emb["p_target"] == pytest.approx(float(q[CS.name_ids(tok, "city")[0]]), abs=1e-5)
 
 
 def test_patch_summary_and_verdict_on_a_hand_made_frame():
@@ -310,10 +310,10 @@ def test_steering_controls_mark_changed_answers(tiny_llama):
     one = sweep[(sweep["set"] == "a") & (sweep["multiplier"] == 8.0)].reset_index(drop=True)
     last = [len(LG.prompt_tokens(model.tokenizer, p)) - 1 for p in prompts]
     for i, p in enumerate(prompts):
-        r = neuronlib.steer(model, [p], MH.at_positions(sets["a"], [last[i]]), multiplier=8.0, positions="circuit",
+        r = neuronlib.steer(model, [p], CS.at_positions(sets["a"], [last[i]]), multiplier=8.0, positions="circuit",
                             metric=None)
         q = r.logits.float().softmax(-1)[0]
-        assert one["p_language"][i] == pytest.approx(float(q[MH._name_ids(model.tokenizer, rows["language"][i])[0]]),
+        assert one["p_language"][i] == pytest.approx(float(q[CS.name_ids(model.tokenizer, rows["language"][i])[0]]),
                                                      abs=1e-6)
     summ = LG.steering_summary(sweep)
     assert set(summ["set"]) == {"a", "b"} and (summ["p_language_lo"] <= summ["p_language"] + 1e-12).all()
@@ -379,7 +379,7 @@ def test_delta_patch_sweep_patches_the_largest_differences(tiny_llama):
         q = neuronlib.patch(model, [src], [tgt], nodes, metric=None).logits.float().softmax(-1)[0]
         row = got[(got["task"] == "two_hop") & (got["where"] == where) & (got["size"] == 3)
                   & (got["selection"] == "top |Δ|")].iloc[0]
-        assert row["p_target"] == pytest.approx(float(q[MH._name_ids(tok, "city")[0]]), abs=1e-6)
+        assert row["p_target"] == pytest.approx(float(q[CS.name_ids(tok, "city")[0]]), abs=1e-6)
         assert row["n_positions"] == len(pos[where]) and row["n_neurons"] == 3
     summ = LG.dose_summary(got)
     assert len(summ) == 2 * 2 * 2 and {"success", "random_success", "random_hi", "beyond_random"} <= set(summ.columns)

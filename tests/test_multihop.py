@@ -11,6 +11,7 @@ from conftest import hooked_forward
 import neuronlib
 from neuronlib import describe as D
 from neuronlib import tracing
+from neuronlib.paper import casestudy as CS
 from neuronlib.paper import multihop as MH
 from neuronlib.sites import Node
 from neuronlib.stats import auroc_per_unit
@@ -106,22 +107,22 @@ def _hand_attribution():
 def test_select_circuit_threshold_on_a_hand_made_case():
     s, metric, lengths = _hand_attribution()
     tokens = [["a", "b", "c"], ["x", "y"]]
-    got = MH.select_circuit(s, metric, lengths, tau=0.01, tokens=tokens)
+    got = CS.select_circuit(s, metric, lengths, tau=0.01, tokens=tokens)
     rows = {(e, l, p, u, round(sc, 5), t) for e, l, p, u, sc, t in
             got[["example", "layer", "position", "unit", "score", "token"]].itertuples(index=False)}
     assert rows == {(0, 0, 0, 1, 2.0, "a"), (0, 1, 2, 0, -1.5, "c"), (1, 0, 0, 1, 0.1, "x"), (1, 1, 1, 0, -0.3, "y")}
     assert got[got["example"] == 0]["score"].abs().is_monotonic_decreasing
-    assert len(MH.select_circuit(s, metric, lengths, tau=0.0)) == 2 * 2 * 3 * 2 - 2 * 2  # all real positions
+    assert len(CS.select_circuit(s, metric, lengths, tau=0.0)) == 2 * 2 * 3 * 2 - 2 * 2  # all real positions
     with pytest.raises(ValueError):
-        MH.select_circuit(s[0], metric, lengths)
+        CS.select_circuit(s[0], metric, lengths)
 
 
 def test_trace_circuits_is_select_circuit_of_relp(tiny_llama, tmp_path, monkeypatch):
     monkeypatch.setenv("NEURONLIB_CACHE", str(tmp_path))
     prompts = PROMPTS + ["the city of austin"]
-    pc = MH.trace_circuits(tiny_llama, prompts, tau=0.02, chunk=2, keep_scores=True, progress=False)
+    pc = CS.trace_circuits(tiny_llama, prompts, tau=0.02, chunk=2, keep_scores=True, progress=False)
     att = neuronlib.attribute(tiny_llama, prompts, metric="topk_logits", k=5, method="relp", baseline="zero")
-    want = MH.select_circuit(att["mlp_acts"], att.metric, att.lengths, tau=0.02, tokens=att.tokens)
+    want = CS.select_circuit(att["mlp_acts"], att.metric, att.lengths, tau=0.02, tokens=att.tokens)
     key = ["example", "layer", "position", "unit"]
     a = pc.nodes.sort_values(key).reset_index(drop=True)
     b = want.sort_values(key).reset_index(drop=True)
@@ -131,7 +132,7 @@ def test_trace_circuits_is_select_circuit_of_relp(tiny_llama, tmp_path, monkeypa
     assert torch.allclose(pc.last, att["mlp_acts"][:, :, -1], atol=1e-5)
     T = att["mlp_acts"].shape[2]
     assert torch.allclose(pc.scores[2].float(), att["mlp_acts"][2, :, T - 4:], atol=1e-2)  # 4 real tokens
-    again = MH.trace_circuits(tiny_llama, prompts, tau=0.02, chunk=2, keep_scores=True, progress=False)  # cached
+    again = CS.trace_circuits(tiny_llama, prompts, tau=0.02, chunk=2, keep_scores=True, progress=False)  # cached
     pd.testing.assert_frame_equal(again.nodes, pc.nodes)
     sub = pc.subset([2, 0])
     assert sub.prompts == [prompts[2], prompts[0]] and set(sub.nodes["example"]) <= {0, 1}
@@ -140,9 +141,9 @@ def test_trace_circuits_is_select_circuit_of_relp(tiny_llama, tmp_path, monkeypa
 
 def test_name_positions():
     tokens = ["The", " capital", " of", " New", " York", " is", " New"]
-    assert MH.name_positions(tokens, "New York") == [3, 4]
-    assert MH.name_positions(tokens, "Texas") == []
-    assert MH.name_positions(["Los", " Angeles", " is"], "Los Angeles") == [0, 1]
+    assert CS.name_positions(tokens, "New York") == [3, 4]
+    assert CS.name_positions(tokens, "Texas") == []
+    assert CS.name_positions(["Los", " Angeles", " is"], "Los Angeles") == [0, 1]
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -153,8 +154,8 @@ def test_mixed_set_aurocs_equal_the_stats_module():
     torch.manual_seed(1)
     summed = torch.randn(6, 2, 5)
     last = torch.randn(6, 2, 5)
-    hop1 = MH.PromptCircuits(["p"] * 3, pd.DataFrame(), summed[:3], last[:3], torch.ones(3), [[]] * 3, 0.005)
-    hop2 = MH.PromptCircuits(["p"] * 3, pd.DataFrame(), summed[3:], last[3:], torch.ones(3), [[]] * 3, 0.005)
+    hop1 = CS.PromptCircuits(["p"] * 3, pd.DataFrame(), summed[:3], last[:3], torch.ones(3), [[]] * 3, 0.005)
+    hop2 = CS.PromptCircuits(["p"] * 3, pd.DataFrame(), summed[3:], last[3:], torch.ones(3), [[]] * 3, 0.005)
     mixed = MH.MixedSet.from_circuits(hop1, hop2, ["Texas", "Ohio", "Iowa"], keep1=[True, True, False])
     assert mixed.states == ["Texas", "Ohio", "Texas", "Ohio", "Iowa"]
     keep = [0, 1, 3, 4, 5]
@@ -230,7 +231,7 @@ def test_accuracy_table_pools_and_carries_wilson_intervals():
                           "top_is": ["capital", "capital", "city", "capital", "city", "other", "state"],
                           "p_capital": [0.5] * 7, "p_state": [0.2] * 7, "p_city": [0.1] * 7,
                           "rank_capital": [1] * 7, "rank_state": [2] * 7, "rank_city": [3] * 7})
-    acc = MH.accuracy_table(evals).set_index("task")
+    acc = CS.accuracy_table(evals).set_index("task")
     assert acc.loc["a", "correct"] == 3 and acc.loc["a", "accuracy"] == 0.75
     assert acc.loc["a", "top_is_city"] == 0.25 and acc.loc["b", "top_is_other"] == pytest.approx(1 / 3)
     assert acc.loc["a", "accuracy_lo"] < 0.75 < acc.loc["a", "accuracy_hi"]
@@ -313,7 +314,7 @@ def test_set_at_last_matches_a_torch_hook(tiny_llama, per_prompt):
     prompts = ["the capital of the state of texas is the city of", "dallas is in texas and the"]
     neurons = [(0, 3), (1, 7), (0, 5)]
     values = np.array([[2.0, -1.0, 0.5], [-3.0, 4.0, 1.5]]) if per_prompt else np.array([2.0, -1.0, 0.5])
-    got = MH.set_at_last(model, prompts, neurons, values).softmax(-1)
+    got = CS.set_at_last(model, prompts, neurons, values).softmax(-1)
     inputs = model.tokenize(prompts)
     vals = values if per_prompt else np.stack([values] * 2)
 
@@ -330,10 +331,10 @@ def test_set_at_last_matches_a_torch_hook(tiny_llama, per_prompt):
                                                                         ("mlp_acts", 1): setter(1)})
     want = logits.detach().float().softmax(-1)
     assert torch.allclose(got, want, atol=1e-6)
-    plain = MH.last_logits(model, prompts).softmax(-1)
+    plain = CS.last_logits(model, prompts).softmax(-1)
     assert (got - plain).abs().max() > 1e-4  # the neurons matter, so the test can fail
     with pytest.raises(ValueError):
-        MH.set_at_last(model, prompts, neurons, np.zeros(2))
+        CS.set_at_last(model, prompts, neurons, np.zeros(2))
 
 
 def test_set_group_test_sets_the_donor_mean_and_scores_the_target(tiny_llama):
@@ -342,17 +343,17 @@ def test_set_group_test_sets_the_donor_mean_and_scores_the_target(tiny_llama):
     donors = ["dallas is a city in the state of", "the city of austin is in the state of texas and"]
     rows = pd.DataFrame({"capital": ["austin", "city"], "state": ["texas", "state"], "city": ["dallas", "dallas"]})
     sets = {"g 2": [(0, 3), (1, 7)], "random 2": [(1, 1), (0, 9)]}
-    got = MH.set_group_test(model, prompts, rows, sets, donors, target="state")
+    got = CS.set_group_test(model, prompts, rows, sets, donors, target="state", kinds=MH.KINDS)
     assert len(got) == 4 and got.attrs["target"] == "state"
     g = got[got["set"] == "g 2"].reset_index(drop=True)
-    mean = MH.last_activations(model, donors, sets["g 2"]).mean(0)
-    q = MH.set_at_last(model, prompts, sets["g 2"], mean).softmax(-1)
+    mean = CS.last_activations(model, donors, sets["g 2"]).mean(0)
+    q = CS.set_at_last(model, prompts, sets["g 2"], mean).softmax(-1)
     tok = model.tokenizer
     for i in range(2):
-        sid = MH._name_ids(tok, rows["state"][i])[0]
+        sid = CS.name_ids(tok, rows["state"][i])[0]
         assert g["p_state"][i] == pytest.approx(float(q[i, sid]), abs=1e-6)
         assert g["success"][i] == (int(q[i].argmax()) == sid)
-    summ = MH.set_group_summary(got)
+    summ = CS.set_group_summary(got, kinds=MH.KINDS)
     assert list(summ["role"]) == ["g", "random"] and list(summ["size"]) == [2, 2]
     assert summ["success"].tolist() == got.groupby("set", sort=False)["success"].mean().tolist()
 
@@ -360,7 +361,7 @@ def test_set_group_test_sets_the_donor_mean_and_scores_the_target(tiny_llama):
 def test_control_sets_and_beyond_controls():
     strength = np.arange(12, dtype=float).reshape(3, 4)
     ranked = [(2, 3), (2, 2), (0, 0)]
-    sets = MH.control_sets("say a capital", ranked, [1, 3, 10], strength, seed=0)
+    sets = CS.control_sets("say a capital", ranked, [1, 3, 10], strength, seed=0)
     assert list(sets) == ["say a capital 1", "random 1", "matched 1", "say a capital 3", "random 3", "matched 3"]
     assert sets["say a capital 3"] == ranked
     assert not set(sets["random 3"]) & set(ranked)
@@ -373,7 +374,7 @@ def test_control_sets_and_beyond_controls():
         rows.append({"role": role, "size": 5, "success": k / 20, "success_lo": lo, "success_hi": hi})
         lo, hi = wilson_interval(4, 20)
         rows.append({"role": role, "size": 50, "success": 0.2, "success_lo": lo, "success_hi": hi})
-    v = MH.beyond_controls(pd.DataFrame(rows)).set_index("size")
+    v = CS.beyond_controls(pd.DataFrame(rows)).set_index("size")
     assert v.loc[5, "beyond_controls"] and not v.loc[50, "beyond_controls"]
     assert v.loc[5, "controls_max"] == pytest.approx(0.15)
 
@@ -397,7 +398,7 @@ def test_group_circuit_names_groups_by_what_selected_them(tiny_llama):
     auc_state = np.full_like(auc, 0.99)  # a which-state AUROC no longer makes a group
     # the capital's first token must not be among the promoted tokens of these neurons
     cap = next(t for t in ("austin", "city", "state") if all(
-        MH._name_ids(model.tokenizer, t)[0] not in ids for ids in MH.promoted_tokens(
+        CS.name_ids(model.tokenizer, t)[0] not in ids for ids in MH.promoted_tokens(
             model, circuit["layer"], circuit["unit"], ["+"] * 6, k=MH.GroupRules.lens_k)))
     g = MH.group_circuit(model, circuit, tokens, activations=np.ones(6), auc_capital=auc, auc_state=auc_state,
                          state="texas", capital=cap, city="dallas")
@@ -432,7 +433,7 @@ def test_set_from_donors_matches_a_torch_hook(tiny_llama, site):
     logits, _, _ = hooked_forward(model, model.tokenize(prompts), (site,),
                                   replace={(site, 0): setter(0), (site, 1): setter(1)})
     assert torch.allclose(got, logits.detach().float().softmax(-1), atol=1e-6)
-    assert (got - MH.last_logits(model, prompts).softmax(-1)).abs().max() > 1e-4  # the edit matters
+    assert (got - CS.last_logits(model, prompts).softmax(-1)).abs().max() > 1e-4  # the edit matters
     with pytest.raises(ValueError):
         MH.set_from_donors(model, prompts, site, donor[:1], mask[:1])
 
@@ -453,7 +454,7 @@ def test_composition_swap_of_the_last_residual_gives_the_target_output(tiny_llam
     prompts = {"a": "the capital of the state of texas is the city of", "b": "dallas is in texas and the",
                "c": "the keys to the cabinet"}
     tok = model.tokenizer
-    plain = MH.last_logits(model, list(prompts.values())).softmax(-1)
+    plain = CS.last_logits(model, list(prompts.values())).softmax(-1)
     answers = {k: int(plain[i].argmax()) for i, k in enumerate(prompts)}
     answers["c"] = int(plain[2].argsort()[-2])  # not its top: success must be False for targets c
     donors = {s: dict(zip(prompts, MH.values_at(model, list(prompts.values()), s, offset=-1)))
@@ -491,7 +492,7 @@ def test_scale_groups_at_one_is_the_plain_model_and_at_zero_removes_the_group(ti
     answers = {"capital": 5, "state": 6}
     got = MH.scale_groups(model, prompt, grouped, [0, 1], answers=answers)
     assert list(got["group"]) == ["g", "g"] and (got["n_nodes"] == 2).all()
-    plain = MH.last_logits(model, [prompt]).softmax(-1)[0]
+    plain = CS.last_logits(model, [prompt]).softmax(-1)[0]
     one = got[got["multiplier"] == 1].iloc[0]
     assert one["p_capital"] == pytest.approx(float(plain[5]), abs=1e-6)
     nodes = [Node("mlp_acts", 0, 9, 3), Node("mlp_acts", 1, 9, 7)]

@@ -2,10 +2,10 @@
 identification (IOI). The analysis behind ``notebooks/06_appendix_case_studies.ipynb``.
 
 Every part states the model's accuracy first (Wilson intervals), then builds circuits with the case-study pipeline
-of :mod:`neuronlib.paper.multihop` (:func:`~neuronlib.paper.multihop.trace_circuits`: RelP, zero baseline, metric =
+of :mod:`neuronlib.paper.casestudy` (:func:`~neuronlib.paper.casestudy.trace_circuits`: RelP, zero baseline, metric =
 sum of the top-5 next-token logits, nodes with ``|score| >= tau * metric``, tau = 0.005), and groups neurons by the
 AUROC of their position-summed attribution across prompts against hypothesis labels
-(:func:`~neuronlib.paper.multihop.unit_aurocs`, one-vs-rest per label value).
+(:func:`~neuronlib.paper.casestudy.unit_aurocs`, one-vs-rest per label value).
 
 Selection and evaluation use different prompts: neurons are *selected* by AUROC on one half of the prompts
 (:func:`auroc_groups`), each count is compared with the count under shuffled labels
@@ -27,7 +27,7 @@ import torch
 
 from .. import stats
 from ..data import packaged
-from .multihop import TAU, last_logits, trace_circuits  # noqa: F401  (trace_circuits re-exported for notebooks)
+from .casestudy import TAU, last_logits, trace_circuits  # noqa: F401  (trace_circuits re-exported for notebooks)
 
 logger = logging.getLogger(__name__)
 

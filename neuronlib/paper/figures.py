@@ -566,7 +566,7 @@ def plot_steering(sweeps, flips=None, *, paper_range=(0.0, 2.0), title: str | No
     """One panel per prompt set: p(kind) for each kind (capital/state/city, or language/country/city) vs
     multiplier (thin: per prompt; thick: mean), the paper's 0-2 range shaded; flip fractions on a twin axis.
 
-    ``sweeps``: a tidy table with a ``set`` column (one :func:`neuronlib.paper.multihop.steering_sweep` frame per
+    ``sweeps``: a tidy table with a ``set`` column (one :func:`neuronlib.paper.casestudy.steering_sweep` frame per
     set, as the notebook writes it to ``results/``) or a dict set -> frame; ``flips`` likewise
     (:func:`neuronlib.paper.multihop.flip_fraction` frames, with ``source`` and ``target`` columns in the table)."""
     _no_ax(ax, "plot_steering")
@@ -782,7 +782,7 @@ def plot_language_steering(summary, *, ax=None):
 
 
 def plot_set_group(summary, *, target: str, title: str | None = None, ax=None):
-    """Steering toward a target (:func:`neuronlib.paper.multihop.set_group_summary`): per group size, the fraction
+    """Steering toward a target (:func:`neuronlib.paper.casestudy.set_group_summary`): per group size, the fraction
     of prompts whose top answer becomes the ``target`` (Wilson 95% intervals) for the group and its random and
     matched controls (one panel per ``template`` when the table has that column)."""
     _no_ax(ax, "plot_set_group")

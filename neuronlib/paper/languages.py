@@ -1,7 +1,8 @@
 """City -> country -> language: the paper's case-study pipeline on a two-hop task the default model does.
 
-The analysis behind ``notebooks/05_city_language.ipynb``; it reuses :mod:`neuronlib.paper.multihop` (prompt
-evaluation, RelP circuits, AUROC, steering) and adds what a referee would ask for:
+The analysis behind ``notebooks/05_city_language.ipynb``; it reuses the case-study pipeline of
+:mod:`neuronlib.paper.casestudy` (prompt evaluation, RelP circuits, AUROC, steering) and adds what a referee would
+ask for:
 
 1. :func:`evaluate` -- accuracy of the two-hop prompt (plain and chat form), of each hop alone and of the direct
    city -> language prompt (the shortcut control), per split, with Wilson intervals (:func:`accuracy_by_split`);
@@ -17,7 +18,7 @@ evaluation, RelP circuits, AUROC, steering) and adds what a referee would ask fo
    -- a dose curve: the top-N nodes by |activation difference| between the two prompts, at the city's tokens and
    at the later positions, against N random nodes at the same positions.
 5. :func:`steering_controls` -- scaling say-a-language neurons (and random and matched controls) at the last
-   position (x0 is a knock-out: necessity); :func:`neuronlib.paper.multihop.set_group_test` -- steering proper:
+   position (x0 is a knock-out: necessity); :func:`neuronlib.paper.casestudy.set_group_test` -- steering proper:
    set them to their values on prompts whose answer is a country; does the top answer become the city's country?
 
 Every function returns a tidy DataFrame; the notebook writes them to ``results/`` and the figures in
@@ -35,7 +36,7 @@ from tqdm.auto import tqdm
 from ..data import languages as lang_data
 from ..interventions import patch
 from ..sites import Node
-from . import multihop as MH
+from . import casestudy
 
 logger = logging.getLogger(__name__)
 
@@ -56,20 +57,20 @@ TASKS = {  # task -> (prompt builder over a row, the expected kind of answer)
 
 def split_by_city(df: pd.DataFrame, *, seed: int = 0) -> np.ndarray:
     """``"selection"`` / ``"evaluation"`` per row: half the cities of each country (rounded up) select neurons,
-    the other half evaluate them (:func:`neuronlib.paper.multihop.split_by_key`)."""
-    sel = MH.split_by_key(df["city"], df["country"], seed=seed)
+    the other half evaluate them (:func:`neuronlib.paper.casestudy.split_by_key`)."""
+    sel = casestudy.split_by_key(df["city"], df["country"], seed=seed)
     return np.where(sel, "selection", "evaluation")
 
 
 def task_prompts(df: pd.DataFrame, tokenizer, task: str) -> list[str]:
-    return MH.task_prompts(df, tokenizer, task, table=TASKS)
+    return casestudy.task_prompts(df, tokenizer, task, table=TASKS)
 
 
 def evaluate(model, df: pd.DataFrame, tasks=None, *, split=None, batch_size: int = 16) -> pd.DataFrame:
-    """:func:`neuronlib.paper.multihop.evaluate_tasks` on the languages table: one row per (task, city) with
+    """:func:`neuronlib.paper.casestudy.evaluate_tasks` on the languages table: one row per (task, city) with
     first-token p(language), p(country), p(city), ``top_is`` (whole name checked) and ``correct``; ``split``
     (one label per row of ``df``) is copied into a ``split`` column."""
-    out = MH.evaluate_tasks(model, df, tasks, table=TASKS, kinds=KINDS, batch_size=batch_size)
+    out = casestudy.evaluate_tasks(model, df, tasks, table=TASKS, kinds=KINDS, batch_size=batch_size)
     if split is not None:
         split = np.asarray(split)
         out["split"] = np.tile(split, len(out) // len(df))
@@ -77,12 +78,12 @@ def evaluate(model, df: pd.DataFrame, tasks=None, *, split=None, batch_size: int
 
 
 def accuracy_by_split(evals: pd.DataFrame) -> pd.DataFrame:
-    """:func:`neuronlib.paper.multihop.accuracy_table` for all prompts and for each split (``split`` column:
+    """:func:`neuronlib.paper.casestudy.accuracy_table` for all prompts and for each split (``split`` column:
     "all", "selection", "evaluation"), with Wilson intervals."""
-    frames = [MH.accuracy_table(evals).assign(split="all")]
+    frames = [casestudy.accuracy_table(evals).assign(split="all")]
     if "split" in evals:
         for name, g in evals.groupby("split", sort=False):
-            frames.append(MH.accuracy_table(g).assign(split=name))
+            frames.append(casestudy.accuracy_table(g).assign(split=name))
     return pd.concat(frames, ignore_index=True)
 
 
@@ -153,7 +154,7 @@ def prompt_tokens(tokenizer, prompt: str) -> list[str]:
 
 def city_positions(tokens: list[str], city: str) -> list[int]:
     """Positions of the city's tokens in a prompt's token list (its last occurrence)."""
-    return MH.name_positions(tokens, city)
+    return casestudy.name_positions(tokens, city)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -169,7 +170,7 @@ class GroupRules:
     min_positives = 2  # a class needs this many selection prompts to get an AUROC
 
 
-def at_city_attribution(circuits: MH.PromptCircuits, cities: list[str]) -> torch.Tensor:
+def at_city_attribution(circuits: casestudy.PromptCircuits, cities: list[str]) -> torch.Tensor:
     """[P, L, U]: each neuron's attribution summed over the city's token positions (needs ``keep_scores``)."""
     if circuits.scores is None:
         raise ValueError("trace the circuits with keep_scores=True")
@@ -182,7 +183,7 @@ def at_city_attribution(circuits: MH.PromptCircuits, cities: list[str]) -> torch
     return torch.stack(out)
 
 
-def group_counts(two_hop: MH.PromptCircuits, hop1: MH.PromptCircuits, rows2: pd.DataFrame, *,
+def group_counts(two_hop: casestudy.PromptCircuits, hop1: casestudy.PromptCircuits, rows2: pd.DataFrame, *,
                  rules=GroupRules, n_perm: int = 100, seed: int = 0) -> pd.DataFrame:
     """Counts of neurons in each AUROC group on the (selection) prompts, beside permutation nulls:
 
@@ -200,8 +201,8 @@ def group_counts(two_hop: MH.PromptCircuits, hop1: MH.PromptCircuits, rows2: pd.
     summed = two_hop.summed.reshape(P, L * U).double().numpy()
     rows = []
     for group, col in (("which country", "country"), ("which language", "language")):
-        res = MH.class_group_null(summed, rows2[col].to_numpy(), high=rules.auroc_class,
-                                  min_positives=rules.min_positives, n_perm=n_perm, seed=seed)
+        res = casestudy.class_group_null(summed, rows2[col].to_numpy(), high=rules.auroc_class,
+                                         min_positives=rules.min_positives, n_perm=n_perm, seed=seed)
         rows.append({"group": group, "rule": f"AUROC >= {rules.auroc_class} for one {col}", "n_prompts": P,
                      "n_classes": res["n_classes"], **{k: v for k, v in res.items() if k not in ("null", "n_classes")}})
     last = torch.cat([hop1.last, two_hop.last])
@@ -218,11 +219,11 @@ def group_counts(two_hop: MH.PromptCircuits, hop1: MH.PromptCircuits, rows2: pd.
     return out
 
 
-def say_language_auroc(two_hop: MH.PromptCircuits, hop1: MH.PromptCircuits) -> np.ndarray:
+def say_language_auroc(two_hop: casestudy.PromptCircuits, hop1: casestudy.PromptCircuits) -> np.ndarray:
     """[L, U] AUROC (answer is a language) of last-position attribution: two-hop prompts vs city -> country."""
     last = torch.cat([hop1.last, two_hop.last])
     labels = np.r_[np.zeros(len(hop1.prompts), dtype=int), np.ones(len(two_hop.prompts), dtype=int)]
-    return MH.unit_aurocs(last, labels)
+    return casestudy.unit_aurocs(last, labels)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -301,8 +302,8 @@ def _patch_rows(model, pairs, task, kind, src_prompts, tgt_prompts, nodes, label
                 batch_size) -> list[dict]:
     """Patch each pair's ``nodes`` and describe the answers: one record per pair."""
     tok = model.tokenizer
-    src_id = [MH._name_ids(tok, x)[0] for x in pairs[f"source_{kind}"]]
-    tgt_id = [MH._name_ids(tok, x)[0] for x in pairs[f"target_{kind}"]]
+    src_id = [casestudy.name_ids(tok, x)[0] for x in pairs[f"source_{kind}"]]
+    tgt_id = [casestudy.name_ids(tok, x)[0] for x in pairs[f"target_{kind}"]]
     probs = patch(model, src_prompts, tgt_prompts, nodes, metric=None, batch_size=batch_size).logits.float().softmax(-1)
     top = probs.argmax(-1).tolist()
     rows = []
@@ -388,7 +389,8 @@ def dose_summary(patches: pd.DataFrame) -> pd.DataFrame:
     summ = patch_summary(patches, by=("task", "kind", "where", "size", "selection"))
     out = []
     for (task, kind, where), g in summ.groupby(["task", "kind", "where"], sort=False):
-        v = MH.beyond_controls(g.rename(columns={"selection": "role"}), group_of="top |Δ|", controls=("random",))
+        v = casestudy.beyond_controls(g.rename(columns={"selection": "role"}), group_of="top |Δ|",
+                                      controls=("random",))
         out.append(v.drop(columns="group").rename(columns={"controls_max": "random_success",
                                                            "controls_hi": "random_hi",
                                                            "beyond_controls": "beyond_random"})
@@ -403,7 +405,7 @@ def neuron_variant(neurons_of_pair, label=None):
     """A patch variant from ``f(pair_row) -> [(layer, unit)]`` (mlp_acts neurons at the city's positions)."""
     def make(r):
         neurons = neurons_of_pair(r)
-        return len(neurons), lambda positions: MH.at_positions(neurons, positions)
+        return len(neurons), lambda positions: casestudy.at_positions(neurons, positions)
     return make
 
 
@@ -435,7 +437,7 @@ def patch_summary(patches: pd.DataFrame, *, by=("task", "kind", "variant")) -> p
             lo, hi = wilson_interval(k, n)
             row.update({col: k / n, f"{col}_lo": lo, f"{col}_hi": hi})
         for col in ("p_target", "p_source"):
-            m, lo, hi = MH.mean_interval(g[col].to_numpy())
+            m, lo, hi = casestudy.mean_interval(g[col].to_numpy())
             row.update({col: m, f"{col}_lo": lo, f"{col}_hi": hi})
         rows.append(row)
     return pd.DataFrame(rows)
@@ -474,19 +476,19 @@ def composition_verdict(summary: pd.DataFrame, *, group_prefix: str = "country g
 
 def last_position_nodes(prompts_tokens: list[list[str]], neurons) -> list[list[Node]]:
     """Per prompt, ``neurons`` at its last position."""
-    return [MH.at_positions(neurons, [len(t) - 1]) for t in prompts_tokens]
+    return [casestudy.at_positions(neurons, [len(t) - 1]) for t in prompts_tokens]
 
 
 def steering_controls(model, prompts: list[str], rows: pd.DataFrame, neuron_sets: dict, multipliers, *,
                       batch_size: int = 16, progress: bool = True) -> pd.DataFrame:
-    """:func:`neuronlib.paper.multihop.steering_controls` with p(language), p(country), p(city)."""
-    return MH.steering_controls(model, prompts, rows, neuron_sets, multipliers, batch_size=batch_size,
-                                progress=progress, kinds=KINDS)
+    """:func:`neuronlib.paper.casestudy.steering_controls` with p(language), p(country), p(city)."""
+    return casestudy.steering_controls(model, prompts, rows, neuron_sets, multipliers, batch_size=batch_size,
+                                       progress=progress, kinds=KINDS)
 
 
 def steering_summary(sweeps: pd.DataFrame) -> pd.DataFrame:
-    """:func:`neuronlib.paper.multihop.steering_summary` (the answer is the language)."""
-    return MH.steering_summary(sweeps, kinds=KINDS)
+    """:func:`neuronlib.paper.casestudy.steering_summary` (the answer is the language)."""
+    return casestudy.steering_summary(sweeps, kinds=KINDS)
 
 
 def dose_findings(dose: pd.DataFrame, *, kind: str = "other language") -> pd.DataFrame:
