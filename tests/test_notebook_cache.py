@@ -60,3 +60,16 @@ def test_cached_step_reuses_only_the_same_inputs(tmp_path):
     assert len(calls) == 4
     session(tmp_path, refresh=True).cached("scale", step, frame, 2.0, offset=1)  # REFRESH recomputes
     assert len(calls) == 5
+
+
+def test_session_save_records_the_runs_parameters(tmp_path):
+    import json
+
+    s = session(tmp_path)
+    s.params = {"N_PERM": 7, "SMOKE": True}
+    path = s.save(pd.DataFrame({"a": [1, 2]}), "t", "two rows")
+    meta = json.loads((tmp_path / "t.json").read_text())
+    assert path == tmp_path / "t.csv" and pd.read_csv(path)["a"].tolist() == [1, 2]
+    assert meta["parameters"]["N_PERM"] == 7 and meta["model"] == "tiny-llama" and meta["description"] == "two rows"
+    s.save(pd.DataFrame({"a": [3]}), "u", "other model", model="gemma3-270m")
+    assert json.loads((tmp_path / "u.json").read_text())["model"] == "gemma3-270m"

@@ -39,6 +39,7 @@ class Session:
     threads: int
     scratch: Path | None = None  # SMOKE: the temporary folder that holds everything the run writes
     name: str = "notebook"
+    params: dict = field(default_factory=dict)  # the run's parameters (after SMOKE's overrides): every table records them
     t_start: float = field(default_factory=time.perf_counter)
     _model: object = None
 
@@ -57,6 +58,14 @@ class Session:
                               kwargs={k: fingerprint(v) for k, v in sorted(kwargs.items())})
         return cache.cached("notebook_step", key, lambda: fn(*args, **kwargs), refresh=self.refresh,
                             directory=self.cache)
+
+    def save(self, frame, name: str, description: str, *, model: str | None = None):
+        """Write ``frame`` as ``results/{name}.csv`` with its sidecar (:func:`neuronlib.paper.results.write_table`):
+        this session's :attr:`params`, ``model`` (default: the session's model name) and ``description``."""
+        from .results import write_table
+
+        return write_table(frame, name, self.results, parameters=self.params, model=model or self.model_name,
+                           description=description)
 
     @property
     def model(self):
