@@ -150,3 +150,31 @@ def test_a_kernel_s_progress_bar_and_last_message_reach_the_terminal(checkout, c
     assert meters, err[-2000:]
     assert "  last: step one: done" in err  # a step without a bar: what the kernel last logged
     assert time.perf_counter() - t0 < 120
+
+
+def test_the_kernel_logs_each_cache_entry_and_saved_sae_it_uses(tmp_path, monkeypatch, tiny_llama):
+    from neuronlib import cache
+    from neuronlib.paper import notebook
+    from neuronlib.paper import sae_baselines as sbl
+
+    for name in ("cache_key", "cached_entry"):  # restored after the test
+        monkeypatch.setattr(cache, name, getattr(cache, name))
+    monkeypatch.setenv("NEURONLIB_CACHE", str(tmp_path / "cache"))
+    log = tmp_path / "cache.jsonl"
+    notebook.record_cache_use(log)
+    notebook.record_cache_use(log)  # a second setup() in the same kernel wraps nothing twice
+    key = cache.cache_key(kind="edges", x=1)
+    for _ in range(2):
+        assert cache.cached("edges", key, lambda: {"a": [1, 2]}) == {"a": [1, 2]}
+    sbl._train_key(tiny_llama, "resid", 0, sbl.DEFAULT_CONFIG, "data")
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    stamp = lines[1]["stamp"]
+    assert [(e["kind"], e["hit"], e["readable"], e["code"]) for e in lines] == \
+        [("edges", False, True, ["neuronlib.edges"]), ("edges", True, True, ["neuronlib.edges"]),
+         ("sae_baseline", None, True, ["neuronlib.paper.sae_baselines"])]
+    from neuronlib.codestamps import dependency_stamp
+
+    assert stamp == dependency_stamp(["neuronlib.edges"])
+    assert lines[0]["path"] == str(cache.entry_path("edges", key).resolve())
+    assert lines[2]["path"] == str((tmp_path / "cache" / "saes").resolve())
+    assert len(runplan.read_cache_log(log)) == 2  # one per entry: the first line says whether it was computed

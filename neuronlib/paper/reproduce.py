@@ -7,6 +7,10 @@ as ``NAME.failed.ipynb`` and the error is :class:`NotebookFailed`: one line with
 message and that path); the notebooks' SMOKE scratch folders go into one temporary folder that is removed after the
 run. Parameters are checked against the types of the notebooks' defaults, and the device, before a kernel starts.
 
+Before the first notebook starts it prints a plan (:mod:`neuronlib.paper.runplan`): each notebook's estimated wall
+time on this machine and how many cached results it re-uses; each notebook starts with the estimated time left, and
+its kernel's running progress bar (or last log message) is shown under papermill's cell bar.
+
 SIGTERM and SIGHUP stop a run as Ctrl-C does (:class:`Interrupted`): the running notebook's partial copy is kept as
 ``NAME.failed.ipynb`` and the temporary folder removed. The in-progress copy and the temporary folder are held
 under a lock (:mod:`neuronlib.locks`), so what a killed run (SIGKILL) leaves is removed by the next run.
