@@ -117,7 +117,8 @@ def test_a_signal_is_cleaned_up_and_said_in_one_line(checkout, sig, said):
     else:
         proc.send_signal(sig)
     _, err = proc.communicate(timeout=120)
-    said_lines = _messages(err)[2:]  # after "neuronlib reproduce: ..." and "[1/1] 01_sleep.ipynb"
+    messages = _messages(err)
+    said_lines = messages[next(i for i, m in enumerate(messages) if "[1/1] 01_sleep.ipynb" in m) + 1:]
     assert len(said_lines) == 1 and said in said_lines[0] and "01_sleep.ipynb" in said_lines[0], err
     assert "Traceback" not in err
     executed = root / "runs" / "smoke" / "executed"

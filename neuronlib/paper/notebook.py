@@ -274,5 +274,129 @@ def setup(*, MODEL: str, SMOKE: bool, FIGURES_DIR=None, CACHE_DIR=None, RESULTS_
                       "display.max_colwidth", 90)
     except ImportError:
         pass
+    report_to_runner()
     return Session(model_name=MODEL, smoke=bool(SMOKE), figures=figures, results=results, cache=cache,
                    refresh=bool(REFRESH), threads=int(THREADS), scratch=scratch if SMOKE else None, name=name)
+
+
+def report_to_runner() -> None:
+    """When ``neuronlib reproduce`` runs this kernel (its variables set): append every results-cache entry the
+    notebook uses to the runner's log, for its re-use count next time, and keep writing the running progress bars
+    to its progress file, for the terminal (a kernel's own output only reaches the executed notebook)."""
+    from .runplan import CACHE_LOG_ENV, PROGRESS_ENV
+
+    if os.environ.get(CACHE_LOG_ENV):
+        record_cache_use(Path(os.environ[CACHE_LOG_ENV]))
+    if os.environ.get(PROGRESS_ENV):
+        mirror_progress(Path(os.environ[PROGRESS_ENV]))
+
+
+def record_cache_use(log: Path) -> None:
+    """From now on, every :func:`neuronlib.cache.cached_entry` call of this process appends one JSON line to ``log``:
+    kind, entry path, hit, the key's code roots and their :func:`neuronlib.codestamps.dependency_stamp`.
+
+    The cache module's functions are wrapped here, not changed: every cache key holds the code stamp of
+    :mod:`neuronlib.cache` (the kinds' modules import it), so a hook written into it would retire every stored
+    entry. Callers look the functions up on the module at call time, so the wrappers see every entry."""
+    import json
+
+    from .. import cache
+    from ..codestamps import dependency_stamp
+
+    if getattr(cache.cached_entry, "records_to", None) == str(log):
+        return
+    make_key = getattr(cache.cache_key, "wrapped", cache.cache_key)
+    get_entry = getattr(cache.cached_entry, "wrapped", cache.cached_entry)
+    code_of: dict[str, tuple[list[str], str]] = {}
+
+    def cache_key(*, code=None, **parts):
+        key = make_key(code=code, **parts)
+        roots = code if code is not None else cache.KIND_CODE.get(parts.get("kind"))
+        roots = [roots] if isinstance(roots, str) else sorted(roots or ())
+        code_of[key] = (roots, dependency_stamp(roots) if roots else "")
+        if parts.get("kind") == "sae_baseline":  # a trained SAE: saved outside the results cache, its key in cfg.json
+            from ..models import cache_dir
+
+            write({"kind": "sae_baseline", "path": str((cache_dir() / "saes").resolve()), "key": key, "hit": None,
+                   "readable": True, "code": roots, "stamp": code_of[key][1]})
+        return key
+
+    def cached_entry(kind, key, compute, **options):
+        value, hit = get_entry(kind, key, compute, **options)
+        roots, stamp = code_of.get(key, ([], ""))
+        path = cache.entry_path(kind, key, options.get("directory")).resolve()
+        readable = hit
+        if not hit and path.is_file():  # a value the cache writes but cannot read back is recomputed every run
+            try:
+                cache.read_entry(path, kind)
+                readable = True
+            except Exception:  # noqa: BLE001 - whatever the cache's reader refuses
+                readable = False
+        write({"kind": kind, "path": str(path), "key": key, "hit": hit, "readable": readable, "code": roots,
+               "stamp": stamp})
+        return value, hit
+
+    def write(line: dict):
+        with open(log, "a") as stream:  # one short line per write: appends from worker threads do not interleave
+            stream.write(json.dumps(line) + "\n")
+
+    cache_key.wrapped, cached_entry.wrapped, cached_entry.records_to = make_key, get_entry, str(log)
+    cache.cache_key, cache.cached_entry = cache_key, cached_entry
+
+
+def mirror_progress(path: Path, *, every_s: float = 1.0):
+    """A daemon thread that writes the running tqdm bars of this process (every tqdm registers in
+    ``tqdm.tqdm._instances``; disabled ones do not), outermost first, as one-line meters with their ETA, and the
+    last message neuronlib logged (steps without a bar say what they finished), to ``path`` every ``every_s``
+    seconds while they change. Returns the thread."""
+    import json
+    import logging
+    import threading
+
+    from tqdm import tqdm
+
+    running = next((t for t in threading.enumerate() if t.name == "neuronlib-progress"), None)
+    if running is not None:
+        return running
+
+    class LastMessage(logging.Handler):
+        message = ""
+
+        def emit(self, record):
+            self.message = " ".join(record.getMessage().split())
+
+    last_message = LastMessage(logging.INFO)
+    logging.getLogger("neuronlib").addHandler(last_message)
+
+    with_total = "{desc}: {percentage:3.0f}% {n_fmt}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]"
+    without_total = "{desc}: {n_fmt} [{elapsed}, {rate_fmt}{postfix}]"
+
+    def meters() -> list[str]:
+        with tqdm.get_lock():
+            bars = [bar for bar in tqdm._instances if not bar.disable]
+        out = []
+        for bar in sorted(bars, key=lambda b: b.start_t):
+            d = bar.format_dict
+            out.append(tqdm.format_meter(**{**d, "bar_format": with_total if d["total"] else without_total}))
+        return out
+
+    def loop():
+        last = None
+        while True:
+            try:
+                now = {"bars": meters(), "log": last_message.message}
+            except Exception:  # noqa: BLE001 - a bar closing mid-read: try again at the next tick
+                now = last
+            if now != last:
+                tmp = path.with_name(f".{path.name}.tmp")
+                try:
+                    tmp.write_text(json.dumps(now))
+                    os.replace(tmp, path)
+                except OSError:  # the runner's folder is gone: nobody is watching
+                    return
+                last = now
+            time.sleep(every_s)
+
+    thread = threading.Thread(target=loop, name="neuronlib-progress", daemon=True)
+    thread.start()
+    return thread

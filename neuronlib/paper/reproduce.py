@@ -7,6 +7,10 @@ as ``NAME.failed.ipynb`` and the error is :class:`NotebookFailed`: one line with
 message and that path); the notebooks' SMOKE scratch folders go into one temporary folder that is removed after the
 run. Parameters are checked against the types of the notebooks' defaults, and the device, before a kernel starts.
 
+Before the first notebook starts it prints a plan (:mod:`neuronlib.paper.runplan`): each notebook's estimated wall
+time on this machine and how many cached results it re-uses; each notebook starts with the estimated time left, and
+its kernel's running progress bar (or last log message) is shown under papermill's cell bar.
+
 SIGTERM and SIGHUP stop a run as Ctrl-C does (:class:`Interrupted`): the running notebook's partial copy is kept as
 ``NAME.failed.ipynb`` and the temporary folder removed. The in-progress copy and the temporary folder are held
 under a lock (:mod:`neuronlib.locks`), so what a killed run (SIGKILL) leaves is removed by the next run.
@@ -23,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..registry import DEFAULT_MODEL
+from . import runplan
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -191,16 +196,31 @@ def _figure_state(directory: Path) -> dict[str, float]:
 
 
 def run_notebook(path: Path, *, smoke: bool, model: str | None, out_dir: Path, figures: Path, log=None,
-                 parameters: dict | None = None) -> dict:
-    """Execute one notebook with papermill; ``model`` None keeps the notebook's own MODEL default."""
+                 parameters: dict | None = None, report: Path | None = None) -> dict:
+    """Execute one notebook with papermill; ``model`` None keeps the notebook's own MODEL default.
+
+    ``report``: a folder where the kernel logs its running progress bars, shown on the terminal under papermill's
+    cell bar, and (not SMOKE) the results-cache entries it uses, returned as ``entries``."""
     log = log or logger.info
     import papermill
+
+    from .runplan import CACHE_LOG_ENV, PROGRESS_ENV, read_cache_log
 
     out_dir.mkdir(parents=True, exist_ok=True)
     figures.mkdir(parents=True, exist_ok=True)
     before = _figure_state(figures)
-    old_env = os.environ.get("NEURONLIB_FIGURES")
-    os.environ["NEURONLIB_FIGURES"] = str(figures)  # the kernel inherits it
+    reports = {}
+    if report is not None:
+        report.mkdir(parents=True, exist_ok=True)
+        reports = {PROGRESS_ENV: report / f"{path.stem}.progress"}
+        if not smoke:  # a SMOKE run's cache is temporary: nothing to count next time
+            reports[CACHE_LOG_ENV] = report / f"{path.stem}.cache.jsonl"
+        for file in reports.values():
+            file.unlink(missing_ok=True)
+    old_env = {name: os.environ.get(name) for name in ("NEURONLIB_FIGURES", *reports)}
+    os.environ["NEURONLIB_FIGURES"] = str(figures)  # the kernel inherits them
+    os.environ.update({name: str(file) for name, file in reports.items()})
+    mirror = _ShowProgress(reports[PROGRESS_ENV]) if reports else contextlib.nullcontext()
     t0 = time.perf_counter()
     target = out_dir / path.name
     failed = out_dir / f"{path.stem}.failed.ipynb"
@@ -208,7 +228,7 @@ def run_notebook(path: Path, *, smoke: bool, model: str | None, out_dir: Path, f
 
     remove_stale(out_dir, f".{path.stem}.running-", max_age_s=0)  # left by a killed run (its lock is free)
     try:
-        with temporary(out_dir, f".{path.stem}.running-", suffix=".ipynb") as running:
+        with temporary(out_dir, f".{path.stem}.running-", suffix=".ipynb") as running, mirror:
             try:
                 papermill.execute_notebook(
                     str(path), str(running), parameters={**({} if model is None else {"MODEL": model}), "SMOKE": smoke,
@@ -234,15 +254,65 @@ def run_notebook(path: Path, *, smoke: bool, model: str | None, out_dir: Path, f
             (time.perf_counter() - t0) - 1 else ""
         raise Interrupted(f"{str(err) or 'interrupted'} while running {path.name}{kept}") from None
     finally:
-        if old_env is None:
-            os.environ.pop("NEURONLIB_FIGURES", None)
-        else:
-            os.environ["NEURONLIB_FIGURES"] = old_env
+        for name, old in old_env.items():
+            if old is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = old
     seconds = time.perf_counter() - t0
     after = _figure_state(figures)
     made = sorted(name for name, mtime in after.items() if before.get(name) != mtime)
-    log(f"  {path.name}: {seconds:.0f} s, {len(made)} figure files")
-    return {"notebook": path.name, "seconds": seconds, "figures": made, "executed": str(out_dir / path.name)}
+    entries = read_cache_log(reports[CACHE_LOG_ENV]) if CACHE_LOG_ENV in reports else []
+    looked_up = [e for e in entries if e["hit"] is not None]  # trained SAEs are counted by their own log line
+    hits = f", {sum(e['hit'] for e in looked_up)} of {len(looked_up)} cached results re-used" if looked_up else ""
+    log(f"  {path.name}: {seconds / 60:.1f} min, {len(made)} figure files{hits}")
+    return {"notebook": path.name, "seconds": seconds, "figures": made, "executed": str(out_dir / path.name),
+            "entries": entries}
+
+
+class _ShowProgress:
+    """While a notebook runs: a thread that shows the outermost running progress bar of its kernel, else the last
+    message it logged (as the kernel writes them to ``path``, :func:`neuronlib.paper.notebook.mirror_progress`), as
+    one line under papermill's bar."""
+
+    def __init__(self, path: Path, every_s: float = 1.0):
+        import threading
+
+        self.path, self.every_s, self.stop = path, every_s, threading.Event()
+        self.thread = threading.Thread(target=self._loop, name="neuronlib-show-progress", daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop.set()
+        self.thread.join(timeout=5)
+
+    def _loop(self):
+        import json
+        import shutil
+
+        from tqdm import tqdm
+
+        bar, shown = None, ""
+        while not self.stop.wait(self.every_s):
+            try:
+                state = json.loads(self.path.read_text())
+                bars, message = state["bars"], state["log"]
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            line = f"  {bars[0]}" if bars else f"  last: {message}" if message else ""
+            width = shutil.get_terminal_size().columns - 1  # a wrapped line would not be redrawn in place
+            line = line if len(line) <= width else line[:width - 3] + "..."
+            if line == shown:
+                continue
+            if bar is None:
+                bar = tqdm(total=None, bar_format="{desc}", leave=False)
+            bar.set_description_str(line, refresh=True)
+            shown = line
+        if bar is not None:
+            bar.close()
 
 
 def _kernel_manager(log: Path):
@@ -299,6 +369,15 @@ def reproduce(*, smoke: bool = False, model: str | None = None, only: list[str] 
     check_device_here()
     log(f"neuronlib reproduce: {len(books)} notebooks, model {model or 'each notebook default'}, "
         f"{'SMOKE' if smoke else 'full'} mode")
+    executed = base / "executed"
+    params_of = {book: _notebook_parameters(book, declared[book], parameters, sva_data, smoke, model)
+                 for book in books}
+    factor, basis = (None, "") if smoke else calibrate(threads=_threads(parameters))
+    estimates, lines = runplan.plan(books, parameters_of=params_of, executed=executed, smoke=smoke, factor=factor,
+                                    basis=basis, paper_sizes=model is None and sva_data is None and
+                                    not set(parameters) - {"THREADS", "REFRESH"})
+    for line in lines:
+        log(line)
     t0 = time.perf_counter()
     rows = []
     from ..locks import remove_stale, temporary
@@ -312,7 +391,7 @@ def reproduce(*, smoke: bool = False, model: str | None = None, only: list[str] 
         os.environ["NEURONLIB_SMOKE_DIR"] = str(scratch)  # the kernels put their SMOKE folders here
         os.environ[RUN_COMMIT_ENV] = git_commit(root) or ""  # every table of this run names the commit it started from
         try:
-            _run_all(books, declared, parameters, sva_data, smoke, model, base, figures, log, rows)
+            _run_all(books, params_of, estimates, smoke, model, executed, figures, log, rows, scratch)
         finally:
             for name, old in (("NEURONLIB_SMOKE_DIR", old_smoke), (RUN_COMMIT_ENV, old_commit)):
                 if old is None:
@@ -329,14 +408,41 @@ def reproduce(*, smoke: bool = False, model: str | None = None, only: list[str] 
     return pd.DataFrame(rows)
 
 
-def _run_all(books, declared, parameters, sva_data, smoke, model, base, figures, log, rows) -> None:
-    for i, book in enumerate(books, 1):
-        log(f"[{i}/{len(books)}] {book.name}")
-        extra = {k: v for k, v in parameters.items() if k in declared[book]}
-        if sva_data and book.name.startswith("02_"):
-            extra["SVA_DATA"] = str(Path(sva_data).resolve())
-        rows.append(run_notebook(book, smoke=smoke, model=model, out_dir=base / "executed", figures=figures,
-                                 log=log, parameters=extra))
+def _notebook_parameters(book, declared, parameters, sva_data, smoke, model) -> dict:
+    """What papermill hands ``book``: MODEL (when given), SMOKE, and the parameters it declares."""
+    extra = {k: v for k, v in parameters.items() if k in declared}
+    if sva_data and book.name.startswith("02_"):
+        extra["SVA_DATA"] = str(Path(sva_data).resolve())
+    return {**({} if model is None else {"MODEL": model}), "SMOKE": smoke, **extra}
+
+
+def _threads(parameters: dict) -> int | None:
+    """The torch threads of the kernels: their THREADS parameter, else None (the notebooks' default)."""
+    threads = parameters.get("THREADS")
+    return threads if isinstance(threads, int) and not isinstance(threads, bool) and threads > 0 else None
+
+
+def calibrate(*, threads: int | None):
+    """:func:`neuronlib.paper.runplan.calibrate` (a name here, so tests can give the runner a known factor)."""
+    return runplan.calibrate(threads=threads)
+
+
+def _run_all(books, params_of, estimates, smoke, model, executed, figures, log, rows, scratch) -> None:
+    for i, (book, est) in enumerate(zip(books, estimates), 1):
+        ahead = [e.minutes for e in estimates[i - 1:] if e.minutes is not None]
+        eta = ""
+        if est.minutes is not None:
+            done = time.strftime("%H:%M", time.localtime(time.time() + 60 * sum(ahead)))
+            eta = f" (est. {runplan.minutes_text(est.minutes)}; all {len(books) - i + 1} left est. " \
+                  f"{runplan.minutes_text(sum(ahead))}, done ~{done})"
+        log(f"[{i}/{len(books)}] {book.name}{eta}")
+        extra = {k: v for k, v in params_of[book].items() if k not in ("MODEL", "SMOKE")}
+        row = run_notebook(book, smoke=smoke, model=model, out_dir=executed, figures=figures, log=log,
+                           parameters=extra, report=Path(scratch) / "reports")
+        if not smoke:  # a SMOKE run's cache is its temporary folder: nothing of it is there next time
+            runplan.write_record(runplan.record_path(executed, book), book=book, parameters=params_of[book],
+                                 seconds=row["seconds"], entries=row["entries"])
+        rows.append(row)
 
 
 @contextlib.contextmanager
