@@ -31,6 +31,10 @@ themselves (clean and counterfactual prefixes of every template's test split, ev
 (0.8 for ``mlp_out``, 0.9 for ``resid``); the table also gives the same without position 0, L0 on the prompts and
 the dead fraction on held-out corpus tokens.
 
+**Held-out text** (:func:`heldout_corpus_texts`, :func:`heldout_token_windows`): training reads the shuffled corpus
+chunks from the start; every chunk after the last one it read (less repeats of read chunks) is text none of the SAEs
+saw, for :func:`neuronlib.sae_eval.sae_quality` (explained variance, CE loss recovered, KL, dead latents).
+
 :func:`load_sae_baselines` / :func:`attach_sae_baselines` load them back and attach them as the ``sae_mlp_out`` /
 ``sae_resid`` sites. :func:`sae_table` reads the per-layer statistics from the saved files.
 
