@@ -25,9 +25,11 @@ forward:
 
 The baseline is **zero ablation at every site**, as SAELens and SAEBench compute "CE loss recovered": the site's
 value (MLP output, or the whole residual stream after the layer) is replaced by zeros at every position where the
-SAE is spliced. For the residual stream that deletes everything the model has computed up to that layer, so
-``ce_zero`` is far above ``ce_clean`` and ``ce_recovered`` is close to 1 even for a mediocre SAE: read ``ce_delta``
-and ``kl_spliced`` beside it.
+SAE is spliced. For the residual stream that deletes everything the model has computed up to that layer; on a
+bias-free model (SmolLM2) every later layer then sees zeros, the logits are all 0 and ``ce_zero`` is ``ln(vocab)``
+(10.80 nats) at every layer. So ``ce_zero`` is far above ``ce_clean`` and ``ce_recovered`` is close to 1 even for a
+mediocre SAE: read ``ce_delta`` and ``kl_spliced`` beside it. On short prompts zero-ablating an MLP output can lower
+the cross-entropy (``ce_zero < ce_clean``), and ``ce_recovered`` then means nothing.
 
 ``exclude_positions`` leaves its positions out of ``ev`` and ``l0``; with ``splice_excluded=False`` they also keep
 their clean value in the spliced and zero-ablated forwards (SAEBench's treatment of a BOS token). By default every
@@ -38,8 +40,9 @@ one site is spliced in at once.
 
 Token input: a ``[N, T]`` tensor of token ids (every token real, e.g. :func:`neuronlib.paper.sae_baselines.heldout_token_windows`),
 or a list of strings (tokenised with ``Model.tokenize``, left-padded; padding counts nowhere). Positions are counted
-from each text's first real token. Memory: a batch's logits are held three times (clean log-probabilities, edited
-logits, their log-softmax), ``3 x batch_size x T x vocab x 4`` bytes (0.6 GB for 8 x 128 tokens of SmolLM2).
+from each text's first real token. Memory: a batch's logits are held up to six times at once (clean log-probabilities,
+edited logits, their log-softmax and the KL's temporaries), ``6 x batch_size x T x vocab x 4`` bytes (1.2 GB for
+8 x 128 tokens of SmolLM2); ``batch_size`` bounds it.
 """
 from __future__ import annotations
 
@@ -261,8 +264,7 @@ def splice_losses(model, saes, tokens, *, exclude_positions: Sequence[int] = (0,
         ids, attn = inputs["input_ids"], inputs["attention_mask"].bool()
         pairs = (attn[:, :-1] & attn[:, 1:]).float()  # context and target both real
         where = None if splice_excluded else _kept(inputs["attention_mask"], exclude_positions)
-        with torch.no_grad():
-            clean = tracing.run(model, inputs, metric=lambda lg: lg, all_positions=True)
+        clean = tracing.run(model, inputs, metric=lambda lg: lg, all_positions=True)
         ce, _, clean_logp = _next_token_losses(clean, ids, None)
         del clean
         ce_clean_sum += float((ce * pairs).sum())

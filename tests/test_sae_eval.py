@@ -1,4 +1,6 @@
 """SAE quality as the SAE literature measures it (neuronlib.sae_eval), checked against hand-written torch forwards."""
+import math
+
 import pytest
 import torch
 from conftest import SVA_PAIRS
@@ -146,6 +148,8 @@ def test_a_zero_sae_recovers_nothing(tiny_llama):
     assert (t.ce_recovered.abs() <= 1e-6).all()
     assert (t.ce_spliced == t.ce_zero).all() and (t.kl_spliced == t.kl_zero).all()
     assert (t.dead_fraction == 1).all() and (t.l0 == 0).all()  # every pre-activation is 0: nothing fires
+    # a zero residual stream on a bias-free model: every later layer sees zeros, the logits are 0, CE = ln(vocab)
+    assert t.loc["resid", "ce_zero"] == pytest.approx(math.log(model.config.vocab_size), rel=1e-6)
     # EV of x_hat = 0 is 1 - sum ||x||^2 / sum ||x - mean x||^2, position 0 excluded
     x = torch.cat([site_rows(model, "mlp_out", 0, text)[1:] for text in TEXTS]).double()
     expected = 1 - x.pow(2).sum() / (x - x.mean(0)).pow(2).sum()

@@ -611,7 +611,8 @@ def sae_quality(model, prompts: dict[str, list[str]] | list[str], sites: Sequenc
     position 0; ``l0`` the mean number of active latents per token on the prompts; ``dead_fraction`` the fraction
     of latents that never fire on the held-out corpus tokens and ``heldout_explained_variance`` the held-out corpus
     EV (both from the SAE's ``cfg.json``, NaN when unknown). ``passes``: EV >= :data:`QUALITY_THRESHOLDS` [site].
-    ``saes``: {base site: per-layer SAEs} (default: :func:`load_sae_baselines` from ``root``).
+    ``saes``: {base site: per-layer SAEs} (default: :func:`load_sae_baselines` from ``root``). The measures the SAE
+    literature reports (CE loss recovered, KL, held-out text) are :func:`neuronlib.sae_eval.sae_quality`'s.
     """
     from ..activations import read_sites
 
