@@ -107,12 +107,13 @@ class _Plan:
     gate_ratio: Callable | None
     need_layers: bool
     saes: dict | None  # the SAEs of the requested SAE sites (local runs only)
+    all_positions: bool = False  # the metric sees every position's logits [B, T, V], not the last one's [B, V]
 
 
 def _walk(lm, plan: _Plan, edit, metric, then):
     """The body of every trace: the modules in forward order, each site handed to ``edit``, then ``metric`` on the
-    last position's logits and ``then`` on its value. Runs where the model is (here, or on a remote worker), so it
-    reads nothing but its arguments."""
+    last position's logits (every position's with ``plan.all_positions``) and ``then`` on its value. Runs where the
+    model is (here, or on a remote worker), so it reads nothing but its arguments."""
     arch, sites, relp, gate_ratio = plan.arch, plan.sites, plan.relp, plan.gate_ratio
     if "embed" in sites:
         embed = get_path(lm, arch.embed)
@@ -172,7 +173,8 @@ def _walk(lm, plan: _Plan, edit, metric, then):
         _frozen_norm(get_path(lm, arch.final_norm), arch)
     value = None
     if metric is not None:
-        value = metric(get_path(lm, arch.unembed).output[:, -1, :])
+        out = get_path(lm, arch.unembed).output
+        value = metric(out if plan.all_positions else out[:, -1, :])
     return value if then is None else then(value)
 
 
@@ -197,9 +199,11 @@ def run(
     relp: RelPRules | None = None,
     inputs_embeds: torch.Tensor | None = None,
     then: Callable | None = None,
+    all_positions: bool = False,
 ):
     """One forward pass. Returns ``metric(last_logits_BV)`` (a [B] tensor that keeps its autograd graph), or None;
-    with ``then``, what ``then(metric value)`` returns.
+    with ``then``, what ``then(metric value)`` returns. ``all_positions=True``: the metric gets every position's
+    logits ``[B, T, V]`` (next-token losses over a whole text) instead of the last position's.
 
     ``edit(site, layer, value)`` is called for every site in ``sites`` in forward order; what it returns (if not
     None) replaces the value for the rest of the forward pass. An SAE site calls it twice: with its latents under
@@ -220,8 +224,8 @@ def run(
     gate_ratio = model.arch.gate_ratio(model.config) if relp is not None and relp.gate == "identity" else None
     plan = _Plan(arch=model.arch, sites=sites, relp=relp, gate_ratio=gate_ratio,
                  need_layers=bool(sites - {"embed"}) or relp is not None,
-                 saes={s: model.saes[s] for s in sae_sites} or None)
-    kwargs = dict(attention_mask=inputs["attention_mask"], logits_to_keep=1, use_cache=False)
+                 saes={s: model.saes[s] for s in sae_sites} or None, all_positions=bool(all_positions))
+    kwargs = dict(attention_mask=inputs["attention_mask"], logits_to_keep=0 if all_positions else 1, use_cache=False)
     if inputs_embeds is not None:
         kwargs["inputs_embeds"] = inputs_embeds
     else:

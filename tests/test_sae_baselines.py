@@ -198,3 +198,24 @@ def test_sae_circuits_batched_sweep_equals_one_ablation_per_circuit(trained):
         for size, (m_c, m_cbar) in ref.items():
             assert abs(ours.loc[size, "m_C"] - m_c) <= 1e-4 and abs(ours.loc[size, "m_Cbar"] - m_cbar) <= 1e-4
         assert abs(ours.faithfulness.iloc[-1] - 1) <= 1e-5  # the full basis
+
+
+@pytest.mark.parametrize("config", [sbl.SMOKE_CONFIG, sbl.DEFAULT_CONFIG])
+def test_heldout_corpus_is_disjoint_from_the_training_corpus(tiny_llama, config):
+    """The held-out chunks are none of the chunks the training windows were cut from: the training (and training
+    evaluation) windows come out the same when only the other chunks are read."""
+    from neuronlib.data.corpus import iter_corpus_texts
+
+    tok = tiny_llama.tokenizer
+    texts = list(iter_corpus_texts(seed=config.corpus_seed, sources=config.sources))
+    held = sbl.heldout_corpus_texts(tok, config)
+    held_set = set(held)
+    rest = [t for t in texts if t not in held_set]
+    assert held and rest and len(held) + len(rest) <= len(texts)
+    n = config.n_train_windows + config.n_eval_windows
+    trained_on = sbl.corpus_token_windows(tok, n, config.seq_len, seed=config.corpus_seed, sources=config.sources)
+    assert torch.equal(sbl.corpus_token_windows(tok, n, config.seq_len, texts=rest), trained_on)
+    assert len(held) >= 0.9 * len(texts)  # training read a small prefix of the shuffled chunks
+    windows = sbl.heldout_token_windows(tok, 1000, seq_len=64, config=config)
+    assert windows.shape == (16, 64)
+    assert torch.equal(windows, sbl.corpus_token_windows(tok, 16, 64, texts=held))

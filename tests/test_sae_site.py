@@ -5,6 +5,7 @@ from conftest import SVA_PAIRS
 
 import neuronlib
 from neuronlib import tracing
+from neuronlib.activations import read_sites
 from neuronlib.saes import TopKSAE, sae_site_reconstruct, sae_site_values
 
 PAIRS = SVA_PAIRS[:2]
@@ -100,3 +101,60 @@ def test_zero_ablating_error_nodes_leaves_the_reconstruction(with_saes):
 def test_sae_site_without_saes_is_an_error(tiny_llama):
     with pytest.raises(ValueError, match="attach_saes"):
         neuronlib.attribute(tiny_llama, PAIRS, sites=("sae_mlp_out",))
+
+
+def _saes_with_biases(model, seed):
+    """One TopK SAE per layer with non-zero encoder and decoder biases (trained SAEs have both)."""
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for layer in range(model.n_layers):
+        sae = TopKSAE(model.d_model, 40, 6, seed=seed + layer)
+        with torch.no_grad():
+            sae.b_dec.normal_(0, 1.0, generator=gen)
+            sae.b_enc.normal_(0, 0.5, generator=gen)
+        out.append(sae)
+    return out
+
+
+@pytest.mark.parametrize("name", ["tiny-llama", "tiny-gemma"])
+def test_relp_through_sae_sites_conserves_up_to_the_decoder_bias(name):
+    """RelP through an SAE site: the splice x -> decode(latents) + error passes the gradient through unchanged
+    (TopK's selection a fixed mask, the error node linear), so the embeddings' relevance still sums to the metric with
+    both SAE sites in the walk; at the site, latents + error node carry the base site's relevance less
+    b_dec . dm/dx, the decoder bias's share (a constant, no node's), and exactly the base site's with a
+    counterfactual baseline, where b_dec cancels."""
+    model = neuronlib.load_model(name)  # our own copy: attaching SAEs changes the Model object
+    model.attach_saes("sae_mlp_out", _saes_with_biases(model, 0))
+    model.attach_saes("sae_resid", _saes_with_biases(model, 100))
+    data = [{"prompt": "the keys to the cabinet", "answer": " are"}, {"prompt": "the dog near the boys", "answer": " is"}]
+    sites = ("embed", "mlp_acts", "mlp_out", "sae_mlp_out", "resid", "sae_resid")
+    att = neuronlib.attribute(model, data, metric="logit", method="relp", baseline="zero", sites=sites)
+    m = att.metric
+    assert m.abs().min() > 1e-2
+    tol = 1e-4 * m.abs().max()
+    assert (att["embed"].sum((1, 2, 3)) - m).abs().max() <= tol
+    values, _ = read_sites(model, model.tokenize([d["prompt"] for d in data]), ("mlp_out", "resid"))
+    for base in ("mlp_out", "resid"):
+        for layer in range(model.n_layers):
+            r_base = att[base][:, layer].sum((1, 2))
+            r_sae = att["sae_" + base][:, layer].sum((1, 2))
+            x = values[base][layer].float()
+            assert x.abs().min() > 1e-6
+            grad = att[base][:, layer] / x  # dm/dx at the site: a zero-baseline score is x * dm/dx
+            bias_share = (grad * model.saes["sae_" + base][layer].b_dec).sum((1, 2))
+            assert (r_sae + bias_share - r_base).abs().max() <= tol, (base, layer)
+            assert bias_share.abs().max() > 1e-2 * m.abs().max()  # the bias's share is not negligible here
+            if base == "resid":  # a complete cut
+                assert (r_base - m).abs().max() <= tol
+            else:  # the neurons carry the MLP output's relevance (bias-free down projection)
+                assert (att["mlp_acts"][:, layer].sum((1, 2)) - r_base).abs().max() <= tol
+
+    pairs = [p for p in SVA_PAIRS if len(p["clean_prefix"].split()) == len(p["patch_prefix"].split())]
+    cf = neuronlib.attribute(model, pairs, method="relp", baseline="counterfactual",
+                             sites=("mlp_out", "sae_mlp_out", "resid", "sae_resid"))
+    change = cf.metric - cf.baseline_metric
+    assert change.abs().min() > 1e-2
+    for base in ("mlp_out", "resid"):
+        for layer in range(model.n_layers):
+            r_base = cf[base][:, layer].sum((1, 2))
+            assert (cf["sae_" + base][:, layer].sum((1, 2)) - r_base).abs().max() <= 1e-4 * change.abs().max()

@@ -31,6 +31,10 @@ themselves (clean and counterfactual prefixes of every template's test split, ev
 (0.8 for ``mlp_out``, 0.9 for ``resid``); the table also gives the same without position 0, L0 on the prompts and
 the dead fraction on held-out corpus tokens.
 
+**Held-out text** (:func:`heldout_corpus_texts`, :func:`heldout_token_windows`): training reads the shuffled corpus
+chunks from the start; every chunk after the last one it read (less repeats of read chunks) is text none of the SAEs
+saw, for :func:`neuronlib.sae_eval.sae_quality` (explained variance, CE loss recovered, KL, dead latents).
+
 :func:`load_sae_baselines` / :func:`attach_sae_baselines` load them back and attach them as the ``sae_mlp_out`` /
 ``sae_resid`` sites. :func:`sae_table` reads the per-layer statistics from the saved files.
 
@@ -77,6 +81,7 @@ from ..saes import (
 
 __all__ = [
     "SAETrainConfig", "DEFAULT_CONFIG", "SMOKE_CONFIG", "SAE_SITES_TRAINED", "TABLE_COLUMNS", "corpus_token_windows",
+    "heldout_corpus_texts", "heldout_token_windows",
     "sae_root", "sae_path", "train_sae_baselines",
     "training_runs", "prompt_blocks", "sae_table", "load_sae_baselines", "attach_sae_baselines", "sae_fingerprint",
     "QUALITY_THRESHOLDS", "QUALITY_COLUMNS", "sva_prompts", "sae_quality", "quality_gate",
@@ -195,18 +200,51 @@ def corpus_token_windows(tokenizer, n_windows: int, seq_len: int, *, texts: Iter
     """``[n_windows, seq_len]`` token ids: each text is tokenised without special tokens and cut into whole windows
     (its remainder is dropped), texts in order until ``n_windows`` are filled. ``texts`` default: the offline
     corpus shuffled with ``seed``. ValueError if the texts run out."""
+    return _windows(tokenizer, n_windows, seq_len, texts=texts, seed=seed, sources=sources)[0]
+
+
+def _windows(tokenizer, n_windows: int, seq_len: int, *, texts, seed: int, sources) -> tuple[torch.Tensor, int]:
+    """:func:`corpus_token_windows` and how many texts it read (the last one possibly in part)."""
     if texts is None:
         from ..data.corpus import iter_corpus_texts
 
         texts = iter_corpus_texts(seed=seed, sources=sources)
     rows: list[list[int]] = []
-    for text in texts:
+    for n_read, text in enumerate(texts, 1):
         ids = tokenizer(text, add_special_tokens=False)["input_ids"]
         for start in range(0, len(ids) - seq_len + 1, seq_len):
             rows.append(ids[start:start + seq_len])
             if len(rows) >= n_windows:
-                return torch.tensor(rows, dtype=torch.long)
+                return torch.tensor(rows, dtype=torch.long), n_read
     raise ValueError(f"the texts gave only {len(rows)} windows of {seq_len} tokens; {n_windows} needed")
+
+
+def heldout_corpus_texts(tokenizer, config: SAETrainConfig = DEFAULT_CONFIG) -> list[str]:
+    """Offline-corpus chunks that no baseline SAE trained with ``config`` (on the default corpus, ``texts=None``)
+    has seen, in the corpus order of ``config.corpus_seed``.
+
+    Training reads the shuffled chunks from the start until its training and evaluation windows are filled
+    (:func:`train_sae_baselines`); the held-out chunks are every later one (the chunk it stopped in, read in part,
+    is left out whole), less any whose text equals a chunk it read (the corpus repeats a few short chunks)."""
+    from ..data.corpus import iter_corpus_texts
+
+    texts = list(iter_corpus_texts(seed=config.corpus_seed, sources=config.sources))
+    _, n_read = _windows(tokenizer, config.n_train_windows + config.n_eval_windows, config.seq_len, texts=texts,
+                         seed=config.corpus_seed, sources=config.sources)
+    seen = set(texts[:n_read])
+    return [t for t in texts[n_read:] if t not in seen]
+
+
+def heldout_token_windows(tokenizer, n_tokens: int, *, seq_len: int = 128,
+                          config: SAETrainConfig = DEFAULT_CONFIG) -> torch.Tensor:
+    """``[ceil(n_tokens / seq_len), seq_len]`` token ids from :func:`heldout_corpus_texts`, cut as the training
+    windows are (no special tokens, whole windows within a chunk): text none of the SAEs was trained on, for
+    :func:`neuronlib.sae_eval.sae_quality`. ``seq_len`` 128 is SAEBench's context length; the SAEs were trained on
+    windows of ``config.seq_len`` (32) tokens."""
+    if n_tokens < 1 or seq_len < 2:
+        raise ValueError(f"need n_tokens >= 1 and seq_len >= 2, got {n_tokens}, {seq_len}")
+    return corpus_token_windows(tokenizer, math.ceil(n_tokens / seq_len), seq_len,
+                                texts=heldout_corpus_texts(tokenizer, config))
 
 
 # -------------------------------------------------------------------------------------------------------- activations
@@ -573,7 +611,8 @@ def sae_quality(model, prompts: dict[str, list[str]] | list[str], sites: Sequenc
     position 0; ``l0`` the mean number of active latents per token on the prompts; ``dead_fraction`` the fraction
     of latents that never fire on the held-out corpus tokens and ``heldout_explained_variance`` the held-out corpus
     EV (both from the SAE's ``cfg.json``, NaN when unknown). ``passes``: EV >= :data:`QUALITY_THRESHOLDS` [site].
-    ``saes``: {base site: per-layer SAEs} (default: :func:`load_sae_baselines` from ``root``).
+    ``saes``: {base site: per-layer SAEs} (default: :func:`load_sae_baselines` from ``root``). The measures the SAE
+    literature reports (CE loss recovered, KL, held-out text) are :func:`neuronlib.sae_eval.sae_quality`'s.
     """
     from ..activations import read_sites
 
