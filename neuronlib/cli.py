@@ -7,6 +7,7 @@ Bad input gives a one-line error and exit status 2, no traceback: options are ch
 from __future__ import annotations
 
 import argparse
+import logging
 import math
 import os
 import sys
@@ -157,8 +158,19 @@ def _doctor(args) -> int:
     return 0
 
 
+class _DeadKernelNoise(logging.Filter):
+    """Drops asyncio's "Task exception was never retrieved" for a kernel that a signal stopped: the runner has said
+    what happened in one line, and the collected task of the dead kernel would add a traceback after it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return type(exc).__name__ != "DeadKernelError"
+
+
 def _reproduce(args) -> int:
     from .paper.reproduce import parse_parameter, reproduce
+
+    logging.getLogger("asyncio").addFilter(_DeadKernelNoise())  # this process is the CLI's own
 
     parameters = dict(parse_parameter(p) for p in args.param)
     reproduce(smoke=args.smoke, model=args.model, only=args.only, sva_data=args.sva_data, parameters=parameters)

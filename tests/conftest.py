@@ -116,3 +116,29 @@ def circuit_by_circuit(model, scores, pairs, site, sizes, mode):
         m_cbar = ablate(model, pairs, nodes, mode=mode, sites=(site,)).metric.mean()
         out[min(k, rank.numel())] = (float(m_c), float(m_cbar))
     return out
+
+
+def perfect_sae(d_in: int):
+    """W_dec = [I; -I], k = d_in: exactly one of +-(x - b_dec)_i is positive, so TopK keeps those and x_hat = x."""
+    from neuronlib.saes import TopKSAE
+
+    sae = TopKSAE(d_in, 2 * d_in, d_in, seed=0)
+    eye = torch.eye(d_in)
+    with torch.no_grad():
+        sae.W_dec.copy_(torch.cat([eye, -eye]))
+        sae.W_enc.copy_(sae.W_dec.t())
+        sae.b_enc.zero_()
+        sae.b_dec.zero_()
+    return sae
+
+
+def make_notebook(path, *cells, params='MODEL = "tiny-llama"\nSMOKE = True'):
+    """A notebook file: a tagged parameters cell (``params``), then ``cells``."""
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    first = nbformat.v4.new_code_cell(params)
+    first.metadata["tags"] = ["parameters"]
+    nb.cells = [first, *[nbformat.v4.new_code_cell(c) for c in cells]]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, str(path))

@@ -7,8 +7,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import make_notebook
 
 from neuronlib.paper import reproduce, runplan
+
+PARAMS = "MODEL = 'tiny-llama'\nSMOKE = False\nN = 3"
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -16,17 +19,6 @@ _SETUP = ("from neuronlib.paper.notebook import setup\n"
           "session = setup(MODEL=MODEL, SMOKE=SMOKE, name='t')\n"
           "import neuronlib.stats as st\n"
           "rows = session.cached('resamples', st.bootstrap_indices, N, 5)")
-
-
-def _notebook(path, *cells, params="MODEL = 'tiny-llama'\nSMOKE = False\nN = 3"):
-    import nbformat
-
-    nb = nbformat.v4.new_notebook()
-    first = nbformat.v4.new_code_cell(params)
-    first.metadata["tags"] = ["parameters"]
-    nb.cells = [first, *[nbformat.v4.new_code_cell(c) for c in cells]]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, str(path))
 
 
 @pytest.fixture
@@ -50,7 +42,7 @@ def _run(log, **kw):
 
 def test_estimates_scale_with_the_calibration_factor(tmp_path):
     book = tmp_path / "01_x.ipynb"
-    _notebook(book)
+    make_notebook(book, params=PARAMS)
     cold, warm, _ = runplan.REFERENCE["01"]
     for factor in (0.5, 1.0, 3.0):
         est = runplan.estimate(book, factor=factor, state=None, smoke=False, paper_sizes=True)
@@ -76,7 +68,7 @@ def test_the_calibration_times_the_workload_in_a_child(monkeypatch):
 def test_the_plan_comes_first_and_a_second_run_says_what_it_re_uses(checkout):
     root = checkout
     for name in ("01_a.ipynb", "02_b.ipynb"):
-        _notebook(root / "notebooks" / name, _SETUP)
+        make_notebook(root / "notebooks" / name, _SETUP, params=PARAMS)
     log = []
     first = _run(log)
     start = next(i for i, line in enumerate(first) if line.startswith("[1/2]"))
@@ -108,7 +100,7 @@ def test_the_plan_comes_first_and_a_second_run_says_what_it_re_uses(checkout):
 
 def test_changed_code_or_a_missing_entry_is_not_re_used(tmp_path):
     book = tmp_path / "03_c.ipynb"
-    _notebook(book)
+    make_notebook(book, params=PARAMS)
     from neuronlib.codestamps import dependency_stamp
 
     stamp = dependency_stamp(["neuronlib.stats"])
@@ -133,16 +125,16 @@ def test_changed_code_or_a_missing_entry_is_not_re_used(tmp_path):
     assert f"re-uses 2 of 6 cached results (4 recompute: {state.why_not})" in line
     refresh = runplan.reuse(book, {**params, "REFRESH": True}, record)
     assert (refresh.reused, refresh.why_not) == (0, "REFRESH=True recomputes every step")
-    _notebook(book, "x = 1")  # the notebook's code changed
+    make_notebook(book, "x = 1", params=PARAMS)  # the notebook's code changed
     assert runplan.reuse(book, params, record).why_not == "changed since the last run: notebook"
 
 
 @pytest.mark.notebook
 def test_a_kernel_s_progress_bar_and_last_message_reach_the_terminal(checkout, capfd):
-    _notebook(checkout / "notebooks" / "05_p.ipynb", "from neuronlib.paper.notebook import setup\n"
+    make_notebook(checkout / "notebooks" / "05_p.ipynb", "from neuronlib.paper.notebook import setup\n"
               "session = setup(MODEL=MODEL, SMOKE=SMOKE, name='p')\nimport time\nfrom tqdm.auto import tqdm\n"
               "for _ in tqdm(range(4), desc='slow step'):\n    time.sleep(1.5)\n"
-              "import logging\nlogging.getLogger('neuronlib.x').info('step one:   done')\ntime.sleep(2.5)")
+              "import logging\nlogging.getLogger('neuronlib.x').info('step one:   done')\ntime.sleep(2.5)", params=PARAMS)
     t0 = time.perf_counter()
     _run([])
     err = capfd.readouterr().err

@@ -8,21 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import make_notebook
 
 from neuronlib.paper import reproduce
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _notebook(path, *cells, params='MODEL = "tiny-llama"\nSMOKE = True'):
-    import nbformat
-
-    nb = nbformat.v4.new_notebook()
-    first = nbformat.v4.new_code_cell(params)
-    first.metadata["tags"] = ["parameters"]
-    nb.cells = [first, *[nbformat.v4.new_code_cell(c) for c in cells]]
-    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
-    nbformat.write(nb, str(path))
 
 
 @pytest.fixture
@@ -52,7 +42,7 @@ def test_parameters_are_checked_against_the_declared_types(tmp_path, monkeypatch
     root = tmp_path / "checkout"
     (root / "notebooks").mkdir(parents=True)
     (root / "pyproject.toml").write_text("")
-    _notebook(root / "notebooks" / "00_a.ipynb",
+    make_notebook(root / "notebooks" / "00_a.ipynb",
               params='MODEL = "tiny-llama"\nSMOKE = True\nN_NEURONS = 20\nTAU = 0.005\nSTATES = None\nT = ["a"]')
     monkeypatch.setattr(reproduce, "run_notebook", lambda *a, **k: pytest.fail("a kernel started"))
     monkeypatch.chdir(root)
@@ -71,7 +61,7 @@ def test_parameters_are_checked_against_the_declared_types(tmp_path, monkeypatch
 @pytest.mark.notebook
 def test_failing_cell_is_one_line_with_its_message(checkout):
     root, tmp, env = checkout
-    _notebook(root / "notebooks" / "01_fail.ipynb", "x = 1", "raise RuntimeError('the data folder is empty')")
+    make_notebook(root / "notebooks" / "01_fail.ipynb", "x = 1", "raise RuntimeError('the data folder is empty')")
     proc = _start(root, env)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 1
@@ -108,7 +98,7 @@ def _alive(pid: int) -> bool:
                                        (signal.SIGINT, "interrupted")])
 def test_a_signal_is_cleaned_up_and_said_in_one_line(checkout, sig, said):
     root, tmp, env = checkout
-    _notebook(root / "notebooks" / "01_sleep.ipynb", _SLEEP)
+    make_notebook(root / "notebooks" / "01_sleep.ipynb", _SLEEP)
     pid_file = root / "kernel.pid"
     proc = _start(root, {**env, "PID_FILE": str(pid_file)})
     kernel = _wait_for_kernel(root, pid_file, proc)
@@ -134,7 +124,7 @@ def test_a_signal_is_cleaned_up_and_said_in_one_line(checkout, sig, said):
 def test_a_killed_run_s_leftovers_go_with_the_next_run(checkout):
     root, tmp, env = checkout
     book = root / "notebooks" / "01_sleep.ipynb"
-    _notebook(book, _SLEEP)
+    make_notebook(book, _SLEEP)
     pid_file = root / "kernel.pid"
     proc = _start(root, {**env, "PID_FILE": str(pid_file)})
     kernel = _wait_for_kernel(root, pid_file, proc)
@@ -145,7 +135,7 @@ def test_a_killed_run_s_leftovers_go_with_the_next_run(checkout):
     executed = root / "runs" / "smoke" / "executed"
     assert any(p.name.startswith(".01_sleep.running-") for p in executed.iterdir())
     assert any(p.name.startswith("neuronlib-reproduce-") for p in tmp.iterdir())
-    _notebook(book, "x = 1")
+    make_notebook(book, "x = 1")
     proc = _start(root, env)
     _, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err

@@ -3,7 +3,7 @@ import math
 
 import pytest
 import torch
-from conftest import SVA_PAIRS
+from conftest import SVA_PAIRS, perfect_sae
 
 import neuronlib
 from neuronlib import sae_eval
@@ -11,18 +11,6 @@ from neuronlib.saes import TopKSAE
 
 TEXTS = ["the keys to the cabinet near the dogs are", "the dog near the boys is", "a friend of the chef",
          "the managers that the girl likes have"]
-
-
-def perfect_sae(d_in: int) -> TopKSAE:
-    """W_dec = [I; -I], k = d_in: exactly one of +-(x_i) is positive, so TopK keeps those and x_hat = x."""
-    sae = TopKSAE(d_in, 2 * d_in, d_in, seed=0)
-    eye = torch.eye(d_in)
-    with torch.no_grad():
-        sae.W_dec.copy_(torch.cat([eye, -eye]))
-        sae.W_enc.copy_(sae.W_dec.t())
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae
 
 
 def zero_sae(d_in: int) -> TopKSAE:

@@ -5,25 +5,13 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
-import torch
+from conftest import perfect_sae
 
 import neuronlib
 from neuronlib.paper import sae_baselines as sbl
 from neuronlib.saes import TopKSAE
 
 PROMPTS = {"a": ["the keys to the cabinet", "the key to the cabinet"], "b": ["the dogs near the boy are", "the dog"]}
-
-
-def perfect_sae(d_in: int) -> TopKSAE:
-    """W_dec = [I; -I], k = d_in: exactly one of +-(x - b_dec)_i is positive, so TopK keeps those and x_hat = x."""
-    sae = TopKSAE(d_in, 2 * d_in, d_in, seed=0)
-    eye = torch.eye(d_in)
-    with torch.no_grad():
-        sae.W_dec.copy_(torch.cat([eye, -eye]))
-        sae.W_enc.copy_(sae.W_dec.t())
-        sae.b_enc.zero_()
-        sae.b_dec.zero_()
-    return sae
 
 
 def test_gate_passes_a_perfect_sae_and_fails_a_bad_one(tiny_llama):
