@@ -261,7 +261,7 @@ def test_notebook_has_a_tagged_parameters_cell_and_no_smoke_outputs():
     # setup() follows the parameters (after papermill's injected-parameters cell in an executed copy)
     assert any("setup(" in "".join(c["source"]) for c in code[1:3])
     assert "'" not in source  # papermill cannot parse quotes in comments
-    assert "MH.plot_" not in text and "write_table" in text  # figures come from paper/figures.py, tables from results
+    assert "MH.plot_" not in text and "S.save(" in text  # figures come from paper/figures.py, tables from results
 
 
 # ---------------------------------------------------------------------------------------------------------------

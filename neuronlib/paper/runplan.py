@@ -105,7 +105,9 @@ def calibrate(*, threads: int | None = None, timeout: float = 120) -> tuple[floa
 
 def _pythonpath() -> str:
     """The child imports this neuronlib, wherever the runner's came from."""
-    here = str(Path(__file__).resolve().parents[2])
+    import neuronlib
+
+    here = str(Path(neuronlib.__file__).resolve().parent.parent)
     return os.pathsep.join([here, *filter(None, [os.environ.get("PYTHONPATH")])])
 
 
@@ -124,7 +126,9 @@ def signature(book: Path, parameters: dict) -> dict:
     code = [("".join(c["source"]), sorted(c.get("metadata", {}).get("tags", []))) for c in cells
             if c["cell_type"] == "code"]
     data = hashlib.sha256()
-    root = Path(__file__).resolve().parents[1] / "data"
+    import neuronlib
+
+    root = Path(neuronlib.__file__).resolve().parent / "data"
     for path in sorted(p for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
         data.update(str(path.relative_to(root)).encode() + b"\0" + path.read_bytes())
     return {"notebook": _hash(code), "parameters": {k: repr(v) for k, v in sorted(parameters.items())},
