@@ -29,7 +29,8 @@ from pathlib import Path
 PRESENTATION = (
     "neuronlib", "neuronlib.__main__", "neuronlib.cli", "neuronlib.logs", "neuronlib.plotting", "neuronlib.codestamps",
     "neuronlib.paper", "neuronlib.paper.figures", "neuronlib.paper.readme", "neuronlib.paper.reproduce",
-    "neuronlib.paper.notebook", "neuronlib.paper.results", "neuronlib.paper.style", "neuronlib.viewer",
+    "neuronlib.paper.notebook", "neuronlib.paper.results", "neuronlib.paper.runplan", "neuronlib.paper.style",
+    "neuronlib.viewer",
 )
 
 

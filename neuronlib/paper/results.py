@@ -17,7 +17,7 @@ from typing import Any
 
 import pandas as pd
 
-from ..codestamps import code_stamps, loaded_code, stamp_sources  # noqa: F401  (the stamps sidecars record)
+from ..codestamps import code_stamps, is_presentation, loaded_code, stamp_sources  # noqa: F401  (the stamps sidecars record)
 
 logger = logging.getLogger(__name__)
 
@@ -111,7 +111,8 @@ def stale_tables(directory: str | Path) -> dict[str, list[str]]:
         missing = [m for m in recorded if m not in current]
         if missing:
             current.update(code_stamps(missing))
-        changed = sorted(m for m, stamp in recorded.items() if current.get(m) != stamp)
+        # a module declared presentation since the run cannot have moved its results
+        changed = sorted(m for m, stamp in recorded.items() if current.get(m) != stamp and not is_presentation(m))
         if changed:
             stale[sidecar.stem] = changed
     return stale
