@@ -161,13 +161,42 @@ def parse_table(markdown: str) -> list[list[str]]:
 def test_readme_table_renders_every_number_from_the_tables(tmp_path):
     out = _synthetic(tmp_path)
     text = readme.readme_table(out)
-    rows = parse_table(text)
+    rows = [r for r in parse_table(text) if len(r) == 10]  # the headline rows (the aggregate table has 8 cells)
     head = results.read_table("sva_headline", out)
     expected = [readme.readme_cells(r) for r in readme.readme_rows(head)]
     # two methods x two bases x (4 templates + the two across-template rows: pooled, template mean)
     assert rows == expected and len(rows) == 4 * 6
     pooled = head[(head.template == "pooled") & (head.method == "relp") & (head.basis == "mlp_acts")].iloc[0]
     assert f"{pooled['k@F>=0.8']:,.0f}" in text and "commit" in text
+
+
+def test_readme_table_shows_both_aggregates_and_crossing_rules(tmp_path):
+    out = _synthetic(tmp_path)
+    head = results.read_table("sva_headline", out)
+    rows = [r for r in parse_table(readme.readme_table(out)) if len(r) == 8]
+    # (relp, ig-inputs) x (mlp_acts, mlp_out) x two thresholds
+    assert len(rows) == 8 and [r[3] for r in rows[:2]] == ["F≥0.8", "F≥0.9"]
+    g = head[(head.method == "ig-inputs") & (head.basis == "mlp_out")].set_index("template")
+    row = next(r for r in rows if r[1] == "IG-10 (inputs)" and r[2] == "mlp_out" and r[3] == "F≥0.9")
+    mean = g.loc[sb.TEMPLATE_MEAN]
+    col = "k@F>=0.9|stays_above"
+    assert row[7] == readme.fmt_size(mean[col], mean[f"{col}_lo"], mean[f"{col}_hi"])
+    first = g.loc["pooled"]
+    assert row[4] == readme.fmt_size(first["k@F>=0.9"], first["k@F>=0.9_lo"], first["k@F>=0.9_hi"])  # the headline
+
+
+def test_readme_table_shows_the_ig_check_beside_the_ig_rows(tmp_path):
+    out = _synthetic(tmp_path)
+    check = pd.DataFrame([{"model": "smollm2-135m", "template": t, "ig_variant": v, "method": m, "n_train": 16,
+                           "k@F>=0.8": k, "k@F>=0.8_lo": k / 2, "k@F>=0.8_hi": k * 2, "seconds_per_pair": s,
+                           "top100_overlap": ov, "spearman": sp}
+                          for t, ov, sp in (("nounpp", 0.82, 0.89), ("pooled", np.nan, np.nan))
+                          for v, m, k, s in (("per-site IG", "ig", 50.0, 26.9), ("IG on inputs", "ig-inputs", 39.0,
+                                                                                1.2))])
+    results.write_table(check, "sva_ig_check", out, model="smollm2-135m")
+    rows = [r for r in parse_table(readme.readme_table(out)) if len(r) == 8 and r[2] in ("per-site IG", "IG on inputs")]
+    assert rows[0] == ["smollm2-135m", "nounpp", "per-site IG", "16", "50 [25, 100]", "0.82", "0.89", "26.9"]
+    assert rows[-1] == ["smollm2-135m", "pooled", "IG on inputs", "16", "39 [20, 78]", "—", "—", "1.2"]
 
 
 def test_readme_numbers_match_results():

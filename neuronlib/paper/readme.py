@@ -380,6 +380,13 @@ def readme_table(results_dir, *, template_rows: bool = True) -> str:
         lines.append(f"*`{table}`: run of {meta.get('date', '?')} at commit {meta.get('commit', '?')}, model "
                      f"{meta.get('model', '?')}.*")
         lines.append("")
+    if (results_dir / "sva_headline.csv").exists():
+        lines += aggregate_lines(read_table("sva_headline", results_dir))
+    check = read_table("sva_ig_check", results_dir) if (results_dir / "sva_ig_check.csv").exists() else None
+    if check is not None and "ig_variant" in check:  # (a table of the earlier, wide layout is not rendered)
+        lines += ig_check_lines(check)
+        meta = read_provenance("sva_ig_check", results_dir)
+        lines += ["", f"*`sva_ig_check`: run of {meta.get('date', '?')} at commit {meta.get('commit', '?')}.*", ""]
     if (results_dir / "sva_seed_summary.csv").exists():
         seeds = read_table("sva_seed_summary", results_dir)
         n = int(seeds.seeds.max())
@@ -395,6 +402,60 @@ def readme_table(results_dir, *, template_rows: bool = True) -> str:
         meta = read_provenance("sva_seed_summary", results_dir)
         lines += ["", f"*`sva_seed_summary`: run of {meta.get('date', '?')} at commit {meta.get('commit', '?')}.*"]
     return "\n".join(lines).rstrip() + "\n"
+
+
+AGGREGATE_README_ROWS = (("relp", "mlp_acts"), ("ig-inputs", "mlp_acts"), ("relp", "mlp_out"), ("ig-inputs", "mlp_out"))
+
+
+def aggregate_lines(headline, rows=AGGREGATE_README_ROWS, thresholds=(0.8, 0.9)) -> list[str]:
+    """k at each threshold across templates under both aggregates (pooled: effect-weighted; template mean: the
+    paper's unweighted mean of template curves) and both crossing rules (first crossing; stays at or above from
+    there on), paired rows. The headline table above holds the pooled, first-crossing cell."""
+    from ..stats import CROSSING_RULES
+    from .sva import AGGREGATE_ROWS, HEADLINE_AGGREGATE, HEADLINE_CROSSING
+
+    sel = headline[(headline.setting == "paired") & (headline.eval_metric == "logit_diff")
+                   & (headline.ablation == "mean")]
+    cols = [(a, rule) for a in AGGREGATE_ROWS for rule in CROSSING_RULES]
+    names = [f"{AGGREGATE_ROWS[a]}, {rule.replace('_', ' ')}" + (" (headline)" if (a, rule) == (
+        HEADLINE_AGGREGATE, HEADLINE_CROSSING) else "") for a, rule in cols]
+    out = []
+    for method, basis in rows:
+        g = sel[(sel.method == method) & (sel.basis == basis)].set_index("template")
+        if not all(AGGREGATE_ROWS[a] in g.index for a in AGGREGATE_ROWS):
+            continue
+        for t in thresholds:
+            cells = []
+            for a, rule in cols:
+                r, col = g.loc[AGGREGATE_ROWS[a]], f"k@F>={t}|{rule}"
+                cells.append(fmt_size(r[col], r[f"{col}_lo"], r[f"{col}_hi"]))
+            model = g.iloc[0].model
+            out.append(f"| {model} | {METHOD_LABELS.get(method, method)} | {basis} | F≥{t:g} | " + " | ".join(cells)
+                       + " |")
+    if not out:
+        return []
+    return ["", "Across templates, by aggregate and crossing rule (k [95% CI]; paired, mean ablation):", "",
+            "| model | method | basis | threshold | " + " | ".join(names) + " |",
+            "|---|---|---|---|" + "---:|" * len(cols), *out, ""]
+
+
+def ig_check_lines(check) -> list[str]:
+    """The per-site IG check beside the IG-on-inputs rows: per template and across templates, each variant's k at
+    faithfulness 0.8 on the same few training pairs, their agreement and cost."""
+    out = ["The IG rows above are IG-10 on the inputs. The paper's IG is per-site IG; both variants on the same "
+           "few training pairs per template (neurons, paired; sizes compare with each other, not with the rows "
+           "above):", "",
+           "| model | template | IG variant | training pairs | k @ F≥0.8 [95% CI] | top-100 overlap | Spearman | "
+           "s / pair |", "|---|---|---|---:|---:|---:|---:|---:|"]
+    for r in check.to_dict("records"):
+        def num(v, fmt):
+            return "—" if v is None or not np.isfinite(float(v)) else format(float(v), fmt)
+
+        out.append(f"| {r['model']} | {r['template']} | {r['ig_variant']} | {int(r['n_train'])} | "
+                   f"{fmt_size(r['k@F>=0.8'], r['k@F>=0.8_lo'], r['k@F>=0.8_hi'])} | "
+                   f"{num(r['top100_overlap'], '.2f')} | {num(r['spearman'], '.2f')} | "
+                   f"{num(r['seconds_per_pair'], '.1f')} |")
+    return out
 
 
 README_ROWS = (("relp", "mlp_acts"), ("ig-inputs", "mlp_acts"), ("relp", "mlp_out"), ("ig-inputs", "mlp_out"),

@@ -926,13 +926,15 @@ SEED_COLUMNS = ("k@F>=0.8", "k@F>=0.9", "completeness@F>=0.8", "completeness@F>=
 def seed_headlines(model, seeds, *, directory, templates=TEMPLATES, n_train: int = 300, n_test: int = 40,
                    run: Run | None = None, log_sizes=LOG_SIZES, linear_sizes=LINEAR_SIZES, cache_dir=None,
                    refresh: bool = False, n_boot: int = N_BOOT, seed: int = SEED,
-                   floor: float = EFFECT_FLOOR, split_rule: str = DEFAULT_SPLIT_RULE) -> pd.DataFrame:
+                   floor: float = EFFECT_FLOOR, split_rule: str = DEFAULT_SPLIT_RULE,
+                   refine: Refine | None = None) -> pd.DataFrame:
     """The headline table of ``run`` (default: RelP on the neurons, paired) once per data seed: each seed is a
     different draw and noun-group split of the generator (:func:`neuronlib.data.sva.write_sva_files` under
     ``split_rule``), written to ``directory/seed{s}`` and loaded as community-format files. Returns the rows of
     :func:`headline_table` with a ``data_seed`` column; :func:`seed_summary` turns them into median [min, max] per
     template. Below :data:`~neuronlib.data.sva.MIN_TEST_PREFIXES` test pairs (a smoke run) the files are written with
-    ``n_test`` distinct prefixes, the most there can be."""
+    ``n_test`` distinct prefixes, the most there can be. ``refine``: as in :func:`run_benchmark` (these curves feed
+    only the seed table, so a coarse-to-fine sweep loses nothing drawn)."""
     from ..data.sva import write_sva_files
 
     if n_test < MIN_TEST_PREFIXES:
@@ -948,7 +950,7 @@ def seed_headlines(model, seeds, *, directory, templates=TEMPLATES, n_train: int
                             split_rule=split_rule, min_test_prefixes=min(n_test, MIN_TEST_PREFIXES))
         data = load_templates(model, templates, n_train=n_train, n_test=n_test, data_dir=folder)
         result = run_benchmark(model, data, plan=[run], log_sizes=log_sizes, linear_sizes=linear_sizes,
-                               cache_dir=cache_dir, refresh=refresh)
+                               cache_dir=cache_dir, refresh=refresh, refine=refine)
         frames.append(headline_table(result, n_boot=n_boot, seed=seed, floor=floor).assign(data_seed=int(s)))
     return pd.concat(frames, ignore_index=True)
 
@@ -1039,7 +1041,7 @@ IG_VARIANTS = {"ig": "per-site IG", IG_METHOD: "IG on inputs"}
 def ig_check(model, data: dict[str, TemplateData], *, templates=TEMPLATES, n: int = 16, site: str = "mlp_acts",
              ks=(10, 100), thresholds=(0.8,), log_sizes=LOG_SIZES, linear_sizes=LINEAR_SIZES, cache_dir=None,
              refresh: bool = False, n_boot: int = N_BOOT, seed: int = SEED, floor: float = EFFECT_FLOOR,
-             log=None) -> tuple[pd.DataFrame, BenchmarkResult]:
+             log=None, refine: Refine | None = None) -> tuple[pd.DataFrame, BenchmarkResult]:
     """Per-site IG (the paper's "ig") against IG on the inputs ("ig-inputs", the benchmark's IG rows) on the first
     ``n`` training pairs of each template, evaluated through :func:`run_benchmark` on the template's test pairs.
 
@@ -1048,13 +1050,14 @@ def ig_check(model, data: dict[str, TemplateData], *, templates=TEMPLATES, n: in
     ``ig_variant`` names the variant ("per-site IG" / "IG on inputs", :data:`IG_VARIANTS`), ``method`` its method
     name; k at each faithfulness threshold (headline crossing rule) with its interval (clusters = clean prefixes),
     the seconds per training pair, and the two variants' agreement on the template (the same in both rows): Spearman
-    over all nodes and top-k overlap of the rankings (NaN on the across-template rows)."""
+    over all nodes and top-k overlap of the rankings (NaN on the across-template rows). ``refine``: as in
+    :func:`run_benchmark` (no curve of this check is drawn)."""
     sub = {t: data[t] for t in templates if t in data}
     if not sub:
         raise ValueError(f"none of {templates} in the data ({list(data)})")
     plan = [Run(method, (site,), n_train=n, linear=(site,)) for method in IG_VARIANTS]
     result = run_benchmark(model, sub, plan=plan, log_sizes=log_sizes, linear_sizes=linear_sizes,
-                           cache_dir=cache_dir, refresh=refresh, log=log)
+                           cache_dir=cache_dir, refresh=refresh, log=log, refine=refine)
     head = headline_table(result, thresholds=thresholds, n_boot=n_boot, seed=seed, floor=floor)
     cost = result.log[result.log.step == "attribution"].set_index(["template", "method"])
     agree = {}
