@@ -246,3 +246,24 @@ def test_two_hop_capitals_rows_are_rendered_from_their_tables(tmp_path):
     assert "top 5 say-a-capital neuron(s) (×0) does not flip the answer to the state beyond its controls" in reading
     assert "dense patch of the city token (resid after layer 7) moves the answer" in reading
     assert reading.endswith("at no size tested (up to 30 neurons).")
+
+
+def test_smollm2_capitals_rows_come_from_its_tagged_tables_and_zero_successes_read_as_no(tmp_path):
+    import pandas as pd
+
+    from neuronlib.paper.readme import case_study_rows
+    from neuronlib.stats import wilson_interval
+
+    acc = []
+    for t, k in (("two_hop", 0), ("two_hop_seeded", 2), ("two_hop_fact", 0), ("city_to_state", 14),
+                 ("state_to_capital", 19)):
+        lo, hi = wilson_interval(k, 50)
+        acc.append({"task": t, "n": 50, "correct": k, "accuracy": k / 50, "accuracy_lo": lo, "accuracy_hi": hi})
+    pd.DataFrame(acc).to_csv(tmp_path / "capitals_smollm2_accuracy.csv", index=False)
+    rows = {a: b for a, b, c in case_study_rows(tmp_path)}
+    assert not any(a.startswith("Qwen") for a in rows)
+    acc_row = rows["SmolLM2-135M (appendix): city → state → capital, two-hop capital top-1"]
+    assert acc_row.startswith("plain statement 0/50 = 0% [0%, 7%]")
+    # Wilson's lower bound of 0 of 50 computes as ~1e-17: read as "does not answer", not as a positive bound
+    assert rows["SmolLM2-135M (appendix): what replicates"].startswith(
+        "The model does not answer the two-hop prompt (0% [0%, 7%])")

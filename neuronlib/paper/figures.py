@@ -615,73 +615,6 @@ def plot_steering(sweeps, flips=None, *, paper_range=(0.0, 2.0), title: str | No
     return fig
 
 
-def plot_swap_matrix(swaps: pd.DataFrame, *, variants=None, value: str = "p_target_capital",
-                     sweep: pd.DataFrame | None = None, title: str | None = None, ax=None):
-    """One heatmap per variant: source state (rows) x target state (columns) of p(target's capital) after the
-    swap; white dots mark pairs whose top answer became the target's capital; the success rate in each title.
-    With ``sweep`` (a :func:`swap_summary` frame with an ``n_nodes`` axis), a last panel plots success rate vs the
-    number of patched neurons."""
-    _no_ax(ax, "plot_swap_matrix")
-    import matplotlib.pyplot as plt
-
-    from ..plotting import style
-    from .multihop import swap_summary
-
-    variants = list(dict.fromkeys(swaps["variant"])) if variants is None else list(variants)
-    summ = swap_summary(swaps).set_index("variant")
-    states = list(dict.fromkeys(swaps["source"]))
-    n = len(states)
-    cell = max(3.6, min(0.2 * n + 1.6, 7.5))
-    extra = 1 if sweep is not None else 0
-    with style():
-        fig, axes = plt.subplots(1, len(variants) + extra, figsize=(cell * len(variants) + 4.6 * extra + 1.4, cell + 1.4),
-                                 squeeze=False, layout="constrained",
-                                 gridspec_kw={"width_ratios": [1] * len(variants) + [1.1] * extra})
-        im = None
-        for ax, variant in zip(axes[0], variants):
-            g = swaps[swaps["variant"] == variant]
-            M = g.pivot(index="source", columns="target", values=value).reindex(index=states, columns=states)
-            S = g.pivot(index="source", columns="target", values="success").reindex(index=states, columns=states)
-            im = ax.imshow(M.to_numpy(dtype=float), cmap="magma", vmin=0, vmax=1)
-            ys, xs = np.nonzero(S.fillna(False).to_numpy(dtype=bool))
-            ax.scatter(xs, ys, s=10, c="white", edgecolors="black", linewidths=0.4)
-            ax.set_xticks(range(n))
-            ax.set_xticklabels(states, rotation=90, fontsize=_fs(6))
-            ax.set_yticks(range(n))
-            ax.set_yticklabels(states, fontsize=_fs(6))
-            ax.set_xlabel("target state (values from its prompt)", fontsize=_fs(8))
-            ax.grid(False)
-            nodes = summ.loc[variant, "mean_nodes"]
-            ax.set_title(f"{variant}\n~{nodes:.0f} neurons; success {summ.loc[variant, 'success_rate']:.0%} "
-                         f"of {int(summ.loc[variant, 'pairs'])} pairs", fontsize=_fs(8))
-        axes[0][0].set_ylabel("source state (its prompt is run)", fontsize=_fs(8))
-        if im is not None:
-            fig.colorbar(im, ax=list(axes[0][:len(variants)]), shrink=0.8, pad=0.01, label="p(target's capital)")
-        if sweep is not None:
-            ax = axes[0][-1]
-            roles = sweep["variant"].str.rsplit("-", n=1).str[0]
-            for role, ls in zip(dict.fromkeys(roles), ("-", "--", ":")):
-                g = sweep[roles == role]
-                for col, lab, c in (("success_rate", "top answer = target's capital", "#1b6ca8"),
-                                    ("prefers_target", "p(target cap.) > p(source cap.)", "#d1495b")):
-                    ax.plot(g["mean_nodes"], g[col], marker="o", color=c if role == "top" else "#999", ls=ls,
-                            label=f"{role}: {lab}")
-            ticks = sorted(set(sweep["mean_nodes"]))
-            ax.set_xscale("log")
-            ax.set_xticks(ticks)
-            ax.set_xticklabels([f"{v:.0f}" for v in ticks], fontsize=_fs(7))
-            ax.minorticks_off()
-            ax.set_ylim(-0.02, 1.02)
-            ax.set_xlabel("neurons patched at the state token (top: mean |attribution| on selection states)",
-                          fontsize=_fs(8))
-            ax.set_ylabel("fraction of pairs", fontsize=_fs(8))
-            ax.set_title(f"how many neurons carry the state? ({int(sweep['pairs'].iloc[0])} pairs)", fontsize=_fs(8))
-            ax.legend(fontsize=_fs(7), loc="upper left")
-        if title:
-            fig.suptitle(title, fontsize=_fs(10))
-    return fig
-
-
 def plot_language_accuracy(acc, *, ax=None):
     """Accuracy of each task of the languages study (the ``split == "all"`` rows of ``languages_accuracy``) and per
     split, with Wilson 95% intervals; into ``ax`` when given (the figure returned is its figure)."""
@@ -932,7 +865,6 @@ FIGURES = {
         fig_methods_by_basis, ("sva_curves_gemma",), notebook="02",
         kwargs={"bases": ("mlp_acts", "mlp_out"), "methods": ("relp", "ig-inputs"), "ablation_methods": (),
                 "title": "Gemma-3-270M, SVA: pooled over templates (paired, mean ablation; bands: 95% bootstrap)"}),
-    "fig7_texas_circuit": Recipe(None, notebook="03", formats=("html", "png", "pdf")),
     "fig7_dallas_circuit": Recipe(fig_dallas_circuit, ("capitals_qwen_dallas_circuit", "capitals_qwen_dallas_tokens"),
                                   notebook="03", kept=("html",)),
     "fig8_capital_scaling": Recipe(
@@ -943,16 +875,6 @@ FIGURES = {
         plot_steering, ("capitals_qwen_group_scaling",), notebook="03",
         kwargs={"paper_range": (-4, 4), "xlabel": "multiplier on the group's nodes"}),
     "fig8f_composition": Recipe(fig_composition, ("capitals_qwen_composition_summary",), notebook="03"),
-    "fig8b_state_swap_matrix": Recipe(
-        plot_swap_matrix, ("capitals_swaps",), named={"sweep": "capitals_swap_sweep"}, notebook="03",
-        kwargs={"title": "Swapping the state: source prompt run with neurons set to their values on the target "
-                         "prompt"}),
-    "fig8c_capital_knockout_controls": Recipe(plot_language_steering, ("capitals_knockout_controls",),
-                                              notebook="03", where={"template": "state_to_capital"}),
-    "fig8d_capital_steer_to_state": Recipe(
-        plot_set_group, ("capitals_steer_to_state",), notebook="03",
-        kwargs={"target": "state", "title": "Setting say-a-capital neurons to their values on state-answer prompts "
-                                            "(evaluation states)"}),
     "fig9a_language_accuracy": Recipe(plot_language_accuracy, ("languages_accuracy",), notebook="05"),
     "fig9b_country_patching": Recipe(plot_language_patching, ("languages_patch_summary",), notebook="05"),
     "fig9c_language_knockout_controls": Recipe(plot_language_steering, ("languages_knockout_controls",),

@@ -59,15 +59,18 @@ def _steer_row(v, study: str, target: str, what: str):
             "(evaluation prompts)", "; ".join(parts))
 
 
-def qwen_capitals_rows(results: str | Path = "results", tag: str = "qwen") -> list[tuple[str, str]]:
-    """(study, result) rows of notebook 03's two-hop study (tables ``capitals_{tag}_*``)."""
+CAPITALS_MODELS = {"qwen": "Qwen2.5-Coder-1.5B", "smollm2": "SmolLM2-135M (appendix)"}  # table tag -> README label
+
+
+def capitals_rows(results: str | Path = "results", tag: str = "qwen") -> list[tuple[str, str]]:
+    """(study, result) rows of notebook 03's two-hop study on one model (tables ``capitals_{tag}_*``)."""
     results = Path(results)
     rows = []
     acc = _read(results, f"capitals_{tag}_accuracy")
     if acc is None:
         return rows
     a = acc.set_index("task")
-    meta_model = "Qwen2.5-Coder-1.5B" if tag == "qwen" else tag
+    meta_model = CAPITALS_MODELS.get(tag, tag)
     rows.append((f"{meta_model}: city → state → capital, two-hop capital top-1",
                  "plain statement " + _rate(a.loc["two_hop_fact"], n="n", k="correct") + "; the paper's chat form, "
                  "seeded \"Answer: The capital is\" " + _rate(a.loc["two_hop_seeded"], n="n", k="correct")
@@ -111,6 +114,11 @@ def qwen_capitals_rows(results: str | Path = "results", tag: str = "qwen") -> li
     return rows
 
 
+def _positive(lower_bound) -> bool:
+    """An interval's lower bound lies above 0 (the Wilson bound of 0 successes computes as ~1e-17, not 0)."""
+    return float(lower_bound) > 1e-12
+
+
 def capitals_reading(acc, flips=None, comp=None, verdict=None) -> str:
     """What of the paper's capitals study replicates, in words, from the two-hop study's tables (each claim decided
     by an interval: a rate whose lower bound is above 0, or a group's lower bound above its controls' upper bound)."""
@@ -118,7 +126,7 @@ def capitals_reading(acc, flips=None, comp=None, verdict=None) -> str:
     a = acc.set_index("task")
     if "two_hop_fact" in a.index:
         r = a.loc["two_hop_fact"]
-        parts.append(("the model answers the two-hop prompt with the capital" if r["accuracy_lo"] > 0 else
+        parts.append(("the model answers the two-hop prompt with the capital" if _positive(r["accuracy_lo"]) else
                       "the model does not answer the two-hop prompt") + f" ({_rate(r)})")
     if flips is not None and len(flips):
         f0 = flips[flips.multiplier == 0.0].set_index("set")
@@ -126,7 +134,7 @@ def capitals_reading(acc, flips=None, comp=None, verdict=None) -> str:
         ctrl_hi = max((f0.loc[s, "flip_to_state_hi"] for s in f0.index if s not in groups), default=float("nan"))
         for s in groups:
             r = f0.loc[s]
-            beyond = r["flip_to_state_lo"] > 0 and r["flip_to_state_lo"] > ctrl_hi
+            beyond = _positive(r["flip_to_state_lo"]) and r["flip_to_state_lo"] > ctrl_hi
             parts.append(f"removing {s.split(', ')[-1]} say-a-capital neuron(s) (×0) "
                          + ("flips the answer to the state, beyond its controls" if beyond else
                             "does not flip the answer to the state beyond its controls (the paper's figure-8 result "
@@ -147,40 +155,10 @@ def capitals_reading(acc, flips=None, comp=None, verdict=None) -> str:
     return (text[0].upper() + text[1:] + ".") if text else ""
 
 
-def smollm2_capitals_rows(results: str | Path = "results") -> list[tuple[str, str]]:
-    """(study, result) rows of the SmolLM2-135M capitals run (tables ``capitals_*`` without a model tag)."""
-    results = Path(results)
-    rows = []
-    acc = _read(results, "capitals_accuracy")
-    if acc is not None:
-        a = acc.set_index("task")
-        frame = (", one frame (\"The capital of Texas is located in the city of\" / \"The city of Dallas is located "
-                 "in the state of\"): capital " + _rate(a.loc["frame_capital"]) + ", state " + _rate(a.loc["frame_state"])
-                 if "frame_capital" in a.index else "")
-        rows.append(("city → state → capital, two-hop prompt: capital top-1",
-                     _rate(a.loc["two_hop"], n="n", k="correct") + "; single hops: city → state "
-                     + _rate(a.loc["city_to_state"]) + ", state → capital " + _rate(a.loc["state_to_capital"]) + frame))
-    null = _read(results, "capitals_group_null")
-    if null is not None and "contrast" in null.columns:
-        parts = [f"{r.group.split(' (')[0]}, {r.contrast} (null: {r.null}): {int(r.observed):,} neurons vs "
-                 f"{r.null_mean:,.0f} under the null, p = {r.p_value:.3f}" for r in null.itertuples()]
-        rows.append(("capitals: AUROC neuron groups beside permutation nulls (say a capital from the selection states)",
-                     "; ".join(parts)))
-    ko = _read(results, "capitals_knockout_controls")
-    row = _knockout_row(ko, "say-a-capital", "state → capital prompts") if ko is not None else None
-    if row:
-        rows.append(row)
-    v = _read(results, "capitals_steer_to_state_verdict")
-    if v is not None:
-        rows.append(_steer_row(v, "say-a-capital", "the state", "state-answer"))
-    return [(f"SmolLM2-135M (appendix): {study}", result) for study, result in rows]
-
-
 def case_study_rows(results: str | Path = "results") -> list[tuple[str, str, str]]:
     """(study, result, notebook) rows for every case-study table present in ``results``."""
     results = Path(results)
-    rows = [(study, result, "03") for study, result in qwen_capitals_rows(results)]
-    rows += [(study, result, "03") for study, result in smollm2_capitals_rows(results)]
+    rows = [(study, result, "03") for tag in CAPITALS_MODELS for study, result in capitals_rows(results, tag)]
     ko = _read(results, "languages_knockout_controls")
     row = _knockout_row(ko, "say-a-language", "two-hop prompts") if ko is not None else None
     if row:
