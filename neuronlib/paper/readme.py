@@ -358,13 +358,14 @@ def readme_table(results_dir, *, template_rows: bool = True) -> str:
         lines.append(f"*`{table}`: run of {meta.get('date', '?')} at commit {meta.get('commit', '?')}, model "
                      f"{meta.get('model', '?')}.*")
         lines.append("")
-    if (results_dir / "sva_headline.csv").exists():
-        lines += aggregate_lines(read_table("sva_headline", results_dir))
-    check = read_table("sva_ig_check", results_dir) if (results_dir / "sva_ig_check.csv").exists() else None
-    if check is not None and "ig_variant" in check:  # (a table of the earlier, wide layout is not rendered)
-        lines += ig_check_lines(check)
-        meta = read_provenance("sva_ig_check", results_dir)
-        lines += ["", f"*`sva_ig_check`: run of {meta.get('date', '?')} at commit {meta.get('commit', '?')}.*", ""]
+        if table == "sva_headline":  # its other aggregates and crossing rules, and the IG check, right below it
+            lines += aggregate_lines(frame)
+            check = read_table("sva_ig_check", results_dir) if (results_dir / "sva_ig_check.csv").exists() else None
+            if check is not None and "ig_variant" in check:  # (a table of the earlier, wide layout is not rendered)
+                lines += ig_check_lines(check)
+                meta = read_provenance("sva_ig_check", results_dir)
+                lines += ["", f"*`sva_ig_check`: run of {meta.get('date', '?')} at commit {meta.get('commit', '?')}.*",
+                          ""]
     if (results_dir / "sva_seed_summary.csv").exists():
         seeds = read_table("sva_seed_summary", results_dir)
         n = int(seeds.seeds.max())
