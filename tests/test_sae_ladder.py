@@ -227,7 +227,8 @@ def test_ladder_table_joins_quality_sizes_and_reference_lines():
                            for m in ("ig-inputs", "relp") for b, k in (("mlp_acts", 50.0), ("mlp_out", 900.0))]
                           + [{"method": "relp", "basis": "mlp_acts", **_both(1.0, 1.0, 1.0),
                               "template": "nounpp"}])  # a per-template row: never read
-    t = L.ladder_table(quality, headlines, reference)
+    t = L.ladder_table(quality, {r: h.assign(model="tiny") for r, h in headlines.items()}, reference)
+    assert (t.model == "tiny").all()
     assert len(t) == 4 and list(t.method) == ["ig-inputs", "ig-inputs", "relp", "relp"]
     top = t[(t.rung == "300k") & (t.method == "relp")].iloc[0]
     assert top["k@F>=0.8"] == 100 and top["k@F>=0.8_hi"] == 200 and top["k@F>=0.9"] == 200
@@ -350,6 +351,12 @@ def test_ladder_figure_draws_ig_first_with_reference_lines():
     xs = [list(line.get_xdata()) for line in axes[0].get_lines() if len(line.get_xdata()) == 3]
     assert [0.7, 0.85, 0.95] in xs and axes[0].get_yscale() == "log"
     assert [tx.get_text() for tx in axes[0].texts] == ["30k", "100k", "300k"]
+    assert fig.get_suptitle().startswith("Circuit size vs SAE quality (tiny;")
+    plt.close(fig)
+    # the curve runs in order of quality, whatever the order of the tokens
+    fig = F.fig_sae_ladder(t.assign(ce_recovered=np.tile([0.9, 0.7, 0.8], 2)), methods=("ig-inputs",))
+    xs = [list(line.get_xdata()) for line in fig.axes[0].get_lines() if len(line.get_xdata()) == 3]
+    assert [0.7, 0.8, 0.9] in xs and [tx.get_text() for tx in fig.axes[0].texts] == ["100k", "300k", "30k"]
     plt.close(fig)
     with pytest.raises(ValueError, match="takes no ax="):
         F.fig_sae_ladder(t, ax=axes[0])

@@ -415,9 +415,10 @@ def fig_sae_ladder(ladder, *, methods=("ig-inputs", "relp"), site: str = "mlp_ou
                         lo, hi = g[f"{c}_lo"].iloc[0], g[f"{c}_hi"].iloc[0]
                         if np.isfinite(lo) and np.isfinite(hi):
                             ax.axhspan(lo, hi, color=colour, alpha=0.08 * alpha, lw=0)
+                by_quality = g.sort_values([quality, "n_unique_tokens"])  # the curve as quality rises
                 for t in thresholds:
-                    k, lo, hi = (g[f"k@F>={t}{e}"].to_numpy(float) for e in ("", "_lo", "_hi"))
-                    x = g[quality].to_numpy(float)
+                    k, lo, hi = (by_quality[f"k@F>={t}{e}"].to_numpy(float) for e in ("", "_lo", "_hi"))
+                    x = by_quality[quality].to_numpy(float)
                     top = np.nanmax(np.concatenate([k, lo, hi[np.isfinite(hi)], [1.0]])) * 3
                     err = np.vstack([np.clip(k - lo, 0, None), np.clip(np.where(np.isfinite(hi), hi, top) - k, 0,
                                                                        None)])
@@ -425,7 +426,7 @@ def fig_sae_ladder(ladder, *, methods=("ig-inputs", "relp"), site: str = "mlp_ou
                                 mfc=_color("sae_" + site) if marker_face[t] == "full" else "white",
                                 alpha=1.0 if t == thresholds[0] else 0.75)
                     if t == thresholds[0]:
-                        for xi, ki, name in zip(x, k, g["rung"]):
+                        for xi, ki, name in zip(x, k, by_quality["rung"]):
                             if np.isfinite(xi) and np.isfinite(ki):
                                 ax.annotate(str(name), (xi, ki), textcoords="offset points", xytext=(4, 4),
                                             fontsize=_fs(7))

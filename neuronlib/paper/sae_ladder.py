@@ -375,7 +375,8 @@ def _sae_id(sae) -> str:
 
 def measure_saes(model, saes, tokens: torch.Tensor, *, prompts=None, splice_tokens: int = 20_000,
                  splice_layers: Sequence[int] | None = None, exclude_positions: Sequence[int] = (0,),
-                 batch_size: int = 8, progress: bool = False, cache_dir=None, refresh: bool = False) -> pd.DataFrame:
+                 batch_size: int = 8, prompt_batch_size: int = 64, progress: bool = False, cache_dir=None,
+                 refresh: bool = False) -> pd.DataFrame:
     """SAEs ({site: [SAE per layer] or {layer: SAE}}) measured with :mod:`neuronlib.sae_eval`, one row per (text,
     site, layer) with ``text`` and :data:`neuronlib.sae_eval.QUALITY_COLUMNS`.
 
@@ -385,7 +386,9 @@ def measure_saes(model, saes, tokens: torch.Tensor, *, prompts=None, splice_toke
     first windows holding ``splice_tokens`` tokens (one clean forward per batch, then two per SAE: the cost), at
     every layer or only at ``splice_layers`` (the other layers' loss columns are NaN); ``text == "heldout"``.
     ``prompts``: a list of strings (e.g. the SVA test prompts) measured the same way, all of them, as ``text ==
-    "sva_test"``. Cached in the results cache (``cache_dir``; ``refresh=True`` recomputes) under the SAEs' train
+    "sva_test"``, in batches of ``prompt_batch_size`` (short prompts: a splice forward costs about the same for 8 or
+    64 of them, so a bigger batch saves most of the time; ``batch_size`` bounds the held-out batches' memory, see
+    :mod:`neuronlib.sae_eval`). Cached in the results cache (``cache_dir``; ``refresh=True`` recomputes) under the SAEs' train
     keys, the tokens, the prompts and the options: a rerun re-uses each rung's measures."""
     if not isinstance(tokens, torch.Tensor) or tokens.dim() != 2:
         raise ValueError("tokens must be a [N, T] tensor of held-out token ids (heldout_windows)")
@@ -398,19 +401,23 @@ def measure_saes(model, saes, tokens: torch.Tensor, *, prompts=None, splice_toke
                           tokens=cache.data_hash(tokens.tolist()), prompts=None if prompts is None else list(prompts),
                           splice_tokens=int(splice.numel()),
                           splice_layers=None if splice_layers is None else sorted(int(x) for x in splice_layers),
-                          exclude_positions=[int(p) for p in exclude_positions])
+                          exclude_positions=[int(p) for p in exclude_positions], batch_size=int(batch_size),
+                          prompt_batch_size=int(prompt_batch_size))
     return cache.cached("sae_quality", key, lambda: _measure(model, per_layer, tokens, splice, prompts, splice_layers,
-                                                             exclude_positions, batch_size, progress),
+                                                             exclude_positions, batch_size, prompt_batch_size,
+                                                             progress),
                         refresh=refresh, directory=cache_dir)
 
 
-def _measure(model, saes, tokens, splice, prompts, splice_layers, exclude_positions, batch_size, progress):
+def _measure(model, saes, tokens, splice, prompts, splice_layers, exclude_positions, batch_size, prompt_batch_size,
+             progress):
     kw = dict(exclude_positions=exclude_positions, batch_size=batch_size, progress=progress)
     spliced = _only_layers(saes, splice_layers)
     frames = [_merge(sae_eval.reconstruction_stats(model, saes, tokens, **kw),
                      sae_eval.splice_losses(model, spliced, splice, **kw) if spliced else None).assign(text="heldout")]
     if prompts is not None:
         prompts = list(prompts)
+        kw["batch_size"] = prompt_batch_size
         frames.append(_merge(sae_eval.reconstruction_stats(model, saes, prompts, **kw),
                              sae_eval.splice_losses(model, spliced, prompts, **kw) if spliced else None)
                       .assign(text="sva_test"))
@@ -513,7 +520,7 @@ def _size_columns(thresholds) -> list[str]:
 
 def ladder_table(quality: pd.DataFrame, headlines: Mapping[str, pd.DataFrame], reference: pd.DataFrame, *,
                  thresholds=_THRESHOLDS) -> pd.DataFrame:
-    """One row per (rung, site, method): the rung's quality on held-out text (median and min over layers of EV
+    """One row per (rung, site, method) with the model's name: the rung's quality on held-out text (median and min over layers of EV
     without position 0 and of CE loss recovered, median KL, L0, largest dead fraction) beside the SVA circuit size
     at each faithfulness threshold with its bootstrap interval on the rung's SAE basis (``sae_{site}``, pooled over
     templates), the latents among those nodes, and the reference sizes of the same benchmark on neurons
@@ -546,7 +553,8 @@ def ladder_table(quality: pd.DataFrame, headlines: Mapping[str, pd.DataFrame], r
                        "ce_recovered_min": g.ce_recovered.min(), "ce_delta": g.ce_delta.median(),
                        "kl": g.kl_spliced.median(), "l0": g.l0.mean(), "dead_fraction_max": g.dead_fraction.max()}
             for method, h in pooled[pooled.basis == f"sae_{site}"].groupby("method", sort=False):
-                row = {**summary, "method": method, "basis": f"sae_{site}"}
+                row = {"model": h["model"].iloc[0] if "model" in h.columns else "", **summary, "method": method,
+                       "basis": f"sae_{site}"}
                 h = h.iloc[0]
                 for c in sizes:
                     row[c] = float(h[c])
