@@ -19,14 +19,15 @@ it trains from the activations of the full rung with the same tokens (kept on di
 
 Default ladder (SmolLM2-135M, 30 layers): 30,000 / 100,000 / 300,000 corpus tokens (10x), ``mlp_out`` at every layer
 on every rung, ``resid`` on the first rung only, 8x width and k = 32 (the baselines' architecture); at layer 15 of the
-top rung also 16x / k 32 and 8x / k 64. Epochs 3 / 2 / 1 (a rung's budget counts unique tokens; the small rungs see
-theirs again). Cost on this 2-core machine, from one SAE timed on real activations (one torch thread: 12 steps of
-256 rows per second at 8x, 6 at 16x; sae_baselines' quiet-machine figure is 8.6) with two SAEs training at once:
-training 15-20 / 16-23 / 24-34 min for the three rungs (the first with ``resid``), 3-5 min for the two extra
-settings, 59-82 min in all; forward passes about 35 min more at 200-300 tokens/s (3 / 8 / 24 min); float16
+top rung also 16x / k 32 and 8x / k 64. Epochs 2 / 1 / 1 (a rung's budget counts unique tokens; the first sees its
+tokens twice). Cost on this 2-core machine, at the rate of the committed baseline run (60 SAEs of 361 steps of 256
+rows in 27.2 min with two SAEs training at once: 13.3 steps/s together; a 16x SAE's step costs twice an 8x one's):
+training about 18 / 15 / 44 min for the three rungs (the first with ``resid``, 9 min of it) and 4 min for the two
+extra settings, about 81 min in all; forward passes about 35 min more at 210 tokens/s (2.5 / 8 / 24 min); float16
 activations on disk 2.2 / 3.5 / 10.4 GB, each deleted when its rung is done; peak memory about 1.5 GB (two SAEs' rows
-in memory, 0.35 GB each at the top rung, and the model). ``resid`` on the 100,000-token rung would add about 20 min
-and take the training past 90 min, so it stops at the first rung.
+in memory, 0.35 GB each at the top rung, and the model). The training budget is 90 min, so ``resid`` stops at the
+first rung (at 100,000 tokens it would add 15 min) and the larger rungs see their tokens once (epochs 3 / 2 / 1 would
+take 104 min).
 
 **Verdict** (:func:`ladder_verdict`; the rule is fixed before the run): "neurons sparser than SAEs" only if, at the
 given faithfulness and method, the SAE's circuit size lies above the neuron line at **every** rung (its bootstrap
@@ -124,8 +125,8 @@ class Rung:
 
 LADDER_LAYER = 15  # the middle layer of SmolLM2-135M (30 layers) for the extra width/k settings
 LADDER = (
-    Rung("30k", 30_000, ("mlp_out", "resid"), epochs=3),
-    Rung("100k", 100_000, ("mlp_out",), epochs=2),
+    Rung("30k", 30_000, ("mlp_out", "resid"), epochs=2),
+    Rung("100k", 100_000, ("mlp_out",), epochs=1),
     Rung("300k", 300_000, ("mlp_out",), epochs=1),
     Rung("300k-x16-k32", 300_000, ("mlp_out",), expansion=16, k=32, epochs=1, layers=(LADDER_LAYER,)),
     Rung("300k-x8-k64", 300_000, ("mlp_out",), expansion=8, k=64, epochs=1, layers=(LADDER_LAYER,)),
