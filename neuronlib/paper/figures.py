@@ -4,9 +4,10 @@ re-draws them all in seconds and they can be restyled without recomputing.
 Each function takes DataFrames (as read by :func:`neuronlib.paper.results.read_table`) and returns a matplotlib
 figure; the single-panel ones (:func:`plot_language_accuracy`, :func:`fig_composition`, :func:`fig_dallas_circuit`)
 draw into ``ax=`` when given, the multi-panel ones refuse it with a ``ValueError``. :data:`FIGURES` (at the end)
-registers every file in ``figures/`` once: which tables and which function with which options draw it;
-:func:`draw` draws one by name (with ``rc=``/``colors=`` overrides) and :func:`draw_all` all of them. Labels,
-colours and the style come from :mod:`neuronlib.paper.style`. Sections below are one per study.
+registers every file in ``figures/`` once: which tables and which function with which options draw it
+(:data:`PENDING`: recipes whose table and files are not committed yet); :func:`draw` draws one by name (with
+``rc=``/``colors=`` overrides) and :func:`draw_all` all of them. Labels, colours and the style come from
+:mod:`neuronlib.paper.style`. Sections below are one per study.
 """
 from __future__ import annotations
 
@@ -378,6 +379,71 @@ def fig_sae_training(quality, *, title: str | None = None, ax=None):
         axes[0].legend()
         d_sae, k = (int(quality[c].iloc[0]) if len(quality) else 0 for c in ("d_sae", "k"))
         fig.suptitle(title or f"Baseline SAEs on {_sva_models(quality)}: d_sae {d_sae}, k {k}")
+    return fig
+
+
+def fig_sae_ladder(ladder, *, methods=("ig-inputs", "relp"), site: str = "mlp_out", thresholds=(0.8, 0.9),
+                   qualities=(("ce_recovered", "CE loss recovered (median over layers)"),
+                              ("ev", "held-out explained variance, no position 0 (median)")),
+                   title: str | None = None, ax=None):
+    """Figure 2c: the SAE quality ladder (``sae_ladder``, :func:`neuronlib.paper.sae_ladder.ladder_table`).
+    Columns: one per method (IG first); rows: one per quality measure on the x axis. Each rung's circuit size at
+    faithfulness 0.8 (filled) and 0.9 (open) on its ``sae_{site}`` basis with its 95% bootstrap interval (an open
+    upper end drawn to the top of the panel), against the rung's quality; horizontal lines: the neuron
+    (``mlp_acts``) and MLP-output sizes of the same benchmark, bands their intervals."""
+    _no_ax(ax, "fig_sae_ladder")
+    import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+
+    sel = ladder[ladder["site"] == site] if "site" in ladder else ladder
+    methods = [m for m in methods if m in set(sel["method"])] or list(dict.fromkeys(sel["method"]))
+    marker_face = dict(zip(thresholds, ("full", "none", "left")))
+    with style():
+        fig, axes = plt.subplots(len(qualities), max(1, len(methods)), figsize=(4.6 * max(1, len(methods)),
+                                 3.3 * len(qualities)), layout="constrained", squeeze=False)
+        for col, method in enumerate(methods):
+            g = sel[sel["method"] == method].sort_values("n_unique_tokens")
+            for row, (quality, qlabel) in enumerate(qualities):
+                ax = axes[row][col]
+                for ref, colour, ls in (("neurons", _color("mlp_acts"), "-"), ("mlp_out", _color("mlp_out"), "--")):
+                    for t in thresholds:
+                        c = f"{ref}_k@F>={t}"
+                        if c not in g or not len(g) or not np.isfinite(g[c].iloc[0]):
+                            continue
+                        alpha = 1.0 if t == thresholds[0] else 0.5
+                        ax.axhline(g[c].iloc[0], color=colour, ls=ls, lw=1.1, alpha=alpha)
+                        lo, hi = g[f"{c}_lo"].iloc[0], g[f"{c}_hi"].iloc[0]
+                        if np.isfinite(lo) and np.isfinite(hi):
+                            ax.axhspan(lo, hi, color=colour, alpha=0.08 * alpha, lw=0)
+                by_quality = g.sort_values([quality, "n_unique_tokens"])  # the curve as quality rises
+                for t in thresholds:
+                    k, lo, hi = (by_quality[f"k@F>={t}{e}"].to_numpy(float) for e in ("", "_lo", "_hi"))
+                    x = by_quality[quality].to_numpy(float)
+                    top = np.nanmax(np.concatenate([k, lo, hi[np.isfinite(hi)], [1.0]])) * 3
+                    err = np.vstack([np.clip(k - lo, 0, None), np.clip(np.where(np.isfinite(hi), hi, top) - k, 0,
+                                                                       None)])
+                    ax.errorbar(x, k, yerr=err, marker="o", ms=5, capsize=2, lw=1.2, color=_color("sae_" + site),
+                                mfc=_color("sae_" + site) if marker_face[t] == "full" else "white",
+                                alpha=1.0 if t == thresholds[0] else 0.75)
+                    if t == thresholds[0]:
+                        for xi, ki, name in zip(x, k, by_quality["rung"]):
+                            if np.isfinite(xi) and np.isfinite(ki):
+                                ax.annotate(str(name), (xi, ki), textcoords="offset points", xytext=(4, 4),
+                                            fontsize=_fs(7))
+                ax.set_yscale("log")
+                ax.set_xlabel(qlabel)
+                if col == 0:
+                    ax.set_ylabel("circuit size (nodes)")
+                if row == 0:
+                    ax.set_title(METHOD_LABELS.get(method, method))
+        sae = _color("sae_" + site)
+        handles = [Line2D([], [], color=sae, marker="o", label=f"SAE latents on {site}, F 0.8"),
+                   Line2D([], [], color=sae, marker="o", mfc="white", label="... F 0.9"),
+                   Line2D([], [], color=_color("mlp_acts"), label="neurons (mlp_acts)"),
+                   Line2D([], [], color=_color("mlp_out"), ls="--", label="MLP outputs (faint: F 0.9)")]
+        fig.legend(handles=handles, loc="outside lower center", ncol=4)
+        fig.suptitle(title or f"Circuit size vs SAE quality ({_sva_models(ladder)}; SVA pooled over templates, "
+                              "95% bootstrap)", fontsize=_fs(9))
     return fig
 
 
@@ -896,6 +962,14 @@ FIGURES = {
 }
 
 
+# Recipes whose tables and files are not committed yet: :func:`draw` and :func:`save` (so a notebook's
+# ``S.figure(name)``) draw them, ``make figures`` and the registry leave them out. A recipe moves up into FIGURES in the
+# commit that adds its table to results/ and its files to figures/.
+PENDING = {
+    "fig2c_sae_ladder": Recipe(fig_sae_ladder, ("sae_ladder",), notebook="01"),
+}
+
+
 def figure_registry() -> dict[str, Recipe]:
     """{figure name: :class:`Recipe`} for every file in figures/."""
     return dict(FIGURES)
@@ -915,9 +989,9 @@ def draw(name: str, results: str | Path = "results", *, rc: dict | None = None, 
     from .results import read_table
     from .style import palette
 
-    if name not in FIGURES:
+    if name not in FIGURES and name not in PENDING:
         raise ValueError(f"no figure {name!r}; the figures are {', '.join(FIGURES)}")
-    recipe = FIGURES[name]
+    recipe = FIGURES.get(name) or PENDING[name]
     if recipe.function is None:
         raise ValueError(f"{name} is a circuit graph drawn by notebook {recipe.notebook} from the model; it has no "
                          "results/ table to draw it from")
