@@ -1,3 +1,4 @@
+import contextlib
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -142,3 +143,25 @@ def make_notebook(path, *cells, params='MODEL = "tiny-llama"\nSMOKE = True'):
     nb.cells = [first, *[nbformat.v4.new_code_cell(c) for c in cells]]
     nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
     nbformat.write(nb, str(path))
+
+
+def tiny_texts(n=200, seed=0):
+    """``n`` seeded sentences of tiny-llama's words: a corpus for training tiny SAEs."""
+    import random
+
+    from neuronlib.models import TINY_WORDS
+
+    rng = random.Random(seed)
+    words = [w for w in TINY_WORDS if w.isalpha()]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(20, 60))) for _ in range(n)]
+
+
+@contextlib.contextmanager
+def one_torch_thread():
+    """Torch at one thread inside the block (SAE training threads reproduce only at a fixed count), restored after."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)

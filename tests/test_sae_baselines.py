@@ -1,7 +1,6 @@
 """Baseline SAEs (neuronlib.sae_baselines): corpus -> activations -> TopK SAEs per (site, layer) -> disk -> re-use."""
 import json
 import os
-import random
 import shutil
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -10,10 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import circuit_by_circuit
+from conftest import circuit_by_circuit, one_torch_thread, tiny_texts
 
 import neuronlib
-from neuronlib.models import TINY_WORDS
 from neuronlib.paper import sae_baselines as sbl
 from neuronlib.saes import load_cfg
 
@@ -23,22 +21,14 @@ CONFIG = sbl.SAETrainConfig(expansion=2, k=4, n_tokens=512, n_eval_tokens=128, e
                             forward_batch=8)
 
 
-def tiny_texts(n=200, seed=0):
-    rng = random.Random(seed)
-    words = [w for w in TINY_WORDS if w.isalpha()]
-    return [" ".join(rng.choice(words) for _ in range(rng.randint(20, 60))) for _ in range(n)]
-
-
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model = neuronlib.load_model("tiny-llama")
-    root = tmp_path_factory.mktemp("saes")
-    table = sbl.train_sae_baselines(model, config=CONFIG, root=root, texts=tiny_texts(), workers=1, progress=False,
-                                    log=lambda *a: None)
-    yield model, root, table
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        model = neuronlib.load_model("tiny-llama")
+        root = tmp_path_factory.mktemp("saes")
+        table = sbl.train_sae_baselines(model, config=CONFIG, root=root, texts=tiny_texts(), workers=1,
+                                        progress=False, log=lambda *a: None)
+        yield model, root, table
 
 
 def test_token_windows_are_whole_windows_of_real_tokens(trained):

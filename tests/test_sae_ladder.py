@@ -1,7 +1,6 @@
 """The SAE quality ladder (neuronlib.paper.sae_ladder): rungs, training and re-use, quality, the ladder table, its
 verdict rule, notebook 01's basis verdict and the ladder figure."""
 import os
-import random
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -9,11 +8,9 @@ import matplotlib
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-from conftest import perfect_sae
+from conftest import one_torch_thread, perfect_sae, tiny_texts
 
 import neuronlib
-from neuronlib.models import TINY_WORDS
 from neuronlib.paper import figures as F
 from neuronlib.paper import sae_baselines
 from neuronlib.paper import sae_ladder as L
@@ -31,12 +28,6 @@ TINY = (
     L.Rung("c", 640, ("mlp_out",), expansion=2, k=4),
     L.Rung("c-x4-k2", 640, ("mlp_out",), expansion=4, k=2, layers=(1,)),
 )
-
-
-def tiny_texts(n=200, seed=0):
-    rng = random.Random(seed)
-    words = [w for w in TINY_WORDS if w.isalpha()]
-    return [" ".join(rng.choice(words) for _ in range(rng.randint(20, 60))) for _ in range(n)]
 
 
 # ------------------------------------------------------------------------------------------------------ rungs
@@ -88,14 +79,12 @@ def test_bad_rungs_are_one_line_errors(kwargs, match):
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    model = neuronlib.load_model("tiny-llama")
-    root = tmp_path_factory.mktemp("saes")
-    runs = L.train_ladder(model, TINY, base=BASE, root=root, texts=tiny_texts(), workers=1, progress=False,
-                          log=lambda *a: None)
-    yield model, root, runs
-    torch.set_num_threads(n)
+    with one_torch_thread():
+        model = neuronlib.load_model("tiny-llama")
+        root = tmp_path_factory.mktemp("saes")
+        runs = L.train_ladder(model, TINY, base=BASE, root=root, texts=tiny_texts(), workers=1, progress=False,
+                              log=lambda *a: None)
+        yield model, root, runs
 
 
 def test_a_tiny_ladder_trains_every_rung_in_its_own_root(trained):
