@@ -426,10 +426,10 @@ def ig_check_lines(check) -> list[str]:
            "above):", "",
            "| model | template | IG variant | training pairs | k @ F≥0.8 [95% CI] | top-100 overlap | Spearman | "
            "s / pair |", "|---|---|---|---:|---:|---:|---:|---:|"]
-    for r in check.to_dict("records"):
-        def num(v, fmt):
-            return "—" if v is None or not np.isfinite(float(v)) else format(float(v), fmt)
+    def num(v, fmt):
+        return "—" if v is None or not np.isfinite(float(v)) else format(float(v), fmt)
 
+    for r in check.to_dict("records"):
         out.append(f"| {r['model']} | {r['template']} | {r['ig_variant']} | {int(r['n_train'])} | "
                    f"{fmt_size(r['k@F>=0.8'], r['k@F>=0.8_lo'], r['k@F>=0.8_hi'])} | "
                    f"{num(r['top100_overlap'], '.2f')} | {num(r['spearman'], '.2f')} | "
